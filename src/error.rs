@@ -1,0 +1,121 @@
+//! The one error type of the filesystem core.
+//!
+//! Every layer below the front-ends (formats, key handling, metadata store, volume) returns
+//! [`Error`]. Front-ends translate it exactly once: [`Error::errno`] for FUSE (and, in a later
+//! front-end, an HTTP status). Variants say what went wrong in the user's terms; the message
+//! carries the context (which file, which chunk, which key) a user needs to act on it.
+
+use std::io;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("file exists")]
+    Exists,
+    #[error("not a directory")]
+    NotDir,
+    #[error("is a directory")]
+    IsDir,
+    #[error("directory not empty")]
+    NotEmpty,
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    #[error("name too long")]
+    NameTooLong,
+    #[error("no such extended attribute")]
+    NoXattr,
+    #[error("buffer too small for the answer")]
+    Range,
+    #[error("file too large")]
+    TooBig,
+    #[error("operation not supported: {0}")]
+    Unsupported(&'static str),
+    #[error("operation not permitted")]
+    NotPermitted,
+    #[error("bad file handle")]
+    BadHandle,
+    #[error("cross-device operation")]
+    CrossDevice,
+    #[error("no space left: {0}")]
+    NoSpace(String),
+    #[error("wrong passphrase or key file for this volume")]
+    WrongPassphrase,
+    /// Stored bytes failed a check (checksum, authentication tag, chunk id, framing).
+    /// Never served as data.
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("metadata store: {0}")]
+    Store(String),
+}
+
+impl Error {
+    /// Wraps an I/O error with what we were doing when it happened.
+    pub fn io(context: impl Into<String>, source: io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// The errno a POSIX front-end returns for this error.
+    pub fn errno(&self) -> i32 {
+        match self {
+            Error::NotFound => libc::ENOENT,
+            Error::Exists => libc::EEXIST,
+            Error::NotDir => libc::ENOTDIR,
+            Error::IsDir => libc::EISDIR,
+            Error::NotEmpty => libc::ENOTEMPTY,
+            Error::Invalid(_) => libc::EINVAL,
+            Error::NameTooLong => libc::ENAMETOOLONG,
+            Error::NoXattr => libc::ENODATA,
+            Error::Range => libc::ERANGE,
+            Error::TooBig => libc::EFBIG,
+            Error::Unsupported(_) => libc::EOPNOTSUPP,
+            Error::NotPermitted => libc::EPERM,
+            Error::BadHandle => libc::EBADF,
+            Error::CrossDevice => libc::EXDEV,
+            Error::NoSpace(_) => libc::ENOSPC,
+            // A wrong key is only ever met at open time; to a running mount it is an access error.
+            Error::WrongPassphrase => libc::EACCES,
+            // Corruption and store failures are I/O errors to the application: the data exists
+            // but cannot be served, and the log line carries the detail.
+            Error::Corrupt(_) | Error::Store(_) => libc::EIO,
+            // Keep the underlying errno where there is one (ENOSPC on a full disk, say).
+            Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+        }
+    }
+}
+
+impl From<sled::Error> for Error {
+    fn from(e: sled::Error) -> Self {
+        match e {
+            sled::Error::Io(io) => Error::io("metadata store", io),
+            other => Error::Store(other.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errno_mapping_keeps_os_errors_and_hides_corruption_as_eio() {
+        let full = Error::io("pack 7", io::Error::from_raw_os_error(libc::ENOSPC));
+        assert_eq!(full.errno(), libc::ENOSPC);
+        assert_eq!(Error::Corrupt("chunk ab".into()).errno(), libc::EIO);
+        assert_eq!(Error::NotEmpty.errno(), libc::ENOTEMPTY);
+        assert_eq!(Error::NoXattr.errno(), libc::ENODATA);
+        let other = Error::io("x", io::Error::other("no errno"));
+        assert_eq!(other.errno(), libc::EIO);
+    }
+}
