@@ -39,6 +39,9 @@ pub enum Error {
     BadHandle,
     #[error("cross-device operation")]
     CrossDevice,
+    /// lseek SEEK_DATA/SEEK_HOLE found nothing at or after the offset.
+    #[error("no data or hole at or after this offset")]
+    NoSuchOffset,
     #[error("no space left: {0}")]
     NoSpace(String),
     #[error("wrong passphrase or key file for this volume")]
@@ -83,6 +86,7 @@ impl Error {
             Error::NotPermitted => libc::EPERM,
             Error::BadHandle => libc::EBADF,
             Error::CrossDevice => libc::EXDEV,
+            Error::NoSuchOffset => libc::ENXIO,
             Error::NoSpace(_) => libc::ENOSPC,
             // A wrong key is only ever met at open time; to a running mount it is an access error.
             Error::WrongPassphrase => libc::EACCES,

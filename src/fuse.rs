@@ -1,1 +1,718 @@
-//! (being written)
+//! The FUSE front-end: a thin adapter that links fuser's callbacks to the [`Volume`] core.
+//!
+//! Each callback converts arguments, calls one core method, and replies or maps the core's
+//! error through [`Error::errno`]. There is no filesystem logic here, so the core can be
+//! tested without a mount. fuser runs several event-loop threads, so one slow request (a
+//! large commit, a cold read) never stalls the others.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{
+    AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow,
+    WriteFlags,
+};
+
+use crate::error::Error;
+use crate::meta::FileKind;
+use crate::volume::{
+    Allocate, Attr, Caller, RenameMode, SetAttr, TimeSet, Volume, Whence, XattrSet,
+};
+
+/// How long the kernel may cache attributes and names. Short, because a second front-end
+/// (WebDAV) changes the same volume behind the kernel's back.
+const TTL: Duration = Duration::from_secs(1);
+/// Largest write request the kernel sends us.
+const MAX_WRITE: u32 = 1 << 20;
+
+pub struct FuseOptions {
+    pub allow_other: bool,
+    pub writeback_cache: bool,
+    pub threads: usize,
+}
+
+pub struct FuseFs {
+    vol: Arc<Volume>,
+    writeback_cache: bool,
+}
+
+fn errno(e: &Error) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+/// Logs what the application will only see as an errno, for errors worth an operator's eye.
+fn report(op: &str, e: &Error) -> Errno {
+    match e {
+        Error::Corrupt(_) | Error::Io { .. } | Error::Store(_) | Error::NoSpace(_) => {
+            tracing::error!("{op}: {e}")
+        }
+        _ => tracing::debug!("{op}: {e}"),
+    }
+    errno(e)
+}
+
+fn kind(k: FileKind) -> FileType {
+    match k {
+        FileKind::File => FileType::RegularFile,
+        FileKind::Dir => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
+        FileKind::CharDev => FileType::CharDevice,
+        FileKind::BlockDev => FileType::BlockDevice,
+    }
+}
+
+fn file_attr(a: &Attr) -> FileAttr {
+    let i = &a.inode;
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: i.size,
+        blocks: a.blocks(),
+        atime: i.atime.to_system_time(),
+        mtime: i.mtime.to_system_time(),
+        ctime: i.ctime.to_system_time(),
+        crtime: i.crtime.to_system_time(),
+        kind: kind(i.kind),
+        perm: i.perm,
+        nlink: i.nlink,
+        uid: i.uid,
+        gid: i.gid,
+        rdev: i.rdev,
+        blksize: 1 << 20,
+        flags: 0,
+    }
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+fn time_set(t: TimeOrNow) -> TimeSet {
+    match t {
+        TimeOrNow::Now => TimeSet::Now,
+        TimeOrNow::SpecificTime(s) => TimeSet::At(s.into()),
+    }
+}
+
+impl FuseFs {
+    pub fn new(vol: Arc<Volume>, writeback_cache: bool) -> Self {
+        FuseFs {
+            vol,
+            writeback_cache,
+        }
+    }
+
+    fn entry(&self, r: crate::Result<Attr>, op: &str, reply: ReplyEntry) {
+        match r {
+            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Err(e) => reply.error(report(op, &e)),
+        }
+    }
+
+    fn empty(&self, r: crate::Result<()>, op: &str, reply: ReplyEmpty) {
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(report(op, &e)),
+        }
+    }
+}
+
+impl Filesystem for FuseFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(MAX_WRITE);
+        let _ = config.set_max_readahead(MAX_WRITE);
+        let mut wanted = InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_PARALLEL_DIROPS;
+        if self.writeback_cache {
+            wanted |= InitFlags::FUSE_WRITEBACK_CACHE;
+        }
+        if let Err(missing) = config.add_capabilities(wanted) {
+            tracing::warn!("kernel lacks FUSE capabilities {missing:?}; continuing without them");
+            let _ = config.add_capabilities(wanted - missing);
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.entry(self.vol.lookup(parent.0, name.as_bytes()), "lookup", reply)
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.vol.getattr(ino.0) {
+            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Err(e) => reply.error(report("getattr", &e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        ctime: Option<std::time::SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<std::time::SystemTime>,
+        _chgtime: Option<std::time::SystemTime>,
+        _bkuptime: Option<std::time::SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let s = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(time_set),
+            mtime: mtime.map(time_set),
+            ctime: ctime.map(Into::into),
+        };
+        match self.vol.setattr(ino.0, &s) {
+            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Err(e) => reply.error(report("setattr", &e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.vol.readlink(ino.0) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(report("readlink", &e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let r = self
+            .vol
+            .mknod(parent.0, name.as_bytes(), mode & !umask, rdev, caller(req));
+        self.entry(r, "mknod", reply)
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let r = self
+            .vol
+            .mkdir(parent.0, name.as_bytes(), mode & !umask, caller(req));
+        self.entry(r, "mkdir", reply)
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.empty(self.vol.unlink(parent.0, name.as_bytes()), "unlink", reply)
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.empty(self.vol.rmdir(parent.0, name.as_bytes()), "rmdir", reply)
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let r = self.vol.symlink(
+            parent.0,
+            link_name.as_bytes(),
+            target.as_os_str().as_bytes(),
+            caller(req),
+        );
+        self.entry(r, "symlink", reply)
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let mode = if flags.contains(RenameFlags::RENAME_EXCHANGE) {
+            RenameMode::Exchange
+        } else if flags.contains(RenameFlags::RENAME_NOREPLACE) {
+            RenameMode::NoReplace
+        } else if flags.is_empty() {
+            RenameMode::Replace
+        } else {
+            // RENAME_WHITEOUT is for overlay filesystems.
+            return reply.error(Errno::EINVAL);
+        };
+        let r = self.vol.rename(
+            parent.0,
+            name.as_bytes(),
+            newparent.0,
+            newname.as_bytes(),
+            mode,
+        );
+        self.empty(r, "rename", reply)
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        self.entry(
+            self.vol.link(ino.0, newparent.0, newname.as_bytes()),
+            "link",
+            reply,
+        )
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.vol.open_file(ino.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(report("open", &e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.vol.read(ino.0, offset, size) {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(report("read", &e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.vol.write(ino.0, offset, data) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(report("write", &e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // close(2): what was written through this file is durable when close returns.
+        self.empty(self.vol.flush(ino.0), "flush", reply)
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.empty(self.vol.release(fh.0), "release", reply)
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.empty(self.vol.fsync(ino.0), "fsync", reply)
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.vol.opendir(ino.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(report("opendir", &e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        match self.vol.readdir(fh.0, offset, 1024) {
+            Ok(entries) => {
+                for (i, e) in entries.iter().enumerate() {
+                    let next = offset + i as u64 + 1;
+                    if reply.add(
+                        INodeNo(e.ino),
+                        next,
+                        kind(e.kind),
+                        OsStr::from_bytes(&e.name),
+                    ) {
+                        break;
+                    }
+                }
+                reply.ok()
+            }
+            Err(e) => reply.error(report("readdir", &e)),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        match self.vol.readdir(fh.0, offset, 256) {
+            Ok(entries) => {
+                for (i, e) in entries.iter().enumerate() {
+                    // A name removed since opendir is simply skipped.
+                    let Ok(a) = self.vol.getattr(e.ino) else {
+                        continue;
+                    };
+                    let next = offset + i as u64 + 1;
+                    let name = OsStr::from_bytes(&e.name);
+                    if reply.add(
+                        INodeNo(e.ino),
+                        next,
+                        name,
+                        &TTL,
+                        &file_attr(&a),
+                        Generation(0),
+                    ) {
+                        break;
+                    }
+                }
+                reply.ok()
+            }
+            Err(e) => reply.error(report("readdirplus", &e)),
+        }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.empty(self.vol.releasedir(fh.0), "releasedir", reply)
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.empty(self.vol.sync_metadata(), "fsyncdir", reply)
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.vol.statfs() {
+            Ok(s) => reply.statfs(
+                s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.bsize,
+            ),
+            Err(e) => reply.error(report("statfs", &e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let how = match flags {
+            0 => XattrSet::Any,
+            libc::XATTR_CREATE => XattrSet::Create,
+            libc::XATTR_REPLACE => XattrSet::Replace,
+            _ => return reply.error(Errno::EINVAL),
+        };
+        let r = self.vol.setxattr(ino.0, name.as_bytes(), value, how);
+        self.empty(r, "setxattr", reply)
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.vol.getxattr(ino.0, name.as_bytes()) {
+            Ok(v) => xattr_reply(&v, size, reply),
+            Err(e) => reply.error(report("getxattr", &e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.vol.listxattr(ino.0) {
+            Ok(names) => {
+                let mut buf = Vec::new();
+                for n in names {
+                    buf.extend_from_slice(&n);
+                    buf.push(0);
+                }
+                xattr_reply(&buf, size, reply)
+            }
+            Err(e) => reply.error(report("listxattr", &e)),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.empty(
+            self.vol.removexattr(ino.0, name.as_bytes()),
+            "removexattr",
+            reply,
+        )
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // Only called without default_permissions; we always mount with it.
+        self.empty(self.vol.getattr(ino.0).map(|_| ()), "access", reply)
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let r = self
+            .vol
+            .create_file(parent.0, name.as_bytes(), mode & !umask, caller(req));
+        match r {
+            Ok((a, fh)) => reply.created(
+                &TTL,
+                &file_attr(&a),
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+            ),
+            Err(e) => reply.error(report("create", &e)),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        let known =
+            libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
+        let how = if mode & !known != 0 {
+            return reply.error(Errno::EOPNOTSUPP);
+        } else if mode & libc::FALLOC_FL_PUNCH_HOLE != 0 {
+            if !keep_size {
+                // The kernel requires KEEP_SIZE with PUNCH_HOLE.
+                return reply.error(Errno::EOPNOTSUPP);
+            }
+            Allocate::PunchHole
+        } else if mode & libc::FALLOC_FL_ZERO_RANGE != 0 {
+            Allocate::ZeroRange { keep_size }
+        } else {
+            Allocate::Allocate { keep_size }
+        };
+        self.empty(
+            self.vol.fallocate(ino.0, offset, length, how),
+            "fallocate",
+            reply,
+        )
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let w = match whence {
+            libc::SEEK_DATA => Whence::Data,
+            libc::SEEK_HOLE => Whence::Hole,
+            // SEEK_SET/CUR/END are handled by the kernel.
+            _ => return reply.error(Errno::EINVAL),
+        };
+        if offset < 0 {
+            return reply.error(Errno::ENXIO);
+        }
+        match self.vol.lseek(ino.0, offset as u64, w) {
+            Ok(o) => reply.offset(o as i64),
+            Err(e) => reply.error(report("lseek", &e)),
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        ino_in: INodeNo,
+        _fh_in: FileHandle,
+        offset_in: u64,
+        ino_out: INodeNo,
+        _fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        // The reply carries a u32; larger requests are answered short and the caller loops.
+        let len = len.min(1 << 30);
+        match self
+            .vol
+            .copy_range(ino_in.0, offset_in, ino_out.0, offset_out, len)
+        {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(report("copy_file_range", &e)),
+        }
+    }
+}
+
+fn xattr_reply(value: &[u8], size: u32, reply: ReplyXattr) {
+    if size == 0 {
+        reply.size(value.len() as u32)
+    } else if value.len() > size as usize {
+        reply.error(Errno::ERANGE)
+    } else {
+        reply.data(value)
+    }
+}
+
+/// Refuses a mountpoint that is already mounted or is a dead FUSE mount, with a clear message.
+pub fn check_mountpoint(path: &Path) -> anyhow::Result<PathBuf> {
+    let meta = std::fs::metadata(path).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ENOTCONN) {
+            anyhow::anyhow!(
+                "{} is a stale FUSE mount (its daemon died); clear it with `fusermount3 -u {}` or `umount -l {}`",
+                path.display(),
+                path.display(),
+                path.display()
+            )
+        } else {
+            anyhow::anyhow!("mountpoint {}: {e}", path.display())
+        }
+    })?;
+    anyhow::ensure!(
+        meta.is_dir(),
+        "mountpoint {} is not a directory",
+        path.display()
+    );
+    let canon = path.canonicalize()?;
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    for line in mounts.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(dev), Some(mp)) = (f.next(), f.next()) else {
+            continue;
+        };
+        // /proc/mounts escapes spaces and friends as octal.
+        let mp = mp
+            .replace("\\040", " ")
+            .replace("\\011", "\t")
+            .replace("\\134", "\\");
+        if Path::new(&mp) == canon {
+            anyhow::bail!(
+                "{} is busy: {dev} is already mounted there; unmount it first",
+                canon.display()
+            );
+        }
+    }
+    Ok(canon)
+}
+
+/// Mounts the volume and serves it on background threads until the returned session is
+/// unmounted (or dropped).
+pub fn mount(
+    vol: Arc<Volume>,
+    mountpoint: &Path,
+    opts: &FuseOptions,
+) -> anyhow::Result<fuser::BackgroundSession> {
+    let mountpoint = check_mountpoint(mountpoint)?;
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(format!("tiergate:{}", vol.info().volume_id)),
+        MountOption::Subtype("tiergate".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoAtime,
+        MountOption::Dev,
+        MountOption::Suid,
+    ];
+    config.acl = if opts.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(opts.threads);
+    config.clone_fd = true;
+    let fs = FuseFs::new(vol, opts.writeback_cache);
+    let session = fuser::Session::new(fs, &mountpoint, &config).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot mount at {}: {e} (is /dev/fuse present and are we root or is fusermount3 installed?)",
+            mountpoint.display()
+        )
+    })?;
+    Ok(session.spawn()?)
+}

@@ -1,1 +1,270 @@
-//! (being written)
+//! The small key-value interface the metadata store sits behind.
+//!
+//! sled is known for space amplification and has had no release since 2021, so nothing but this
+//! module names it. The interface is deliberately tiny: point reads, ordered range scans, atomic
+//! batches and an explicit durability barrier. Read-modify-write is the caller's business: the
+//! volume serializes its commits, so batches need no optimistic concurrency here.
+//!
+//! The conformance tests at the bottom are written against the trait; a replacement store
+//! (redb, fjall) must pass them unchanged.
+
+use std::ops::Bound;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+pub type KvPair = (Vec<u8>, Vec<u8>);
+
+/// An ordered byte-key store with atomic batches.
+pub trait KvStore: Send + Sync {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// Pairs with `start <= key < end` in key order (`end = None`: to the end of the store).
+    fn range(&self, start: &[u8], end: Option<&[u8]>) -> Result<Vec<KvPair>>;
+    /// At most `limit` pairs with `start <= key < end`, for paged scans of large ranges.
+    fn range_limit(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KvPair>>;
+    /// The greatest pair with `lower <= key <= at`.
+    fn last_in(&self, lower: &[u8], at: &[u8]) -> Result<Option<KvPair>>;
+    /// Applies every operation of the batch, or none of them (also across a crash).
+    fn apply(&self, batch: Batch) -> Result<()>;
+    /// Durability barrier: when this returns, every applied batch is on stable storage.
+    fn flush(&self) -> Result<()>;
+    /// Bytes the store occupies on disk.
+    fn size_on_disk(&self) -> Result<u64>;
+}
+
+/// An ordered list of puts and deletes, applied atomically. Later operations on the same key win.
+#[derive(Default, Debug)]
+pub struct Batch {
+    ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl Batch {
+    pub fn put(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.ops.push((key.into(), Some(value.into())));
+    }
+    pub fn delete(&mut self, key: impl Into<Vec<u8>>) {
+        self.ops.push((key.into(), None));
+    }
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+}
+
+/// The key just past every key that starts with `prefix` (None if there is no such key).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// sled behind [`KvStore`]. One tree holds every record so that a batch spanning namespace,
+/// extents and chunk index is atomic.
+pub struct SledStore {
+    db: sled::Db,
+}
+
+impl SledStore {
+    /// Opens (or creates) the store. `cache_bytes` bounds sled's page cache; sled's own periodic
+    /// flush is disabled so that nothing reaches disk ahead of the pack data it names (the
+    /// volume calls [`KvStore::flush`] where it promises durability).
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Self> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .flush_every_ms(None)
+            .mode(sled::Mode::LowSpace)
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(io) => {
+                    Error::io(format!("opening metadata store {}", dir.display()), io)
+                }
+                other => Error::Store(format!("opening {}: {other}", dir.display())),
+            })?;
+        Ok(SledStore { db })
+    }
+}
+
+fn pair(r: sled::Result<(sled::IVec, sled::IVec)>) -> Result<KvPair> {
+    let (k, v) = r?;
+    Ok((k.to_vec(), v.to_vec()))
+}
+
+impl KvStore for SledStore {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get(key)?.map(|v| v.to_vec()))
+    }
+
+    fn range(&self, start: &[u8], end: Option<&[u8]>) -> Result<Vec<KvPair>> {
+        self.range_limit(start, end, usize::MAX)
+    }
+
+    fn range_limit(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KvPair>> {
+        let upper = match end {
+            Some(e) => Bound::Excluded(e),
+            None => Bound::Unbounded,
+        };
+        self.db
+            .range::<&[u8], _>((Bound::Included(start), upper))
+            .take(limit)
+            .map(pair)
+            .collect()
+    }
+
+    fn last_in(&self, lower: &[u8], at: &[u8]) -> Result<Option<KvPair>> {
+        if lower > at {
+            return Ok(None);
+        }
+        self.db
+            .range::<&[u8], _>((Bound::Included(lower), Bound::Included(at)))
+            .next_back()
+            .map(pair)
+            .transpose()
+    }
+
+    fn apply(&self, batch: Batch) -> Result<()> {
+        let mut b = sled::Batch::default();
+        for (k, v) in batch.ops {
+            match v {
+                Some(v) => b.insert(k, v),
+                None => b.remove(k),
+            }
+        }
+        Ok(self.db.apply_batch(b)?)
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn size_on_disk(&self) -> Result<u64> {
+        Ok(self.db.size_on_disk()?)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod conformance {
+    //! Behaviour every [`KvStore`] must have.
+    use super::*;
+
+    pub fn run_all(open: &dyn Fn(&Path) -> Box<dyn KvStore>) {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        point_ops(&*open(&a));
+        let b = dir.path().join("b");
+        ranges(&*open(&b));
+        let c = dir.path().join("c");
+        batch_order_and_atomicity(&*open(&c));
+        let d = dir.path().join("d");
+        durable_after_flush_and_reopen(open, &d);
+    }
+
+    fn point_ops(kv: &dyn KvStore) {
+        assert_eq!(kv.get(b"k").unwrap(), None);
+        let mut b = Batch::default();
+        b.put(b"k".to_vec(), b"v1".to_vec());
+        kv.apply(b).unwrap();
+        assert_eq!(kv.get(b"k").unwrap().as_deref(), Some(&b"v1"[..]));
+        let mut b = Batch::default();
+        b.put(b"k".to_vec(), b"v2".to_vec());
+        kv.apply(b).unwrap();
+        assert_eq!(kv.get(b"k").unwrap().as_deref(), Some(&b"v2"[..]));
+        let mut b = Batch::default();
+        b.delete(b"k".to_vec());
+        b.delete(b"never-there".to_vec());
+        kv.apply(b).unwrap();
+        assert_eq!(kv.get(b"k").unwrap(), None);
+        // Empty values and binary keys are legal.
+        let mut b = Batch::default();
+        b.put(vec![0u8, 255, 0], Vec::new());
+        kv.apply(b).unwrap();
+        assert_eq!(kv.get(&[0, 255, 0]).unwrap(), Some(Vec::new()));
+    }
+
+    fn ranges(kv: &dyn KvStore) {
+        let mut b = Batch::default();
+        for i in 0u16..300 {
+            b.put(
+                [b"r".as_slice(), &i.to_be_bytes()].concat(),
+                i.to_le_bytes().to_vec(),
+            );
+        }
+        b.put(b"q".to_vec(), b"before".to_vec());
+        b.put(b"s".to_vec(), b"after".to_vec());
+        kv.apply(b).unwrap();
+        let all = kv.range(b"r", prefix_end(b"r").as_deref()).unwrap();
+        assert_eq!(all.len(), 300);
+        assert!(
+            all.windows(2).all(|w| w[0].0 < w[1].0),
+            "keys come in order"
+        );
+        let page = kv
+            .range_limit(b"r", prefix_end(b"r").as_deref(), 7)
+            .unwrap();
+        assert_eq!(page.len(), 7);
+        assert_eq!(page[..], all[..7]);
+        let k100 = [b"r".as_slice(), &100u16.to_be_bytes()].concat();
+        let k150 = [b"r".as_slice(), &150u16.to_be_bytes()].concat();
+        assert_eq!(kv.range(&k100, Some(&k150)).unwrap().len(), 50);
+        // last_in finds the greatest key at or below, within the lower bound.
+        let probe = [b"r".as_slice(), &100u16.to_be_bytes(), b"x"].concat();
+        let (k, _) = kv.last_in(b"r", &probe).unwrap().unwrap();
+        assert_eq!(k, k100);
+        assert_eq!(kv.last_in(b"r", &k100).unwrap().unwrap().0, k100);
+        assert_eq!(kv.last_in(b"r0", b"r0").unwrap(), None);
+        assert_eq!(kv.last_in(b"z", b"a").unwrap(), None);
+        assert!(kv.range(b"s", None).unwrap().len() == 1);
+        assert_eq!(prefix_end(&[1, 0xff, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xff]), None);
+    }
+
+    fn batch_order_and_atomicity(kv: &dyn KvStore) {
+        let mut b = Batch::default();
+        b.put(b"x".to_vec(), b"1".to_vec());
+        b.delete(b"x".to_vec());
+        b.put(b"y".to_vec(), b"1".to_vec());
+        b.put(b"y".to_vec(), b"2".to_vec());
+        assert_eq!(b.len(), 4);
+        kv.apply(b).unwrap();
+        assert_eq!(kv.get(b"x").unwrap(), None, "later delete wins");
+        assert_eq!(kv.get(b"y").unwrap().as_deref(), Some(&b"2"[..]));
+        assert!(Batch::default().is_empty());
+    }
+
+    fn durable_after_flush_and_reopen(open: &dyn Fn(&Path) -> Box<dyn KvStore>, dir: &Path) {
+        {
+            let kv = open(dir);
+            let mut b = Batch::default();
+            for i in 0u32..2000 {
+                b.put(i.to_be_bytes().to_vec(), vec![7u8; 100]);
+            }
+            kv.apply(b).unwrap();
+            kv.flush().unwrap();
+            assert!(kv.size_on_disk().unwrap() > 0);
+        }
+        let kv = open(dir);
+        assert_eq!(kv.range(&[], None).unwrap().len(), 2000);
+        assert_eq!(
+            kv.get(&1999u32.to_be_bytes()).unwrap(),
+            Some(vec![7u8; 100])
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sled_store_passes_conformance() {
+        conformance::run_all(&|p| Box::new(SledStore::open(p, 8 << 20).unwrap()));
+    }
+}

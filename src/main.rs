@@ -1,1 +1,257 @@
-fn main(){}
+//! The `tiergate` command: create a volume, run the appliance.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use tiergate::config::{self, Config};
+use tiergate::crypto::KdfParams;
+use tiergate::fuse::{self, FuseOptions};
+use tiergate::volume::{Volume, VolumeOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "tiergate",
+    version,
+    about = "Deduplicating, encrypting backup gateway"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a volume from a config file, or print an annotated example config.
+    Init {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print the annotated example configuration and exit.
+        #[arg(long)]
+        print_config: bool,
+    },
+    /// Run the appliance. Without --config: a demo volume under ./tiergate-demo/.
+    Serve {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Print space and dedup figures of a volume that is not being served.
+    Stats {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Init {
+            config,
+            print_config,
+        } => {
+            if print_config {
+                print!("{}", config::EXAMPLE);
+                Ok(())
+            } else {
+                match config {
+                    Some(c) => init(&c),
+                    None => Err(anyhow::anyhow!(
+                        "init needs --config FILE (or --print-config)"
+                    )),
+                }
+            }
+        }
+        Cmd::Serve { config } => serve(config.as_deref()),
+        Cmd::Stats { config } => stats(&config),
+    };
+    if let Err(e) = r {
+        eprintln!("tiergate: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn volume_options(cfg: &Config) -> VolumeOptions {
+    VolumeOptions {
+        zstd_level: cfg.volume.zstd_level,
+        pack_target_size: cfg.volume.pack_size_mib << 20,
+        dirty_limit: cfg.volume.dirty_limit_mib << 20,
+        metadata_cache_bytes: cfg.volume.metadata_cache_mib << 20,
+    }
+}
+
+fn init(path: &Path) -> Result<()> {
+    let cfg = Config::load(path)?;
+    let pass = cfg.passphrase()?;
+    let info = Volume::create(
+        &cfg.volume.path,
+        &pass.0,
+        cfg.chunking.params(),
+        KdfParams::interactive(),
+    )
+    .with_context(|| format!("creating volume in {}", cfg.volume.path.display()))?;
+    println!(
+        "created volume {} in {}",
+        info.volume_id,
+        cfg.volume.path.display()
+    );
+    Ok(())
+}
+
+fn open(cfg: &Config) -> Result<Arc<Volume>> {
+    let pass = cfg.passphrase()?;
+    Volume::open(&cfg.volume.path, &pass.0, volume_options(cfg))
+        .with_context(|| format!("opening volume {}", cfg.volume.path.display()))
+}
+
+fn stats(path: &Path) -> Result<()> {
+    let cfg = Config::load(path)?;
+    let vol = open(&cfg)?;
+    let s = vol.stats()?;
+    let st = s.stats;
+    println!("logical bytes:   {}", st.logical_bytes);
+    println!("unique bytes:    {}", st.unique_bytes);
+    println!("stored bytes:    {}", st.stored_bytes);
+    println!("chunks:          {}", st.chunks);
+    println!("packs:           {} ({} bytes)", s.packs, s.pack_bytes);
+    println!("metadata bytes:  {}", s.metadata_bytes);
+    if st.stored_bytes > 0 {
+        println!(
+            "reduction:       {:.2}x",
+            st.logical_bytes as f64 / st.stored_bytes as f64
+        );
+    }
+    Ok(())
+}
+
+/// Writes the demo config (and a random passphrase, 0600) under ./tiergate-demo/ once.
+fn demo_config() -> Result<PathBuf> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = std::env::current_dir()?.join("tiergate-demo");
+    let cfg_path = dir.join("tiergate.toml");
+    if cfg_path.exists() {
+        return Ok(cfg_path);
+    }
+    std::fs::create_dir_all(dir.join("mnt"))?;
+    let pass: String = hex::encode(rand::random::<[u8; 24]>());
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dir.join("passphrase"))
+        .context("writing the demo passphrase")?;
+    std::io::Write::write_all(&mut f, format!("{pass}\n").as_bytes())?;
+    std::fs::write(
+        &cfg_path,
+        "# Demo volume written by `tiergate serve` without --config.\n\
+         [volume]\npath = \"volume\"\npassphrase_file = \"passphrase\"\n\n\
+         [fuse]\nmountpoint = \"mnt\"\n",
+    )?;
+    eprintln!(
+        "tiergate: demo volume in {} (passphrase in {}/passphrase; keep it to read the data)",
+        dir.display(),
+        dir.display()
+    );
+    Ok(cfg_path)
+}
+
+fn serve(config: Option<&Path>) -> Result<()> {
+    let cfg_path = match config {
+        Some(p) => p.to_path_buf(),
+        None => demo_config()?,
+    };
+    let cfg = Config::load(&cfg_path)?;
+    if config.is_none() && !Volume::exists(&cfg.volume.path) {
+        Volume::create(
+            &cfg.volume.path,
+            &cfg.passphrase()?.0,
+            cfg.chunking.params(),
+            KdfParams::interactive(),
+        )?;
+    }
+    // Block the shutdown signals before any thread starts, so every thread inherits the mask
+    // and only the main thread's sigtimedwait sees them.
+    let mut sigs = nix::sys::signal::SigSet::empty();
+    sigs.add(nix::sys::signal::Signal::SIGINT);
+    sigs.add(nix::sys::signal::Signal::SIGTERM);
+    sigs.thread_block()?;
+
+    let vol = open(&cfg)?;
+    tracing::info!(volume = %vol.info().volume_id, path = %cfg.volume.path.display(), "volume open");
+    let ticker = {
+        let vol = vol.clone();
+        std::thread::Builder::new()
+            .name("tick".into())
+            .spawn(move || loop {
+                std::thread::sleep(Duration::from_secs(5));
+                if Arc::strong_count(&vol) == 1 {
+                    return;
+                }
+                if let Err(e) = vol.tick() {
+                    tracing::error!("background commit: {e}");
+                }
+            })?
+    };
+
+    let mut session = None;
+    if let Some(mp) = &cfg.fuse.mountpoint {
+        if !Path::new("/dev/fuse").exists() {
+            tracing::warn!("FUSE is not available here (no /dev/fuse): running without the mount");
+        } else {
+            let opts = FuseOptions {
+                allow_other: cfg.fuse.allow_other,
+                writeback_cache: cfg.fuse.writeback_cache,
+                threads: cfg.fuse.threads,
+            };
+            match fuse::mount(vol.clone(), mp, &opts) {
+                Ok(s) => {
+                    tracing::info!(mountpoint = %mp.display(), "mounted");
+                    session = Some(s);
+                }
+                // A busy or broken mountpoint is a configuration error: refuse to start.
+                Err(e) if config.is_some() => return Err(e),
+                Err(e) => tracing::warn!("FUSE mount failed, running without it: {e:#}"),
+            }
+        }
+    }
+    if session.is_none() && cfg.fuse.mountpoint.is_some() {
+        tracing::warn!("no front-end is running; press Ctrl-C to stop");
+    }
+
+    // Wait for SIGINT/SIGTERM, or for the mount to go away (someone ran umount).
+    loop {
+        let ts = libc::timespec {
+            tv_sec: 1,
+            tv_nsec: 0,
+        };
+        // SAFETY: sigtimedwait with a valid, initialized signal set and timeout.
+        let sig = unsafe { libc::sigtimedwait(sigs.as_ref(), std::ptr::null_mut(), &ts) };
+        if sig > 0 {
+            tracing::info!("signal {sig}: shutting down");
+            break;
+        }
+        if let Some(s) = &session {
+            if s.guard.is_finished() {
+                tracing::info!("mount went away: shutting down");
+                break;
+            }
+        }
+    }
+    if let Some(s) = session {
+        if let Err(e) = s.umount_and_join() {
+            tracing::warn!("unmount: {e}");
+        }
+    }
+    vol.shutdown().context("final commit")?;
+    drop(ticker);
+    tracing::info!("stopped cleanly");
+    Ok(())
+}

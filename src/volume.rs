@@ -1,1 +1,2246 @@
-//! (being written)
+//! The filesystem core: one volume, served to every front-end.
+//!
+//! ## Data path
+//! A write lands in the file's in-memory *dirty map* (non-overlapping byte ranges). A *commit*
+//! turns dirty ranges into chunks: each range is widened to the extents it touches (so the
+//! content-defined boundaries around it stay where they were), the widened region is rebuilt
+//! from committed chunks plus dirty bytes, cut with FastCDC, and only the new chunks are
+//! encoded and appended to the open pack. The file's extent map is then spliced over the region
+//! in one atomic metadata batch. Work is proportional to the written range plus at most one
+//! chunk on each side, never to the file.
+//!
+//! ## Ordering and durability
+//! Metadata never names pack bytes that are not on stable storage: every commit fsyncs the packs
+//! it appended to *before* applying its metadata batch. A durable commit (fsync, close) also
+//! flushes the metadata store. After a crash, torn pack tails therefore hold only blobs nothing
+//! references, and startup recovery can simply cut them off.
+//!
+//! ## Locks (always taken in this order)
+//! `ns` (namespace changes) → an inode's `data` lock → `commit` (the metadata batch, chunk
+//! refcounts, stats) → pack writer. An inode's attributes are changed only under its `data`
+//! lock, through its in-memory [`Entry`], which is authoritative while it exists.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, RwLock};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::blob;
+use crate::chunker::{self, ChunkerParams};
+use crate::crypto::{self, ChunkId, KdfParams, Keys};
+use crate::error::{Error, Result};
+use crate::kv::{prefix_end, Batch, KvStore, SledStore};
+use crate::meta::{
+    self, ChunkRecord, Extent, FileKind, Inode, PackRecord, PackState, Stats, Timestamp, ROOT_INO,
+};
+use crate::pack::{self, BlobLocation, PackWriter};
+
+/// Largest file offset we accept (what Linux allows for a 64-bit filesystem).
+pub const MAX_FILE_SIZE: u64 = i64::MAX as u64;
+pub const MAX_NAME_LEN: usize = 255;
+const MAX_XATTR_VALUE: usize = 64 * 1024;
+/// Dirty bytes of one file above which a write commits the file's data (keeping the last,
+/// still-growing chunk in memory so that a streaming write is chunked exactly once).
+const FILE_DIRTY_COMMIT: u64 = 64 << 20;
+/// Extents removed per metadata batch when a large file is deleted (sled grows badly with huge
+/// batches; see BRIEF §9).
+const DELETE_PAGE: usize = 1000;
+/// Decoded chunks kept in memory for reads and read-modify-write.
+const CHUNK_CACHE_ENTRIES: usize = 96;
+/// A pack nobody appended to for this long is sealed.
+pub const PACK_IDLE_SEAL: Duration = Duration::from_secs(30);
+
+const VOLUME_FILE: &str = "volume.toml";
+const KEY_FILE: &str = "key";
+const LOCK_FILE: &str = "lock";
+const META_DIR: &str = "meta";
+const PACK_DIR: &str = "packs";
+const VOLUME_FORMAT: u32 = 1;
+
+/// The volume's own record, written once at creation (plaintext: it holds no secret).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeInfo {
+    pub format_version: u32,
+    pub volume_id: String,
+    pub created_unix: i64,
+    pub chunking: ChunkerParams,
+}
+
+/// Run-time settings (from the config); none of them changes the on-disk format.
+#[derive(Debug, Clone)]
+pub struct VolumeOptions {
+    pub zstd_level: i32,
+    pub pack_target_size: u64,
+    pub dirty_limit: u64,
+    pub metadata_cache_bytes: u64,
+}
+
+impl Default for VolumeOptions {
+    fn default() -> Self {
+        VolumeOptions {
+            zstd_level: 3,
+            pack_target_size: 32 << 20,
+            dirty_limit: 256 << 20,
+            metadata_cache_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Attributes as front-ends see them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: u64,
+    pub inode: Inode,
+}
+
+impl Attr {
+    /// 512-byte blocks, as stat reports them (logical size: holes are not subtracted).
+    pub fn blocks(&self) -> u64 {
+        self.inode.size.div_ceil(512)
+    }
+}
+
+/// Changes requested by setattr; `None` leaves a field alone.
+#[derive(Debug, Default, Clone)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeSet>,
+    pub mtime: Option<TimeSet>,
+    pub ctime: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum TimeSet {
+    Now,
+    At(Timestamp),
+}
+
+/// Who is asking: used for new files' owner and group.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RenameMode {
+    /// Replace an existing target (plain rename(2)).
+    Replace,
+    /// Fail with `Exists` if the target exists (RENAME_NOREPLACE).
+    NoReplace,
+    /// Swap source and target atomically; both must exist (RENAME_EXCHANGE).
+    Exchange,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XattrSet {
+    Any,
+    /// XATTR_CREATE: fail if it exists.
+    Create,
+    /// XATTR_REPLACE: fail if it does not exist.
+    Replace,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allocate {
+    /// Reserve (we have no reservation; only the size grows unless `keep_size`).
+    Allocate { keep_size: bool },
+    /// Deallocate a range; the size never changes.
+    PunchHole,
+    /// Make a range read as zeros, growing the size unless `keep_size`.
+    ZeroRange { keep_size: bool },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Whence {
+    Data,
+    Hole,
+}
+
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    pub name: Vec<u8>,
+    pub ino: u64,
+    pub kind: FileKind,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+}
+
+/// Volume-wide figures for status output and tests.
+#[derive(Debug, Clone, Copy)]
+pub struct VolumeStats {
+    pub stats: Stats,
+    pub dirty_bytes: u64,
+    pub packs: u64,
+    pub pack_bytes: u64,
+    pub metadata_bytes: u64,
+}
+
+/// An inode in use: its authoritative attributes plus written-but-uncommitted data.
+struct Entry {
+    ino: u64,
+    data: RwLock<FileData>,
+    opens: AtomicU32,
+}
+
+struct FileData {
+    attr: Inode,
+    /// Written ranges not yet in packs: start offset → bytes; never overlapping.
+    dirty: BTreeMap<u64, Vec<u8>>,
+    dirty_bytes: u64,
+    /// Attributes changed by writes, not yet in the store.
+    attr_dirty: bool,
+    /// Changed since the last durable commit: close must make it durable.
+    unsynced: bool,
+    last_write: Instant,
+    /// Unlinked while open: delete on last release.
+    orphan: bool,
+    /// Deleted from the store: any further use is a stale handle.
+    gone: bool,
+}
+
+enum Handle {
+    File { ino: u64 },
+    Dir { entries: Vec<DirEntry> },
+}
+
+struct CommitState {
+    stats: Stats,
+}
+
+/// The local pack files: one open writer, cached readers, sealing.
+struct PackStore {
+    dir: PathBuf,
+    target: u64,
+    writer: Mutex<Option<(PackWriter, Instant)>>,
+    readers: Mutex<HashMap<u64, Arc<File>>>,
+    next_pack: AtomicU64,
+}
+
+pub struct Volume {
+    dir: PathBuf,
+    info: VolumeInfo,
+    kv: Box<dyn KvStore>,
+    keys: Keys,
+    opts: VolumeOptions,
+    packs: PackStore,
+    ns: Mutex<()>,
+    commit: Mutex<CommitState>,
+    entries: Mutex<HashMap<u64, Arc<Entry>>>,
+    handles: Mutex<HashMap<u64, Handle>>,
+    next_fh: AtomicU64,
+    next_ino: AtomicU64,
+    dirty_total: AtomicU64,
+    chunk_cache: Mutex<lru::LruCache<ChunkId, Arc<Vec<u8>>>>,
+    _lock: nix::fcntl::Flock<File>,
+}
+
+fn now() -> Timestamp {
+    Timestamp::now()
+}
+
+fn check_name(name: &[u8]) -> Result<()> {
+    if name.len() > MAX_NAME_LEN {
+        return Err(Error::NameTooLong);
+    }
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0)
+    {
+        return Err(Error::Invalid(format!(
+            "bad file name {:?}",
+            String::from_utf8_lossy(name)
+        )));
+    }
+    Ok(())
+}
+
+fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(format!("syncing directory {}", dir.display()), e))
+}
+
+fn write_file_durably(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let ctx = |what: &str| format!("{what} {}", tmp.display());
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(|e| Error::io(ctx("creating"), e))?;
+    f.write_all(bytes)
+        .map_err(|e| Error::io(ctx("writing"), e))?;
+    f.sync_all().map_err(|e| Error::io(ctx("syncing"), e))?;
+    fs::rename(&tmp, path).map_err(|e| Error::io(format!("renaming to {}", path.display()), e))?;
+    fsync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Takes an exclusive lock on the volume directory so two daemons never share a volume.
+fn lock_volume(dir: &Path) -> Result<nix::fcntl::Flock<File>> {
+    let path = dir.join(LOCK_FILE);
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| {
+        Error::Invalid(format!(
+            "volume {} is in use by another tiergate process",
+            dir.display()
+        ))
+    })
+}
+
+impl Volume {
+    /// Creates a new, empty volume in `dir` (which must not hold one already).
+    pub fn create(
+        dir: &Path,
+        passphrase: &str,
+        chunking: ChunkerParams,
+        kdf: KdfParams,
+    ) -> Result<VolumeInfo> {
+        chunking.validate()?;
+        if dir.join(VOLUME_FILE).exists() {
+            return Err(Error::Exists);
+        }
+        fs::create_dir_all(dir.join(PACK_DIR))
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let master = crypto::MasterKey::generate();
+        write_file_durably(
+            &dir.join(KEY_FILE),
+            &crypto::wrap_master_key(&master, passphrase.as_bytes(), kdf),
+            0o600,
+        )?;
+        let info = VolumeInfo {
+            format_version: VOLUME_FORMAT,
+            volume_id: hex::encode(rand::random::<[u8; 16]>()),
+            created_unix: now().secs,
+            chunking,
+        };
+        let kv = SledStore::open(&dir.join(META_DIR), 8 << 20)?;
+        let mut root = Inode::new(FileKind::Dir, 0o755, 0, 0, ROOT_INO);
+        // The creating user owns the root, so an unprivileged demo volume is writable.
+        root.uid = nix::unistd::geteuid().as_raw();
+        root.gid = nix::unistd::getegid().as_raw();
+        let mut b = Batch::default();
+        b.put(meta::inode_key(ROOT_INO), root.encode());
+        b.put(
+            meta::misc_key("next_ino"),
+            (ROOT_INO + 1).to_le_bytes().to_vec(),
+        );
+        b.put(meta::misc_key("stats"), Stats::default().encode());
+        kv.apply(b)?;
+        kv.flush()?;
+        drop(kv);
+        let text = toml::to_string(&info).map_err(|e| Error::Invalid(e.to_string()))?;
+        // Written last: its presence marks a complete volume.
+        write_file_durably(&dir.join(VOLUME_FILE), text.as_bytes(), 0o644)?;
+        Ok(info)
+    }
+
+    pub fn exists(dir: &Path) -> bool {
+        dir.join(VOLUME_FILE).exists()
+    }
+
+    /// Opens a volume: checks the passphrase before touching anything, then recovers packs
+    /// left open by a crash and finishes deletions that were under way.
+    pub fn open(dir: &Path, passphrase: &str, opts: VolumeOptions) -> Result<Arc<Volume>> {
+        let info_path = dir.join(VOLUME_FILE);
+        let text = fs::read_to_string(&info_path).map_err(|e| {
+            Error::io(
+                format!(
+                    "reading {} (is this a tiergate volume?)",
+                    info_path.display()
+                ),
+                e,
+            )
+        })?;
+        let info: VolumeInfo = toml::from_str(&text)
+            .map_err(|e| Error::Corrupt(format!("{}: {e}", info_path.display())))?;
+        if info.format_version != VOLUME_FORMAT {
+            return Err(Error::Unsupported(
+                "volume format version newer than this build",
+            ));
+        }
+        let key_path = dir.join(KEY_FILE);
+        let wrapped = fs::read(&key_path)
+            .map_err(|e| Error::io(format!("reading {}", key_path.display()), e))?;
+        let master = crypto::unwrap_master_key(&wrapped, passphrase.as_bytes())?;
+        let lock = lock_volume(dir)?;
+        let kv = SledStore::open(&dir.join(META_DIR), opts.metadata_cache_bytes)?;
+        let get_u64 = |name: &str| -> Result<u64> {
+            Ok(match kv.get(&meta::misc_key(name))? {
+                Some(v) => u64::from_le_bytes(
+                    v.as_slice()
+                        .try_into()
+                        .map_err(|_| Error::Corrupt(format!("counter {name}")))?,
+                ),
+                None => 0,
+            })
+        };
+        let next_ino = get_u64("next_ino")?.max(ROOT_INO + 1);
+        let stats = match kv.get(&meta::misc_key("stats"))? {
+            Some(v) => Stats::decode(&v)?,
+            None => Stats::default(),
+        };
+        let vol = Volume {
+            dir: dir.to_path_buf(),
+            packs: PackStore {
+                dir: dir.join(PACK_DIR),
+                target: opts.pack_target_size,
+                writer: Mutex::new(None),
+                readers: Mutex::new(HashMap::new()),
+                next_pack: AtomicU64::new(get_u64("next_pack")?.max(1)),
+            },
+            info,
+            kv: Box::new(kv),
+            keys: master.subkeys(),
+            opts,
+            ns: Mutex::new(()),
+            commit: Mutex::new(CommitState { stats }),
+            entries: Mutex::new(HashMap::new()),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            next_ino: AtomicU64::new(next_ino),
+            dirty_total: AtomicU64::new(0),
+            chunk_cache: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(CHUNK_CACHE_ENTRIES).unwrap(),
+            )),
+            _lock: lock,
+        };
+        vol.recover_packs()?;
+        vol.finish_orphans()?;
+        vol.kv.flush()?;
+        Ok(Arc::new(vol))
+    }
+
+    pub fn info(&self) -> &VolumeInfo {
+        &self.info
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    // ------------------------------------------------------------------ recovery
+
+    /// Seals every pack a crash left open (cutting a torn tail) and registers pack files the
+    /// pack table does not know yet (a crash between creating the file and its first commit).
+    fn recover_packs(&self) -> Result<()> {
+        let mut known: HashMap<u64, PackRecord> = HashMap::new();
+        for (k, v) in self.kv.range(
+            &meta::pack_prefix(),
+            prefix_end(&meta::pack_prefix()).as_deref(),
+        )? {
+            known.insert(meta::key_tail_u64(&k), PackRecord::decode(&v)?);
+        }
+        let mut max_id = 0;
+        let rd = fs::read_dir(&self.packs.dir)
+            .map_err(|e| Error::io(format!("listing {}", self.packs.dir.display()), e))?;
+        for ent in rd {
+            let ent = ent.map_err(|e| Error::io("listing packs", e))?;
+            let name = ent.file_name().to_string_lossy().to_string();
+            let Some(id) = name
+                .strip_suffix(".pack")
+                .and_then(|h| u64::from_str_radix(h, 16).ok())
+            else {
+                continue;
+            };
+            max_id = max_id.max(id);
+            let path = ent.path();
+            let rec = known.remove(&id);
+            if matches!(rec, Some(r) if r.state == PackState::Sealed) {
+                continue;
+            }
+            let file = File::open(&path)
+                .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+            let size = if pack::is_sealed(&file)? {
+                file.metadata()
+                    .map_err(|e| Error::io("stat pack", e))?
+                    .len()
+            } else {
+                let rec = pack::recover_unsealed(&path)?;
+                if rec.truncated_bytes > 0 {
+                    tracing::warn!(
+                        pack = id,
+                        bytes = rec.truncated_bytes,
+                        "cut torn tail of pack left open by a crash"
+                    );
+                }
+                let valid = rec.valid_len;
+                let w = PackWriter::reopen(&path, id, rec)?;
+                self.check_chunks_within(id, valid)?;
+                w.seal()?
+            };
+            let mut b = Batch::default();
+            b.put(
+                meta::pack_key(id),
+                PackRecord {
+                    state: PackState::Sealed,
+                    size,
+                    dead_bytes: rec.map(|r| r.dead_bytes).unwrap_or(0),
+                }
+                .encode(),
+            );
+            self.kv.apply(b)?;
+            tracing::info!(pack = id, size, "sealed pack recovered after restart");
+        }
+        for (id, _) in known {
+            tracing::error!(
+                pack = id,
+                "pack file missing from {}",
+                self.packs.dir.display()
+            );
+        }
+        let next = self.packs.next_pack.load(Ordering::Relaxed).max(max_id + 1);
+        self.packs.next_pack.store(next, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Metadata must never name bytes beyond a recovered pack's valid length; if it does, the
+    /// ordering invariant was broken and we say so loudly rather than serve garbage later.
+    fn check_chunks_within(&self, pack: u64, valid_len: u64) -> Result<()> {
+        let mut bad = 0u64;
+        let mut start = meta::chunk_prefix();
+        let end = prefix_end(&meta::chunk_prefix());
+        loop {
+            let page = self.kv.range_limit(&start, end.as_deref(), 4096)?;
+            let Some(last) = page.last() else { break };
+            start = [last.0.as_slice(), &[0]].concat();
+            for (_, v) in &page {
+                let r = ChunkRecord::decode(v)?;
+                if r.pack == pack && r.offset + r.stored_len as u64 > valid_len {
+                    bad += 1;
+                }
+            }
+        }
+        if bad > 0 {
+            tracing::error!(
+                pack,
+                chunks = bad,
+                "chunks point past the recovered end of a pack"
+            );
+        }
+        Ok(())
+    }
+
+    fn finish_orphans(&self) -> Result<()> {
+        let orphans = self.kv.range(
+            &meta::orphan_prefix(),
+            prefix_end(&meta::orphan_prefix()).as_deref(),
+        )?;
+        for (k, _) in orphans {
+            let ino = meta::key_tail_u64(&k);
+            tracing::info!(ino, "finishing deletion of a file unlinked while open");
+            self.delete_inode_data(ino)?;
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ inode entries
+
+    fn load_inode(&self, ino: u64) -> Result<Inode> {
+        match self.kv.get(&meta::inode_key(ino))? {
+            Some(v) => Inode::decode(&v),
+            None => Err(Error::NotFound),
+        }
+    }
+
+    /// The in-memory entry of an inode, loading it if needed.
+    fn entry(&self, ino: u64) -> Result<Arc<Entry>> {
+        let mut map = self.entries.lock();
+        if let Some(e) = map.get(&ino) {
+            return Ok(e.clone());
+        }
+        let attr = self.load_inode(ino)?;
+        let e = Arc::new(Entry {
+            ino,
+            data: RwLock::new(FileData {
+                attr,
+                dirty: BTreeMap::new(),
+                dirty_bytes: 0,
+                attr_dirty: false,
+                unsynced: false,
+                last_write: Instant::now(),
+                orphan: false,
+                gone: false,
+            }),
+            opens: AtomicU32::new(0),
+        });
+        map.insert(ino, e.clone());
+        if map.len() > 4096 {
+            Self::sweep_locked(&mut map);
+        }
+        Ok(e)
+    }
+
+    /// Drops entries nobody holds, that are not open and carry no uncommitted state.
+    fn sweep_locked(map: &mut HashMap<u64, Arc<Entry>>) {
+        map.retain(|_, e| {
+            if Arc::strong_count(e) > 1 || e.opens.load(Ordering::Acquire) > 0 {
+                return true;
+            }
+            match e.data.try_read() {
+                Some(d) => d.dirty_bytes > 0 || d.attr_dirty,
+                None => true,
+            }
+        });
+    }
+
+    pub fn getattr(&self, ino: u64) -> Result<Attr> {
+        let cached = self.entries.lock().get(&ino).cloned();
+        let inode = match cached {
+            Some(e) => {
+                let d = e.data.read();
+                if d.gone {
+                    return Err(Error::NotFound);
+                }
+                d.attr.clone()
+            }
+            None => self.load_inode(ino)?,
+        };
+        Ok(Attr { ino, inode })
+    }
+
+    fn lookup_ino(&self, parent: u64, name: &[u8]) -> Result<Option<(u64, FileKind)>> {
+        match self.kv.get(&meta::dirent_key(parent, name))? {
+            Some(v) => Ok(Some(meta::decode_dirent(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn dir_entry(&self, ino: u64) -> Result<Arc<Entry>> {
+        let e = self.entry(ino)?;
+        if e.data.read().attr.kind != FileKind::Dir {
+            return Err(Error::NotDir);
+        }
+        Ok(e)
+    }
+
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr> {
+        if name.len() > MAX_NAME_LEN {
+            return Err(Error::NameTooLong);
+        }
+        let pattr = self.getattr(parent)?;
+        if pattr.inode.kind != FileKind::Dir {
+            return Err(Error::NotDir);
+        }
+        if name == b"." {
+            return Ok(pattr);
+        }
+        if name == b".." {
+            return self.getattr(pattr.inode.parent);
+        }
+        match self.lookup_ino(parent, name)? {
+            Some((ino, _)) => self.getattr(ino),
+            None => Err(Error::NotFound),
+        }
+    }
+
+    // ------------------------------------------------------------------ namespace
+
+    fn alloc_ino(&self, b: &mut Batch) -> u64 {
+        let ino = self.next_ino.fetch_add(1, Ordering::SeqCst);
+        b.put(meta::misc_key("next_ino"), (ino + 1).to_le_bytes().to_vec());
+        ino
+    }
+
+    /// Creates any kind of node under `parent`. Set-gid directories pass on their group (and,
+    /// to subdirectories, the set-gid bit), as on ext4.
+    fn make_node(
+        &self,
+        parent: u64,
+        name: &[u8],
+        kind: FileKind,
+        mode: u32,
+        rdev: u32,
+        symlink: &[u8],
+        who: Caller,
+    ) -> Result<Attr> {
+        check_name(name)?;
+        let _ns = self.ns.lock();
+        let pe = self.dir_entry(parent)?;
+        let mut pd = pe.data.write();
+        if pd.gone || pd.attr.nlink == 0 {
+            return Err(Error::NotFound);
+        }
+        if self.lookup_ino(parent, name)?.is_some() {
+            return Err(Error::Exists);
+        }
+        let mut gid = who.gid;
+        let mut perm = (mode & 0o7777) as u16;
+        if pd.attr.perm & libc::S_ISGID as u16 != 0 {
+            gid = pd.attr.gid;
+            if kind == FileKind::Dir {
+                perm |= libc::S_ISGID as u16;
+            }
+        }
+        let mut inode = Inode::new(kind, perm, who.uid, gid, parent);
+        inode.rdev = rdev;
+        inode.symlink = symlink.to_vec();
+        inode.size = symlink.len() as u64;
+        let mut b = Batch::default();
+        let ino = self.alloc_ino(&mut b);
+        b.put(meta::inode_key(ino), inode.encode());
+        b.put(
+            meta::dirent_key(parent, name),
+            meta::encode_dirent(ino, kind),
+        );
+        let t = now();
+        pd.attr.mtime = t;
+        pd.attr.ctime = t;
+        if kind == FileKind::Dir {
+            pd.attr.nlink += 1;
+        }
+        b.put(meta::inode_key(parent), pd.attr.encode());
+        self.apply(b)?;
+        Ok(Attr { ino, inode })
+    }
+
+    pub fn mknod(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        rdev: u32,
+        who: Caller,
+    ) -> Result<Attr> {
+        let kind = FileKind::from_mode(mode).unwrap_or(FileKind::File);
+        if kind == FileKind::Dir || kind == FileKind::Symlink {
+            return Err(Error::Invalid(
+                "mknod cannot make directories or symlinks".into(),
+            ));
+        }
+        self.make_node(parent, name, kind, mode, rdev, &[], who)
+    }
+
+    pub fn mkdir(&self, parent: u64, name: &[u8], mode: u32, who: Caller) -> Result<Attr> {
+        self.make_node(parent, name, FileKind::Dir, mode, 0, &[], who)
+    }
+
+    pub fn symlink(&self, parent: u64, name: &[u8], target: &[u8], who: Caller) -> Result<Attr> {
+        if target.is_empty() {
+            return Err(Error::NotFound);
+        }
+        if target.len() > 4095 {
+            return Err(Error::NameTooLong);
+        }
+        self.make_node(parent, name, FileKind::Symlink, 0o777, 0, target, who)
+    }
+
+    /// Creates a regular file and opens it; returns its attributes and a handle.
+    pub fn create_file(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        who: Caller,
+    ) -> Result<(Attr, u64)> {
+        let attr = self.make_node(parent, name, FileKind::File, mode, 0, &[], who)?;
+        let fh = self.open_file(attr.ino)?;
+        Ok((attr, fh))
+    }
+
+    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
+        let a = self.getattr(ino)?;
+        if a.inode.kind != FileKind::Symlink {
+            return Err(Error::Invalid("not a symlink".into()));
+        }
+        Ok(a.inode.symlink)
+    }
+
+    pub fn link(&self, ino: u64, new_parent: u64, new_name: &[u8]) -> Result<Attr> {
+        check_name(new_name)?;
+        let _ns = self.ns.lock();
+        let pe = self.dir_entry(new_parent)?;
+        let e = self.entry(ino)?;
+        let mut pd = pe.data.write();
+        if pd.attr.nlink == 0 {
+            return Err(Error::NotFound);
+        }
+        let mut d = e.data.write();
+        if d.attr.kind == FileKind::Dir {
+            return Err(Error::NotPermitted);
+        }
+        if d.gone || d.attr.nlink == 0 {
+            return Err(Error::NotFound);
+        }
+        if d.attr.nlink >= u32::MAX - 1 {
+            return Err(Error::Invalid("too many links".into()));
+        }
+        if self.lookup_ino(new_parent, new_name)?.is_some() {
+            return Err(Error::Exists);
+        }
+        let t = now();
+        d.attr.nlink += 1;
+        d.attr.ctime = t;
+        pd.attr.mtime = t;
+        pd.attr.ctime = t;
+        let mut b = Batch::default();
+        b.put(
+            meta::dirent_key(new_parent, new_name),
+            meta::encode_dirent(ino, d.attr.kind),
+        );
+        b.put(meta::inode_key(ino), d.attr.encode());
+        b.put(meta::inode_key(new_parent), pd.attr.encode());
+        self.apply(b)?;
+        Ok(Attr {
+            ino,
+            inode: d.attr.clone(),
+        })
+    }
+
+    pub fn unlink(&self, parent: u64, name: &[u8]) -> Result<()> {
+        self.remove(parent, name, false)
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &[u8]) -> Result<()> {
+        self.remove(parent, name, true)
+    }
+
+    fn dir_is_empty(&self, ino: u64) -> Result<bool> {
+        let p = meta::dirent_prefix(ino);
+        Ok(self
+            .kv
+            .range_limit(&p, prefix_end(&p).as_deref(), 1)?
+            .is_empty())
+    }
+
+    fn remove(&self, parent: u64, name: &[u8], dir: bool) -> Result<()> {
+        if name == b"." {
+            return Err(Error::Invalid("cannot remove '.'".into()));
+        }
+        if name == b".." {
+            return Err(Error::NotEmpty);
+        }
+        let _ns = self.ns.lock();
+        let pe = self.dir_entry(parent)?;
+        let (ino, kind) = self.lookup_ino(parent, name)?.ok_or(Error::NotFound)?;
+        match (dir, kind == FileKind::Dir) {
+            (true, false) => return Err(Error::NotDir),
+            (false, true) => return Err(Error::IsDir),
+            _ => {}
+        }
+        if dir && !self.dir_is_empty(ino)? {
+            return Err(Error::NotEmpty);
+        }
+        let mut b = Batch::default();
+        b.delete(meta::dirent_key(parent, name));
+        let t = now();
+        {
+            let mut pd = pe.data.write();
+            pd.attr.mtime = t;
+            pd.attr.ctime = t;
+            if dir {
+                pd.attr.nlink -= 1;
+            }
+            b.put(meta::inode_key(parent), pd.attr.encode());
+        }
+        let delete_now = self.drop_link(ino, dir, t, &mut b)?;
+        self.apply(b)?;
+        if delete_now {
+            self.delete_inode_data(ino)?;
+        }
+        Ok(())
+    }
+
+    /// Takes one name away from `ino` inside batch `b`. Returns true when the inode has no
+    /// names and no open handles left, so its data must be deleted after the batch.
+    fn drop_link(&self, ino: u64, is_dir: bool, t: Timestamp, b: &mut Batch) -> Result<bool> {
+        let e = self.entry(ino)?;
+        let mut d = e.data.write();
+        d.attr.ctime = t;
+        d.attr.nlink = if is_dir {
+            0
+        } else {
+            d.attr.nlink.saturating_sub(1)
+        };
+        b.put(meta::inode_key(ino), d.attr.encode());
+        if d.attr.nlink > 0 {
+            return Ok(false);
+        }
+        // Recorded in the same batch, so a crash before the data is gone finishes it at startup.
+        b.put(meta::orphan_key(ino), Vec::new());
+        if e.opens.load(Ordering::Acquire) > 0 {
+            d.orphan = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Frees an inode with no names and no handles: its extents (in pages), xattrs and record.
+    fn delete_inode_data(&self, ino: u64) -> Result<()> {
+        let e = self.entry(ino)?;
+        let mut d = e.data.write();
+        self.dirty_total.fetch_sub(d.dirty_bytes, Ordering::Relaxed);
+        d.dirty.clear();
+        d.dirty_bytes = 0;
+        d.attr_dirty = false;
+        loop {
+            let p = meta::extent_prefix(ino);
+            let page = self
+                .kv
+                .range_limit(&p, prefix_end(&p).as_deref(), DELETE_PAGE)?;
+            if page.is_empty() {
+                break;
+            }
+            let mut b = Batch::default();
+            let mut refs: HashMap<ChunkId, i64> = HashMap::new();
+            let mut logical = 0i64;
+            for (k, v) in page {
+                let x = Extent::decode(&v)?;
+                *refs.entry(x.chunk).or_default() -= 1;
+                logical -= x.len as i64;
+                b.delete(k);
+            }
+            let mut cs = self.commit.lock();
+            self.apply_refs(&mut cs, &mut b, refs, &HashMap::new(), logical)?;
+            self.kv.apply(b)?;
+        }
+        let mut b = Batch::default();
+        for (k, _) in self.kv.range(
+            &meta::xattr_prefix(ino),
+            prefix_end(&meta::xattr_prefix(ino)).as_deref(),
+        )? {
+            b.delete(k);
+        }
+        b.delete(meta::inode_key(ino));
+        b.delete(meta::orphan_key(ino));
+        self.apply(b)?;
+        d.gone = true;
+        drop(d);
+        self.entries.lock().remove(&ino);
+        Ok(())
+    }
+
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &[u8],
+        new_parent: u64,
+        new_name: &[u8],
+        mode: RenameMode,
+    ) -> Result<()> {
+        check_name(new_name)?;
+        check_name(name)?;
+        let _ns = self.ns.lock();
+        let (src, src_kind) = self.lookup_ino(parent, name)?.ok_or(Error::NotFound)?;
+        self.dir_entry(new_parent)?;
+        let dst = self.lookup_ino(new_parent, new_name)?;
+        if parent == new_parent && name == new_name {
+            return if mode == RenameMode::NoReplace {
+                Err(Error::Exists)
+            } else {
+                Ok(())
+            };
+        }
+        if src_kind == FileKind::Dir && mode != RenameMode::Exchange {
+            // Refuse to move a directory under itself (the kernel checks too; we do not rely on it).
+            let mut p = new_parent;
+            while p != ROOT_INO {
+                if p == src {
+                    return Err(Error::Invalid("cannot move a directory into itself".into()));
+                }
+                p = self.getattr(p)?.inode.parent;
+            }
+        }
+        let t = now();
+        let mut b = Batch::default();
+        let mut delete_after = None;
+        match (mode, dst) {
+            (RenameMode::Exchange, None) => return Err(Error::NotFound),
+            (RenameMode::NoReplace, Some(_)) => return Err(Error::Exists),
+            (RenameMode::Exchange, Some((dino, dkind))) => {
+                b.put(
+                    meta::dirent_key(parent, name),
+                    meta::encode_dirent(dino, dkind),
+                );
+                b.put(
+                    meta::dirent_key(new_parent, new_name),
+                    meta::encode_dirent(src, src_kind),
+                );
+                self.reparent(src, src_kind, parent, new_parent, t, &mut b)?;
+                self.reparent(dino, dkind, new_parent, parent, t, &mut b)?;
+            }
+            (_, existing) => {
+                if let Some((dino, dkind)) = existing {
+                    if dino == src {
+                        // Two names of one inode: POSIX says do nothing.
+                        return Ok(());
+                    }
+                    match (src_kind == FileKind::Dir, dkind == FileKind::Dir) {
+                        (true, false) => return Err(Error::NotDir),
+                        (false, true) => return Err(Error::IsDir),
+                        (true, true) if !self.dir_is_empty(dino)? => return Err(Error::NotEmpty),
+                        _ => {}
+                    }
+                    if dkind == FileKind::Dir {
+                        let npe = self.entry(new_parent)?;
+                        let mut npd = npe.data.write();
+                        npd.attr.nlink -= 1;
+                        b.put(meta::inode_key(new_parent), npd.attr.encode());
+                    }
+                    if self.drop_link(dino, dkind == FileKind::Dir, t, &mut b)? {
+                        delete_after = Some(dino);
+                    }
+                }
+                b.delete(meta::dirent_key(parent, name));
+                b.put(
+                    meta::dirent_key(new_parent, new_name),
+                    meta::encode_dirent(src, src_kind),
+                );
+                self.reparent(src, src_kind, parent, new_parent, t, &mut b)?;
+            }
+        }
+        for p in [parent, new_parent] {
+            let pe = self.entry(p)?;
+            let mut pd = pe.data.write();
+            pd.attr.mtime = t;
+            pd.attr.ctime = t;
+            b.put(meta::inode_key(p), pd.attr.encode());
+        }
+        self.apply(b)?;
+        if let Some(ino) = delete_after {
+            self.delete_inode_data(ino)?;
+        }
+        Ok(())
+    }
+
+    /// Moves `ino` from directory `from` to `to` in the inode records (ctime, `..`, link counts).
+    fn reparent(
+        &self,
+        ino: u64,
+        kind: FileKind,
+        from: u64,
+        to: u64,
+        t: Timestamp,
+        b: &mut Batch,
+    ) -> Result<()> {
+        {
+            let e = self.entry(ino)?;
+            let mut d = e.data.write();
+            d.attr.ctime = t;
+            d.attr.parent = to;
+            b.put(meta::inode_key(ino), d.attr.encode());
+        }
+        if kind == FileKind::Dir && from != to {
+            for (p, delta) in [(from, -1i64), (to, 1)] {
+                let pe = self.entry(p)?;
+                let mut pd = pe.data.write();
+                pd.attr.nlink = (pd.attr.nlink as i64 + delta) as u32;
+                b.put(meta::inode_key(p), pd.attr.encode());
+            }
+        }
+        Ok(())
+    }
+
+    pub fn setattr(&self, ino: u64, s: &SetAttr) -> Result<Attr> {
+        let _ns = self.ns.lock();
+        let e = self.entry(ino)?;
+        let mut d = e.data.write();
+        if d.gone {
+            return Err(Error::NotFound);
+        }
+        let t = now();
+        if let Some(size) = s.size {
+            if d.attr.kind == FileKind::Dir {
+                return Err(Error::IsDir);
+            }
+            if d.attr.kind != FileKind::File {
+                return Err(Error::Invalid("truncate of a special file".into()));
+            }
+            if size > MAX_FILE_SIZE {
+                return Err(Error::TooBig);
+            }
+            self.truncate_locked(&e, &mut d, size)?;
+            d.attr.mtime = t;
+        }
+        if let Some(mode) = s.mode {
+            d.attr.perm = (mode & 0o7777) as u16;
+        }
+        if let Some(uid) = s.uid {
+            d.attr.uid = uid;
+        }
+        if let Some(gid) = s.gid {
+            d.attr.gid = gid;
+        }
+        let resolve = |ts: TimeSet| match ts {
+            TimeSet::Now => t,
+            TimeSet::At(x) => x,
+        };
+        if let Some(a) = s.atime {
+            d.attr.atime = resolve(a);
+        }
+        if let Some(m) = s.mtime {
+            d.attr.mtime = resolve(m);
+        }
+        d.attr.ctime = s.ctime.unwrap_or(t);
+        let mut b = Batch::default();
+        b.put(meta::inode_key(ino), d.attr.encode());
+        self.apply(b)?;
+        d.attr_dirty = false;
+        Ok(Attr {
+            ino,
+            inode: d.attr.clone(),
+        })
+    }
+
+    // ------------------------------------------------------------------ handles
+
+    pub fn open_file(&self, ino: u64) -> Result<u64> {
+        let e = self.entry(ino)?;
+        {
+            let d = e.data.read();
+            if d.gone {
+                return Err(Error::NotFound);
+            }
+            if d.attr.kind == FileKind::Dir {
+                return Err(Error::IsDir);
+            }
+        }
+        e.opens.fetch_add(1, Ordering::AcqRel);
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().insert(fh, Handle::File { ino });
+        Ok(fh)
+    }
+
+    /// Closes a handle; the last close of a file unlinked while open deletes it.
+    pub fn release(&self, fh: u64) -> Result<()> {
+        let Some(Handle::File { ino }) = self.handles.lock().remove(&fh) else {
+            return Err(Error::BadHandle);
+        };
+        let e = self.entry(ino)?;
+        let last = e.opens.fetch_sub(1, Ordering::AcqRel) == 1;
+        let orphan = e.data.read().orphan;
+        if last && orphan {
+            let _ns = self.ns.lock();
+            return self.delete_inode_data(ino);
+        }
+        let mut d = e.data.write();
+        if d.dirty_bytes > 0 || d.attr_dirty {
+            self.commit_locked(&e, &mut d, true, false)?;
+        }
+        Ok(())
+    }
+
+    pub fn handle_ino(&self, fh: u64) -> Result<u64> {
+        match self.handles.lock().get(&fh) {
+            Some(Handle::File { ino }) => Ok(*ino),
+            _ => Err(Error::BadHandle),
+        }
+    }
+
+    pub fn opendir(&self, ino: u64) -> Result<u64> {
+        let a = self.getattr(ino)?;
+        if a.inode.kind != FileKind::Dir {
+            return Err(Error::NotDir);
+        }
+        let mut entries = vec![
+            DirEntry {
+                name: b".".to_vec(),
+                ino,
+                kind: FileKind::Dir,
+            },
+            DirEntry {
+                name: b"..".to_vec(),
+                ino: a.inode.parent,
+                kind: FileKind::Dir,
+            },
+        ];
+        let p = meta::dirent_prefix(ino);
+        for (k, v) in self.kv.range(&p, prefix_end(&p).as_deref())? {
+            let (child, kind) = meta::decode_dirent(&v)?;
+            entries.push(DirEntry {
+                name: k[p.len()..].to_vec(),
+                ino: child,
+                kind,
+            });
+        }
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().insert(fh, Handle::Dir { entries });
+        Ok(fh)
+    }
+
+    /// Entries of an open directory from position `offset` on (a snapshot taken at opendir, so
+    /// concurrent changes never make a listing skip or repeat a name).
+    pub fn readdir(&self, fh: u64, offset: u64, max: usize) -> Result<Vec<DirEntry>> {
+        match self.handles.lock().get(&fh) {
+            Some(Handle::Dir { entries }) => Ok(entries
+                .iter()
+                .skip(offset as usize)
+                .take(max)
+                .cloned()
+                .collect()),
+            _ => Err(Error::BadHandle),
+        }
+    }
+
+    pub fn releasedir(&self, fh: u64) -> Result<()> {
+        match self.handles.lock().remove(&fh) {
+            Some(Handle::Dir { .. }) => Ok(()),
+            _ => Err(Error::BadHandle),
+        }
+    }
+
+    // ------------------------------------------------------------------ xattrs
+
+    pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], how: XattrSet) -> Result<()> {
+        if name.is_empty() || name.len() > 255 {
+            return Err(Error::Range);
+        }
+        if value.len() > MAX_XATTR_VALUE {
+            return Err(Error::TooBig);
+        }
+        let _ns = self.ns.lock();
+        let e = self.entry(ino)?;
+        let mut d = e.data.write();
+        let key = meta::xattr_key(ino, name);
+        let exists = self.kv.get(&key)?.is_some();
+        match how {
+            XattrSet::Create if exists => return Err(Error::Exists),
+            XattrSet::Replace if !exists => return Err(Error::NoXattr),
+            _ => {}
+        }
+        d.attr.ctime = now();
+        let mut b = Batch::default();
+        b.put(key, value.to_vec());
+        b.put(meta::inode_key(ino), d.attr.encode());
+        self.apply(b)
+    }
+
+    pub fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
+        self.getattr(ino)?;
+        self.kv
+            .get(&meta::xattr_key(ino, name))?
+            .ok_or(Error::NoXattr)
+    }
+
+    pub fn listxattr(&self, ino: u64) -> Result<Vec<Vec<u8>>> {
+        self.getattr(ino)?;
+        let p = meta::xattr_prefix(ino);
+        Ok(self
+            .kv
+            .range(&p, prefix_end(&p).as_deref())?
+            .into_iter()
+            .map(|(k, _)| k[p.len()..].to_vec())
+            .collect())
+    }
+
+    pub fn removexattr(&self, ino: u64, name: &[u8]) -> Result<()> {
+        let _ns = self.ns.lock();
+        let e = self.entry(ino)?;
+        let mut d = e.data.write();
+        let key = meta::xattr_key(ino, name);
+        if self.kv.get(&key)?.is_none() {
+            return Err(Error::NoXattr);
+        }
+        d.attr.ctime = now();
+        let mut b = Batch::default();
+        b.delete(key);
+        b.put(meta::inode_key(ino), d.attr.encode());
+        self.apply(b)
+    }
+
+    // ------------------------------------------------------------------ data: read
+
+    fn file_entry(&self, ino: u64) -> Result<Arc<Entry>> {
+        let e = self.entry(ino)?;
+        let kind = e.data.read().attr.kind;
+        match kind {
+            FileKind::File => Ok(e),
+            FileKind::Dir => Err(Error::IsDir),
+            _ => Err(Error::Invalid("not a regular file".into())),
+        }
+    }
+
+    /// Committed extents of `ino` overlapping `start..end`, in offset order.
+    fn extents(&self, ino: u64, start: u64, end: u64) -> Result<Vec<(u64, Extent)>> {
+        let mut out = Vec::new();
+        if start >= end {
+            return Ok(out);
+        }
+        let lower = meta::extent_key(ino, 0);
+        if let Some((k, v)) = self.kv.last_in(&lower, &meta::extent_key(ino, start))? {
+            let off = meta::key_tail_u64(&k);
+            let x = Extent::decode(&v)?;
+            if off < start && off + x.len as u64 > start {
+                out.push((off, x));
+            }
+        }
+        for (k, v) in self.kv.range(
+            &meta::extent_key(ino, start),
+            Some(&meta::extent_key(ino, end)),
+        )? {
+            out.push((meta::key_tail_u64(&k), Extent::decode(&v)?));
+        }
+        Ok(out)
+    }
+
+    /// A chunk's plaintext, from the cache or its pack (verified: decrypted and re-hashed).
+    fn chunk_data(&self, id: &ChunkId) -> Result<Arc<Vec<u8>>> {
+        if let Some(c) = self.chunk_cache.lock().get(id) {
+            return Ok(c.clone());
+        }
+        let rec = match self.kv.get(&meta::chunk_key(id))? {
+            Some(v) => ChunkRecord::decode(&v)?,
+            None => {
+                return Err(Error::Corrupt(format!(
+                    "chunk {id} is referenced but not indexed"
+                )))
+            }
+        };
+        let file = self.packs.reader(rec.pack)?;
+        let blob = pack::read_blob(
+            &file,
+            BlobLocation {
+                offset: rec.offset,
+                len: rec.stored_len,
+            },
+        )?;
+        let plain = blob::decode(&self.keys, id, &blob).inspect_err(|e| {
+            tracing::error!(chunk = %id, pack = rec.pack, offset = rec.offset, "unreadable chunk: {e}");
+        })?;
+        let plain = Arc::new(plain);
+        self.chunk_cache.lock().put(*id, plain.clone());
+        Ok(plain)
+    }
+
+    /// Fills `buf` with the committed bytes at `start` (holes stay as they are: zero).
+    fn read_committed(&self, ino: u64, start: u64, buf: &mut [u8]) -> Result<()> {
+        let end = start + buf.len() as u64;
+        for (off, x) in self.extents(ino, start, end)? {
+            let s = off.max(start);
+            let e = (off + x.len as u64).min(end);
+            let data = self.chunk_data(&x.chunk)?;
+            let from = x.chunk_offset as usize + (s - off) as usize;
+            let src = data.get(from..from + (e - s) as usize).ok_or_else(|| {
+                Error::Corrupt(format!("extent of inode {ino} runs past chunk {}", x.chunk))
+            })?;
+            buf[(s - start) as usize..(e - start) as usize].copy_from_slice(src);
+        }
+        Ok(())
+    }
+
+    fn overlay_dirty(d: &FileData, start: u64, buf: &mut [u8]) {
+        let end = start + buf.len() as u64;
+        let first = d
+            .dirty
+            .range(..start)
+            .next_back()
+            .map(|(k, _)| *k)
+            .unwrap_or(start);
+        for (&off, bytes) in d.dirty.range(first..end) {
+            let s = off.max(start);
+            let e = (off + bytes.len() as u64).min(end);
+            if s < e {
+                buf[(s - start) as usize..(e - start) as usize]
+                    .copy_from_slice(&bytes[(s - off) as usize..(e - off) as usize]);
+            }
+        }
+    }
+
+    pub fn read(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let e = self.file_entry(ino)?;
+        let d = e.data.read();
+        if offset >= d.attr.size {
+            return Ok(Vec::new());
+        }
+        let n = (size as u64).min(d.attr.size - offset) as usize;
+        let mut buf = vec![0u8; n];
+        self.read_committed(ino, offset, &mut buf)?;
+        Self::overlay_dirty(&d, offset, &mut buf);
+        Ok(buf)
+    }
+
+    // ------------------------------------------------------------------ data: write
+
+    pub fn write(&self, ino: u64, offset: u64, data: &[u8]) -> Result<u32> {
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|&e| e <= MAX_FILE_SIZE)
+            .ok_or(Error::TooBig)?;
+        let e = self.file_entry(ino)?;
+        let mut d = e.data.write();
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let added = insert_dirty(&mut d.dirty, offset, data);
+        d.dirty_bytes += added;
+        self.dirty_total.fetch_add(added, Ordering::Relaxed);
+        d.attr.size = d.attr.size.max(end);
+        let t = now();
+        d.attr.mtime = t;
+        d.attr.ctime = t;
+        d.attr_dirty = true;
+        d.unsynced = true;
+        d.last_write = Instant::now();
+        let over_global = self.dirty_total.load(Ordering::Relaxed) >= self.opts.dirty_limit
+            && d.dirty_bytes >= self.opts.dirty_limit / 16;
+        if d.dirty_bytes >= FILE_DIRTY_COMMIT || over_global {
+            self.commit_locked(&e, &mut d, false, true)?;
+        }
+        Ok(data.len() as u32)
+    }
+
+    /// Makes everything written to `ino` durable (fsync).
+    pub fn fsync(&self, ino: u64) -> Result<()> {
+        let e = self.entry(ino)?;
+        let mut d = e.data.write();
+        if d.gone {
+            return Ok(());
+        }
+        self.commit_locked(&e, &mut d, true, false)
+    }
+
+    /// Makes `ino` durable if anything changed since it last was (close of a file).
+    pub fn flush(&self, ino: u64) -> Result<()> {
+        let e = self.entry(ino)?;
+        let mut d = e.data.write();
+        if d.gone || !(d.unsynced || d.dirty_bytes > 0 || d.attr_dirty) {
+            return Ok(());
+        }
+        self.commit_locked(&e, &mut d, true, false)
+    }
+
+    /// Commits every file's dirty data; durable if asked (shutdown). Files written to in the
+    /// last seconds keep their growing last chunk in memory unless `durable`.
+    pub fn commit_all(&self, durable: bool) -> Result<()> {
+        let all: Vec<Arc<Entry>> = self.entries.lock().values().cloned().collect();
+        for e in all {
+            let mut d = e.data.write();
+            if !d.gone && (d.dirty_bytes > 0 || d.attr_dirty) {
+                let keep_tail = !durable && d.last_write.elapsed() < Duration::from_secs(5);
+                self.commit_locked(&e, &mut d, false, keep_tail)?;
+            }
+        }
+        if durable {
+            self.kv.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Turns a file's dirty ranges into chunks and splices them into its extent map.
+    /// `keep_tail` leaves the last chunk of a region ending at EOF in memory (more data is
+    /// likely to follow it; committing it now would mean re-chunking it later).
+    fn commit_locked(
+        &self,
+        e: &Entry,
+        d: &mut FileData,
+        durable: bool,
+        keep_tail: bool,
+    ) -> Result<()> {
+        let ino = e.ino;
+        if d.dirty.is_empty() {
+            if d.attr_dirty {
+                let mut b = Batch::default();
+                b.put(meta::inode_key(ino), d.attr.encode());
+                self.apply(b)?;
+                d.attr_dirty = false;
+            }
+            if durable {
+                self.kv.flush()?;
+                d.unsynced = false;
+            }
+            return Ok(());
+        }
+        let regions = self.widen_regions(ino, d)?;
+        let params = self.info.chunking;
+        let mut plans: Vec<RegionPlan> = Vec::new();
+        let mut new_tail: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+        let last = regions.len() - 1;
+        for (i, (a, b)) in regions.into_iter().enumerate() {
+            let mut buf = vec![0u8; (b - a) as usize];
+            self.read_committed(ino, a, &mut buf)?;
+            Self::overlay_dirty(d, a, &mut buf);
+            let mut covered = self
+                .extents(ino, a, b)?
+                .into_iter()
+                .map(|(o, x)| (o, o + x.len as u64))
+                .collect::<Vec<_>>();
+            covered.extend(
+                d.dirty
+                    .range(..b)
+                    .filter(|(o, v)| *o + v.len() as u64 > a)
+                    .map(|(o, v)| (*o, *o + v.len() as u64)),
+            );
+            let segments = merge_intervals(covered, a, b);
+            let mut chunks = Vec::new();
+            let mut commit_end = b;
+            for (si, (s, t)) in segments.iter().enumerate() {
+                let seg = &buf[(s - a) as usize..(t - a) as usize];
+                let cuts = chunker::cut_points(&params, seg);
+                let mut prev = 0usize;
+                let n = cuts.len();
+                for (ci, &cut) in cuts.iter().enumerate() {
+                    let at = s + prev as u64;
+                    let is_tail = keep_tail
+                        && i == last
+                        && si == segments.len() - 1
+                        && ci == n - 1
+                        && n > 1
+                        && *t >= d.attr.size;
+                    if is_tail {
+                        commit_end = at;
+                        new_tail.insert(at, seg[prev..cut].to_vec());
+                        break;
+                    }
+                    chunks.push(PlannedChunk {
+                        offset: at,
+                        start_in_buf: (at - a) as usize,
+                        len: cut - prev,
+                        id: None,
+                    });
+                    prev = cut;
+                }
+            }
+            plans.push(RegionPlan {
+                start: a,
+                end: commit_end,
+                buf,
+                chunks,
+            });
+        }
+        // Hash, find what is new, encode it on the pool, append it.
+        let keys = &self.keys;
+        for p in plans.iter_mut() {
+            let buf = &p.buf;
+            p.chunks.par_iter_mut().for_each(|c| {
+                let bytes = &buf[c.start_in_buf..c.start_in_buf + c.len];
+                if !bytes.iter().all(|&x| x == 0) {
+                    c.id = Some(keys.chunk_id(bytes));
+                }
+            });
+        }
+        let mut wanted: Vec<(ChunkId, &[u8])> = Vec::new();
+        let mut seen = HashSet::new();
+        for p in &plans {
+            for c in &p.chunks {
+                if let Some(id) = c.id {
+                    if seen.insert(id) && self.kv.get(&meta::chunk_key(&id))?.is_none() {
+                        wanted.push((id, &p.buf[c.start_in_buf..c.start_in_buf + c.len]));
+                    }
+                }
+            }
+        }
+        let new_chunks = self.store_chunks(&wanted)?;
+        // Metadata: one batch for all regions of this commit.
+        let mut b = Batch::default();
+        let mut refs: HashMap<ChunkId, i64> = HashMap::new();
+        let mut logical = 0i64;
+        for p in &plans {
+            if p.end <= p.start {
+                continue;
+            }
+            logical += self.punch_into(ino, p.start, p.end, &mut b, &mut refs)?;
+            for c in &p.chunks {
+                if let Some(id) = c.id {
+                    let x = Extent {
+                        chunk: id,
+                        chunk_offset: 0,
+                        len: c.len as u32,
+                    };
+                    b.put(meta::extent_key(ino, c.offset), x.encode());
+                    *refs.entry(id).or_default() += 1;
+                    logical += c.len as i64;
+                }
+            }
+        }
+        b.put(meta::inode_key(ino), d.attr.encode());
+        {
+            let mut cs = self.commit.lock();
+            // Every chunk this commit references, in case one is collected under our feet.
+            let plain: HashMap<ChunkId, &[u8]> = plans
+                .iter()
+                .flat_map(|p| {
+                    p.chunks.iter().filter_map(|c| {
+                        c.id.map(|id| (id, &p.buf[c.start_in_buf..c.start_in_buf + c.len]))
+                    })
+                })
+                .collect();
+            self.apply_refs_with_data(&mut cs, &mut b, refs, &new_chunks, logical, &plain)?;
+            self.kv.apply(b)?;
+        }
+        if durable {
+            self.kv.flush()?;
+            d.unsynced = kept_any_tail(&new_tail);
+        }
+        let kept: u64 = new_tail.values().map(|v| v.len() as u64).sum();
+        self.dirty_total.fetch_sub(d.dirty_bytes, Ordering::Relaxed);
+        self.dirty_total.fetch_add(kept, Ordering::Relaxed);
+        d.dirty = new_tail;
+        d.dirty_bytes = kept;
+        d.attr_dirty = kept > 0;
+        Ok(())
+    }
+
+    /// Widens each dirty range to the extents it cuts into and merges the results, so that
+    /// every region starts and ends on an existing extent boundary (or in a hole).
+    fn widen_regions(&self, ino: u64, d: &FileData) -> Result<Vec<(u64, u64)>> {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for (&off, bytes) in &d.dirty {
+            let mut a = off;
+            let mut b = off + bytes.len() as u64;
+            if let Some((o, _)) = self.extents(ino, a, a + 1)?.first() {
+                a = a.min(*o);
+            }
+            if b > 0 {
+                if let Some((o, x)) = self.extents(ino, b - 1, b)?.first() {
+                    b = b.max(o + x.len as u64);
+                }
+            }
+            b = b.min(d.attr.size.max(off + bytes.len() as u64));
+            match out.last_mut() {
+                Some(last) if a <= last.1 => last.1 = last.1.max(b),
+                _ => out.push((a, b)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Encodes new chunks in parallel and appends them to packs, then makes those packs durable
+    /// (before any metadata names them).
+    fn store_chunks(&self, wanted: &[(ChunkId, &[u8])]) -> Result<HashMap<ChunkId, NewChunk>> {
+        let level = self.opts.zstd_level;
+        let mut out = HashMap::new();
+        if wanted.is_empty() {
+            return Ok(out);
+        }
+        // Bounded batches keep peak memory to a few chunks per core.
+        for group in wanted.chunks(16) {
+            let blobs: Vec<Vec<u8>> = group
+                .par_iter()
+                .map(|(id, plain)| blob::encode(&self.keys, id, plain, level))
+                .collect();
+            for ((id, plain), blob) in group.iter().zip(blobs) {
+                let (pack, loc) = self.packs.append(self, id, &blob)?;
+                out.insert(
+                    *id,
+                    NewChunk {
+                        pack,
+                        loc,
+                        plain_len: plain.len() as u32,
+                    },
+                );
+            }
+        }
+        self.packs.sync_current()?;
+        Ok(out)
+    }
+
+    /// Removes `start..end` from the extent map inside batch `b`, trimming extents that straddle
+    /// the edges. Returns the change in logical bytes; refcount changes go to `refs`.
+    fn punch_into(
+        &self,
+        ino: u64,
+        start: u64,
+        end: u64,
+        b: &mut Batch,
+        refs: &mut HashMap<ChunkId, i64>,
+    ) -> Result<i64> {
+        let mut logical = 0i64;
+        for (off, x) in self.extents(ino, start, end)? {
+            let xend = off + x.len as u64;
+            b.delete(meta::extent_key(ino, off));
+            *refs.entry(x.chunk).or_default() -= 1;
+            logical -= x.len as i64;
+            if off < start {
+                let keep = x.slice(0, (start - off) as u32);
+                b.put(meta::extent_key(ino, off), keep.encode());
+                *refs.entry(x.chunk).or_default() += 1;
+                logical += keep.len as i64;
+            }
+            if xend > end {
+                let keep = x.slice((end - off) as u32, (xend - end) as u32);
+                b.put(meta::extent_key(ino, end), keep.encode());
+                *refs.entry(x.chunk).or_default() += 1;
+                logical += keep.len as i64;
+            }
+        }
+        Ok(logical)
+    }
+
+    fn apply_refs(
+        &self,
+        cs: &mut CommitState,
+        b: &mut Batch,
+        refs: HashMap<ChunkId, i64>,
+        new: &HashMap<ChunkId, NewChunk>,
+        logical: i64,
+    ) -> Result<()> {
+        self.apply_refs_with_data(cs, b, refs, new, logical, &HashMap::new())
+    }
+
+    /// Applies refcount changes to the chunk index inside batch `b` (under the commit lock).
+    /// A chunk whose count drops to zero leaves the index and its bytes count as dead in its
+    /// pack. A chunk found at dedup time but collected since is stored again from `plain`.
+    fn apply_refs_with_data(
+        &self,
+        cs: &mut CommitState,
+        b: &mut Batch,
+        refs: HashMap<ChunkId, i64>,
+        new: &HashMap<ChunkId, NewChunk>,
+        logical: i64,
+        plain: &HashMap<ChunkId, &[u8]>,
+    ) -> Result<()> {
+        let mut dead: HashMap<u64, u64> = HashMap::new();
+        for (id, delta) in refs {
+            if delta == 0 && !new.contains_key(&id) {
+                continue;
+            }
+            let existing = match self.kv.get(&meta::chunk_key(&id))? {
+                Some(v) => Some(ChunkRecord::decode(&v)?),
+                None => None,
+            };
+            let rec = match (existing, new.get(&id)) {
+                (Some(mut r), fresh) => {
+                    if let Some(f) = fresh {
+                        // Someone stored the same chunk first: our copy is garbage.
+                        *dead.entry(f.pack).or_default() += f.loc.len as u64;
+                    }
+                    r.refs = (r.refs as i64 + delta) as u64;
+                    r
+                }
+                (None, fresh) => {
+                    if delta <= 0 {
+                        return Err(Error::Corrupt(format!("chunk {id} lost its index record")));
+                    }
+                    let f = match fresh {
+                        Some(f) => *f,
+                        None => {
+                            let data = plain.get(&id).ok_or_else(|| {
+                                Error::Corrupt(format!(
+                                    "chunk {id} vanished while being referenced"
+                                ))
+                            })?;
+                            let blob = blob::encode(&self.keys, &id, data, self.opts.zstd_level);
+                            let (pack, loc) = self.packs.append(self, &id, &blob)?;
+                            self.packs.sync_current()?;
+                            NewChunk {
+                                pack,
+                                loc,
+                                plain_len: data.len() as u32,
+                            }
+                        }
+                    };
+                    cs.stats.chunks += 1;
+                    cs.stats.unique_bytes += f.plain_len as u64;
+                    cs.stats.stored_bytes += f.loc.len as u64;
+                    ChunkRecord {
+                        pack: f.pack,
+                        offset: f.loc.offset,
+                        stored_len: f.loc.len,
+                        plain_len: f.plain_len,
+                        refs: delta as u64,
+                    }
+                }
+            };
+            if rec.refs == 0 {
+                b.delete(meta::chunk_key(&id));
+                cs.stats.chunks -= 1;
+                cs.stats.unique_bytes -= rec.plain_len as u64;
+                cs.stats.stored_bytes -= rec.stored_len as u64;
+                *dead.entry(rec.pack).or_default() += rec.stored_len as u64;
+                self.chunk_cache.lock().pop(&id);
+            } else {
+                b.put(meta::chunk_key(&id), rec.encode());
+            }
+        }
+        for (pack, bytes) in dead {
+            if let Some(v) = self.kv.get(&meta::pack_key(pack))? {
+                let mut r = PackRecord::decode(&v)?;
+                r.dead_bytes += bytes;
+                b.put(meta::pack_key(pack), r.encode());
+            }
+        }
+        cs.stats.logical_bytes = (cs.stats.logical_bytes as i64 + logical) as u64;
+        b.put(meta::misc_key("stats"), cs.stats.encode());
+        Ok(())
+    }
+
+    /// Shrinks or grows a file (its dirty data first), with the inode's data lock held.
+    fn truncate_locked(&self, e: &Entry, d: &mut FileData, size: u64) -> Result<()> {
+        if size < d.attr.size {
+            // Drop dirty bytes past the new end.
+            let mut removed = 0u64;
+            let keys: Vec<u64> = d
+                .dirty
+                .range(..)
+                .filter(|(o, v)| **o + v.len() as u64 > size)
+                .map(|(o, _)| *o)
+                .collect();
+            for o in keys {
+                let mut v = d.dirty.remove(&o).unwrap();
+                if o < size {
+                    removed += v.len() as u64 - (size - o);
+                    v.truncate((size - o) as usize);
+                    d.dirty.insert(o, v);
+                } else {
+                    removed += v.len() as u64;
+                }
+            }
+            d.dirty_bytes -= removed;
+            d.unsynced = true;
+            self.dirty_total.fetch_sub(removed, Ordering::Relaxed);
+            let mut b = Batch::default();
+            let mut refs = HashMap::new();
+            let logical = self.punch_into(e.ino, size, u64::MAX, &mut b, &mut refs)?;
+            d.attr.size = size;
+            b.put(meta::inode_key(e.ino), d.attr.encode());
+            let mut cs = self.commit.lock();
+            self.apply_refs(&mut cs, &mut b, refs, &HashMap::new(), logical)?;
+            self.kv.apply(b)?;
+        } else {
+            d.attr.size = size;
+        }
+        Ok(())
+    }
+
+    pub fn fallocate(&self, ino: u64, offset: u64, len: u64, mode: Allocate) -> Result<()> {
+        let end = offset
+            .checked_add(len)
+            .filter(|&e| e <= MAX_FILE_SIZE)
+            .ok_or(Error::TooBig)?;
+        if len == 0 {
+            return Err(Error::Invalid("fallocate of zero bytes".into()));
+        }
+        let e = self.file_entry(ino)?;
+        let mut d = e.data.write();
+        d.unsynced = true;
+        let (punch, keep_size) = match mode {
+            Allocate::Allocate { keep_size } => (false, keep_size),
+            Allocate::PunchHole => (true, true),
+            Allocate::ZeroRange { keep_size } => (true, keep_size),
+        };
+        if punch {
+            // Commit first so the punch is a pure extent-map change.
+            self.commit_locked(&e, &mut d, false, false)?;
+            let mut b = Batch::default();
+            let mut refs = HashMap::new();
+            let logical = self.punch_into(ino, offset, end, &mut b, &mut refs)?;
+            let t = now();
+            d.attr.mtime = t;
+            d.attr.ctime = t;
+            if !keep_size {
+                d.attr.size = d.attr.size.max(end);
+            }
+            b.put(meta::inode_key(ino), d.attr.encode());
+            let mut cs = self.commit.lock();
+            self.apply_refs(&mut cs, &mut b, refs, &HashMap::new(), logical)?;
+            self.kv.apply(b)?;
+        } else if !keep_size && end > d.attr.size {
+            d.attr.size = end;
+            d.attr.ctime = now();
+            let mut b = Batch::default();
+            b.put(meta::inode_key(ino), d.attr.encode());
+            self.apply(b)?;
+        }
+        Ok(())
+    }
+
+    /// SEEK_DATA / SEEK_HOLE over committed extents and dirty ranges.
+    pub fn lseek(&self, ino: u64, offset: u64, whence: Whence) -> Result<u64> {
+        let e = self.file_entry(ino)?;
+        let d = e.data.read();
+        let size = d.attr.size;
+        if offset >= size {
+            return Err(Error::NoSuchOffset);
+        }
+        // Walk data intervals from `offset` in pages (the map can be large).
+        let mut pos = offset;
+        loop {
+            let window_end = size.min(pos.saturating_add(1 << 30));
+            let mut iv: Vec<(u64, u64)> = self
+                .extents(ino, pos, window_end)?
+                .into_iter()
+                .map(|(o, x)| (o, o + x.len as u64))
+                .collect();
+            iv.extend(d.dirty.iter().map(|(o, v)| (*o, *o + v.len() as u64)));
+            let merged = merge_intervals(iv, pos, window_end);
+            match whence {
+                Whence::Data => {
+                    if let Some((s, _)) = merged.first() {
+                        return Ok(*s);
+                    }
+                }
+                Whence::Hole => match merged.first() {
+                    Some((s, _)) if *s > pos => return Ok(pos),
+                    Some((_, e)) if *e < window_end => return Ok(*e),
+                    None => return Ok(pos),
+                    _ => {}
+                },
+            }
+            if window_end >= size {
+                return match whence {
+                    Whence::Data => Err(Error::NoSuchOffset),
+                    Whence::Hole => Ok(size),
+                };
+            }
+            pos = window_end;
+        }
+    }
+
+    /// Clones `len` bytes of `src` at `src_off` into `dst` at `dst_off` by sharing extents:
+    /// no data is read or written. Returns the bytes cloned (short at the source's EOF).
+    pub fn copy_range(
+        &self,
+        src: u64,
+        src_off: u64,
+        dst: u64,
+        dst_off: u64,
+        len: u64,
+    ) -> Result<u64> {
+        let se = self.file_entry(src)?;
+        let de = self.file_entry(dst)?;
+        if src == dst && src_off.max(dst_off) < src_off.min(dst_off) + len {
+            return Err(Error::Invalid("overlapping copy within one file".into()));
+        }
+        // Lock in inode order to avoid deadlock between two opposite copies.
+        let (mut sd, mut dd) = if src == dst {
+            (e_write(&se), None)
+        } else if src < dst {
+            let s = e_write(&se);
+            (s, Some(e_write(&de)))
+        } else {
+            let dd = e_write(&de);
+            (e_write(&se), Some(dd))
+        };
+        self.commit_locked(&se, &mut sd, false, false)?;
+        let len = len.min(sd.attr.size.saturating_sub(src_off));
+        if len == 0 {
+            return Ok(0);
+        }
+        let dend = dst_off
+            .checked_add(len)
+            .filter(|&e| e <= MAX_FILE_SIZE)
+            .ok_or(Error::TooBig)?;
+        let src_extents = self.extents(src, src_off, src_off + len)?;
+        let dd_ref: &mut FileData = match dd.as_mut() {
+            Some(x) => x,
+            None => &mut sd,
+        };
+        self.commit_locked(&de, dd_ref, false, false)?;
+        let mut b = Batch::default();
+        let mut refs = HashMap::new();
+        let mut logical = self.punch_into(dst, dst_off, dend, &mut b, &mut refs)?;
+        for (off, x) in src_extents {
+            let s = off.max(src_off);
+            let e = (off + x.len as u64).min(src_off + len);
+            let piece = x.slice((s - off) as u32, (e - s) as u32);
+            b.put(
+                meta::extent_key(dst, dst_off + (s - src_off)),
+                piece.encode(),
+            );
+            *refs.entry(piece.chunk).or_default() += 1;
+            logical += piece.len as i64;
+        }
+        let t = now();
+        dd_ref.attr.size = dd_ref.attr.size.max(dend);
+        dd_ref.unsynced = true;
+        dd_ref.attr.mtime = t;
+        dd_ref.attr.ctime = t;
+        b.put(meta::inode_key(dst), dd_ref.attr.encode());
+        let mut cs = self.commit.lock();
+        self.apply_refs(&mut cs, &mut b, refs, &HashMap::new(), logical)?;
+        self.kv.apply(b)?;
+        Ok(len)
+    }
+
+    // ------------------------------------------------------------------ volume-wide
+
+    fn apply(&self, b: Batch) -> Result<()> {
+        self.kv.apply(b)
+    }
+
+    /// Durability barrier for namespace changes (fsyncdir).
+    pub fn sync_metadata(&self) -> Result<()> {
+        self.kv.flush()
+    }
+
+    pub fn stats(&self) -> Result<VolumeStats> {
+        let stats = self.commit.lock().stats;
+        let mut packs = 0;
+        let mut pack_bytes = 0;
+        for (_, v) in self.kv.range(
+            &meta::pack_prefix(),
+            prefix_end(&meta::pack_prefix()).as_deref(),
+        )? {
+            packs += 1;
+            pack_bytes += PackRecord::decode(&v)?.size;
+        }
+        if let Some((w, _)) = self.packs.writer.lock().as_ref() {
+            pack_bytes += w.len();
+        }
+        Ok(VolumeStats {
+            stats,
+            dirty_bytes: self.dirty_total.load(Ordering::Relaxed),
+            packs,
+            pack_bytes,
+            metadata_bytes: self.kv.size_on_disk()?,
+        })
+    }
+
+    /// statfs: capacity of the local disk holding the volume; used = bytes stored in packs.
+    pub fn statfs(&self) -> Result<StatFs> {
+        let s =
+            nix::sys::statvfs::statvfs(&self.dir).map_err(|e| Error::io("statvfs", e.into()))?;
+        let bsize = 4096u64;
+        let frsize = s.fragment_size() as u64;
+        let total = s.blocks() as u64 * frsize;
+        let avail = s.blocks_available() as u64 * frsize;
+        let free = s.blocks_free() as u64 * frsize;
+        Ok(StatFs {
+            blocks: total / bsize,
+            bfree: free / bsize,
+            bavail: avail / bsize,
+            files: u32::MAX as u64,
+            ffree: u32::MAX as u64 - self.next_ino.load(Ordering::Relaxed),
+            bsize: bsize as u32,
+            namelen: MAX_NAME_LEN as u32,
+        })
+    }
+
+    /// Background duties: seal an idle pack, commit data left dirty for a while, drop idle
+    /// entries. Called periodically by the daemon.
+    pub fn tick(&self) -> Result<()> {
+        self.commit_all(false)?;
+        self.packs.seal_if_idle(self, PACK_IDLE_SEAL)?;
+        Self::sweep_locked(&mut self.entries.lock());
+        Ok(())
+    }
+
+    /// Orderly shutdown: commit everything durably and seal the open pack.
+    pub fn shutdown(&self) -> Result<()> {
+        self.commit_all(true)?;
+        self.packs.seal_if_idle(self, Duration::ZERO)?;
+        self.kv.flush()
+    }
+}
+
+fn kept_any_tail(t: &BTreeMap<u64, Vec<u8>>) -> bool {
+    !t.is_empty()
+}
+
+fn e_write(e: &Entry) -> parking_lot::RwLockWriteGuard<'_, FileData> {
+    e.data.write()
+}
+
+struct PlannedChunk {
+    offset: u64,
+    start_in_buf: usize,
+    len: usize,
+    /// None for an all-zero chunk, which is stored as a hole.
+    id: Option<ChunkId>,
+}
+
+struct RegionPlan {
+    start: u64,
+    end: u64,
+    buf: Vec<u8>,
+    chunks: Vec<PlannedChunk>,
+}
+
+#[derive(Clone, Copy)]
+struct NewChunk {
+    pack: u64,
+    loc: BlobLocation,
+    plain_len: u32,
+}
+
+/// Sorted, merged union of intervals, clipped to `lo..hi`.
+fn merge_intervals(mut iv: Vec<(u64, u64)>, lo: u64, hi: u64) -> Vec<(u64, u64)> {
+    iv.retain(|(s, e)| *e > lo && *s < hi);
+    iv.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (s, e) in iv {
+        let (s, e) = (s.max(lo), e.min(hi));
+        match out.last_mut() {
+            Some(l) if s <= l.1 => l.1 = l.1.max(e),
+            _ => out.push((s, e)),
+        }
+    }
+    out
+}
+
+/// Inserts `data` at `offset` into a map of non-overlapping ranges (new bytes win), merging
+/// with ranges it overlaps or touches. Returns how many bytes the map grew by.
+fn insert_dirty(map: &mut BTreeMap<u64, Vec<u8>>, offset: u64, data: &[u8]) -> u64 {
+    let end = offset + data.len() as u64;
+    // Fast path: a streaming write that extends the range ending exactly here.
+    if let Some((&s, v)) = map.range_mut(..=offset).next_back() {
+        if s + v.len() as u64 == offset && map.range(offset..end).next().is_none() {
+            map.get_mut(&s).unwrap().extend_from_slice(data);
+            return data.len() as u64;
+        }
+    }
+    let mut start = offset;
+    let mut stop = end;
+    let mut victims = Vec::new();
+    if let Some((&s, v)) = map.range(..offset).next_back() {
+        if s + v.len() as u64 >= offset {
+            victims.push(s);
+        }
+    }
+    victims.extend(map.range(offset..=end).map(|(s, _)| *s));
+    let mut old_bytes = 0u64;
+    for s in &victims {
+        let v = &map[s];
+        start = start.min(*s);
+        stop = stop.max(s + v.len() as u64);
+        old_bytes += v.len() as u64;
+    }
+    let mut merged = vec![0u8; (stop - start) as usize];
+    for s in victims {
+        let v = map.remove(&s).unwrap();
+        merged[(s - start) as usize..(s - start) as usize + v.len()].copy_from_slice(&v);
+    }
+    merged[(offset - start) as usize..(end - start) as usize].copy_from_slice(data);
+    let grew = merged.len() as u64 - old_bytes;
+    map.insert(start, merged);
+    grew
+}
+
+impl PackStore {
+    fn path(&self, id: u64) -> PathBuf {
+        self.dir.join(pack::pack_file_name(id))
+    }
+
+    fn reader(&self, id: u64) -> Result<Arc<File>> {
+        let mut r = self.readers.lock();
+        if let Some(f) = r.get(&id) {
+            return Ok(f.clone());
+        }
+        let path = self.path(id);
+        let f = Arc::new(
+            File::open(&path)
+                .map_err(|e| Error::io(format!("opening pack {}", path.display()), e))?,
+        );
+        if r.len() > 256 {
+            r.clear();
+        }
+        r.insert(id, f.clone());
+        Ok(f)
+    }
+
+    /// Appends one blob to the open pack (creating one if needed, sealing it when full).
+    fn append(&self, vol: &Volume, id: &ChunkId, blob: &[u8]) -> Result<(u64, BlobLocation)> {
+        let mut w = self.writer.lock();
+        if w.is_none() {
+            let pid = self.next_pack.fetch_add(1, Ordering::SeqCst);
+            let mut b = Batch::default();
+            b.put(
+                meta::misc_key("next_pack"),
+                (pid + 1).to_le_bytes().to_vec(),
+            );
+            b.put(
+                meta::pack_key(pid),
+                PackRecord {
+                    state: PackState::Open,
+                    size: 0,
+                    dead_bytes: 0,
+                }
+                .encode(),
+            );
+            vol.kv.apply(b)?;
+            *w = Some((PackWriter::create(&self.path(pid), pid)?, Instant::now()));
+        }
+        let (writer, last) = w.as_mut().unwrap();
+        let loc = writer.append(id, blob)?;
+        *last = Instant::now();
+        let pid = writer.pack_id();
+        if writer.len() >= self.target {
+            // Sealing fsyncs, so these blobs are durable before any metadata names them.
+            let (writer, _) = w.take().unwrap();
+            self.seal(vol, writer)?;
+        }
+        Ok((pid, loc))
+    }
+
+    fn seal(&self, vol: &Volume, writer: PackWriter) -> Result<()> {
+        let pid = writer.pack_id();
+        let size = writer.seal()?;
+        let dead = match vol.kv.get(&meta::pack_key(pid))? {
+            Some(v) => PackRecord::decode(&v)?.dead_bytes,
+            None => 0,
+        };
+        let mut b = Batch::default();
+        b.put(
+            meta::pack_key(pid),
+            PackRecord {
+                state: PackState::Sealed,
+                size,
+                dead_bytes: dead,
+            }
+            .encode(),
+        );
+        vol.kv.apply(b)?;
+        self.readers.lock().remove(&pid);
+        tracing::debug!(pack = pid, size, "pack sealed");
+        Ok(())
+    }
+
+    fn sync_current(&self) -> Result<()> {
+        if let Some((w, _)) = self.writer.lock().as_mut() {
+            w.sync()?;
+        }
+        Ok(())
+    }
+
+    fn seal_if_idle(&self, vol: &Volume, idle: Duration) -> Result<()> {
+        let mut w = self.writer.lock();
+        if matches!(w.as_ref(), Some((_, last)) if last.elapsed() >= idle) {
+            let (writer, _) = w.take().unwrap();
+            self.seal(vol, writer)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insert_dirty_merges_and_overwrites() {
+        let mut m = BTreeMap::new();
+        assert_eq!(insert_dirty(&mut m, 10, b"abc"), 3);
+        assert_eq!(insert_dirty(&mut m, 13, b"def"), 3); // streaming append
+        assert_eq!(m.len(), 1);
+        assert_eq!(insert_dirty(&mut m, 0, b"xy"), 2);
+        assert_eq!(m.len(), 2);
+        // Covers 1..13, swallowing "xy" (0..2) and "abcdef" (10..16): 16 bytes from 8.
+        assert_eq!(insert_dirty(&mut m, 1, b"123456789012"), 8);
+        assert_eq!(m.len(), 1);
+        let (s, v) = m.iter().next().unwrap();
+        assert_eq!(*s, 0);
+        assert_eq!(v.as_slice(), b"x123456789012def");
+    }
+
+    #[test]
+    fn intervals_merge_and_clip() {
+        let m = merge_intervals(vec![(5, 10), (0, 3), (9, 20), (30, 40)], 2, 35);
+        assert_eq!(m, vec![(2, 3), (5, 20), (30, 35)]);
+    }
+}
