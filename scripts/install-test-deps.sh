@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Installs what the test suites need on a Debian 12 machine, as root. Idempotent: installs only
+# what is missing, runs `apt-get update` only if an install fails, and says what it did.
+#
+#   Debian packages  fuse3 (fusermount3, /etc/fuse.conf), attr (getfattr/setfattr),
+#                    acl and libacl1-dev (pjdfstest's ACL support builds against libacl)
+#   dummy user       `tests` (with group `tests`): pjdfstest switches to it and to `nobody`
+#   cargo install    pjdfstest 0.2.2 and fsx 0.3.2, pinned, with --locked, into ~/.cargo/bin
+set -euo pipefail
+
+PJDFSTEST_VERSION=0.2.2
+FSX_VERSION=0.3.2
+APT_PACKAGES=(fuse3 attr acl libacl1-dev)
+
+did=()
+note() {
+    echo "install-test-deps: $*"
+}
+
+sudo=()
+if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then
+        sudo=(sudo -n)
+    else
+        note "must run as root (or with sudo available)" >&2
+        exit 1
+    fi
+fi
+
+# --- Debian packages -------------------------------------------------------------------------
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+    if ! dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null | grep -q '^ii'; then
+        missing+=("$p")
+    fi
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    note "apt-get install ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt_install=("${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}")
+    if ! "${apt_install[@]}"; then
+        note "install failed; apt-get update and retry"
+        "${sudo[@]}" apt-get update -q
+        "${apt_install[@]}"
+    fi
+    did+=("apt: ${missing[*]}")
+else
+    note "apt packages present: ${APT_PACKAGES[*]}"
+fi
+
+# --- FUSE device -----------------------------------------------------------------------------
+if [ ! -c /dev/fuse ]; then
+    "${sudo[@]}" modprobe fuse 2>/dev/null || true
+fi
+if [ -c /dev/fuse ]; then
+    note "/dev/fuse present"
+else
+    note "WARNING: no /dev/fuse; the mount tests cannot run on this machine" >&2
+fi
+
+# --- dummy users for pjdfstest -----------------------------------------------------------------
+if ! getent passwd nobody >/dev/null; then
+    note "WARNING: no user 'nobody'; pjdfstest will refuse to run" >&2
+fi
+if getent passwd tests >/dev/null; then
+    note "user 'tests' present"
+else
+    if getent group tests >/dev/null; then
+        "${sudo[@]}" useradd --system --gid tests --no-create-home --home-dir / \
+            --shell /usr/sbin/nologin --comment "Dummy user for pjdfstest" tests
+    else
+        "${sudo[@]}" useradd --system --user-group --no-create-home --home-dir / \
+            --shell /usr/sbin/nologin --comment "Dummy user for pjdfstest" tests
+    fi
+    did+=("user: tests")
+    note "created user 'tests'"
+fi
+
+# --- pinned cargo tools ------------------------------------------------------------------------
+cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin"
+if ! command -v cargo >/dev/null 2>&1; then
+    export PATH="$cargo_bin:$PATH"
+fi
+command -v cargo >/dev/null 2>&1 || { note "cargo not found" >&2; exit 1; }
+
+# cargo_tool CRATE VERSION: installs CRATE at VERSION unless `CRATE --version` already says so.
+cargo_tool() {
+    local crate="$1" version="$2" have=""
+    if [ -x "$cargo_bin/$crate" ]; then
+        have="$("$cargo_bin/$crate" --version 2>/dev/null | awk '{ print $2 }')" || have=""
+    fi
+    if [ "$have" = "$version" ]; then
+        note "$crate $version present"
+        return 0
+    fi
+    note "cargo install --locked $crate@$version (had: ${have:-none})"
+    cargo install --quiet --locked --force --version "$version" "$crate"
+    did+=("cargo: $crate $version")
+}
+cargo_tool pjdfstest "$PJDFSTEST_VERSION"
+cargo_tool fsx "$FSX_VERSION"
+
+if [ "${#did[@]}" -eq 0 ]; then
+    note "nothing to do"
+else
+    note "done: ${did[*]}"
+fi

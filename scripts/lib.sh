@@ -1,0 +1,197 @@
+# shellcheck shell=bash
+# Helpers shared by the test and benchmark scripts. Source it; do not run it.
+#
+#   start_tiergate CONFIG LOG   start `tiergate serve` in the background, wait for the mount
+#   stop_tiergate               SIGTERM, wait, fall back to kill -9 and `umount -l`
+#   make_volume DIR             passphrase + config under DIR, `tiergate init`; prints the config path
+#
+# start_tiergate and stop_tiergate must run in the calling shell (not in `$(...)`), because they
+# keep the daemon's pid in TIERGATE_PID and use `wait` on it.
+#
+# Environment:
+#   TIERGATE_BIN            the binary (default: target/release/tiergate of this repo)
+#   TIERGATE_START_TIMEOUT  seconds to wait for the mount (default 30)
+#   TIERGATE_STOP_TIMEOUT   seconds to wait for a clean exit after SIGTERM (default 60)
+#   TG_VOLUME_EXTRA, TG_FUSE_EXTRA
+#                           extra TOML lines that make_volume appends to [volume] / [fuse]
+
+TG_REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TIERGATE_BIN="${TIERGATE_BIN:-$TG_REPO_ROOT/target/release/tiergate}"
+TIERGATE_PID=""
+TIERGATE_MNT=""
+TIERGATE_LOG=""
+
+# log MSG...: a timestamped line on stderr.
+log() {
+    printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2
+}
+
+die() {
+    log "ERROR: $*"
+    exit 1
+}
+
+# toml_get SECTION KEY FILE: the string value of KEY in [SECTION] (simple `key = "value"` lines
+# only, which is all the configs written here use). Relative paths are not resolved.
+toml_get() {
+    awk -v want="[$1]" -v key="$2" '
+        /^[[:space:]]*\[/ { gsub(/[[:space:]]/, ""); section = $0; next }
+        section == want {
+            line = $0
+            sub(/[[:space:]]*#.*$/, "", line)
+            if (match(line, "^[[:space:]]*" key "[[:space:]]*=")) {
+                val = substr(line, RLENGTH + 1)
+                gsub(/^[[:space:]]*"?|"?[[:space:]]*$/, "", val)
+                print val
+                exit
+            }
+        }' "$3"
+}
+
+# is_tiergate_mounted DIR: true if DIR is a mount point of type fuse.tiergate.
+is_tiergate_mounted() {
+    local dir
+    dir="$(realpath -m "$1")"
+    awk -v d="$dir" '$2 == d && $3 == "fuse.tiergate" { found = 1 } END { exit !found }' /proc/self/mounts
+}
+
+# is_mounted DIR: true if anything is mounted at DIR.
+is_mounted() {
+    local dir
+    dir="$(realpath -m "$1")"
+    awk -v d="$dir" '$2 == d { found = 1 } END { exit !found }' /proc/self/mounts
+}
+
+# log_tail LOG [N]: the last N (default 40) lines of LOG on stderr, framed.
+log_tail() {
+    local n="${2:-40}"
+    {
+        echo "----- last $n lines of $1 -----"
+        tail -n "$n" "$1" 2>/dev/null || true
+        echo "----- end of $1 -----"
+    } >&2
+}
+
+# make_volume DIR: writes DIR/passphrase (0600) and DIR/tiergate.toml (volume in DIR/vol, mount at
+# DIR/mnt, allow_other), runs `tiergate init`, and prints the config path on stdout.
+make_volume() {
+    local dir cfg pass
+    [ $# -eq 1 ] || die "usage: make_volume DIR"
+    dir="$(realpath -m "$1")"
+    case "$dir" in
+        *\"* | *\\*) die "make_volume: unsupported characters in path: $dir" ;;
+    esac
+    [ -x "$TIERGATE_BIN" ] || die "no tiergate binary at $TIERGATE_BIN (run cargo build --release)"
+    mkdir -p "$dir/mnt"
+    pass="$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+    (umask 077 && printf '%s\n' "$pass" >"$dir/passphrase")
+    chmod 600 "$dir/passphrase"
+    cfg="$dir/tiergate.toml"
+    {
+        echo "# Written by scripts/lib.sh make_volume for a test run."
+        echo "[volume]"
+        echo "path = \"$dir/vol\""
+        echo "passphrase_file = \"$dir/passphrase\""
+        [ -z "${TG_VOLUME_EXTRA:-}" ] || printf '%s\n' "$TG_VOLUME_EXTRA"
+        echo
+        echo "[fuse]"
+        echo "mountpoint = \"$dir/mnt\""
+        echo "allow_other = true"
+        [ -z "${TG_FUSE_EXTRA:-}" ] || printf '%s\n' "$TG_FUSE_EXTRA"
+    } >"$cfg"
+    if ! "$TIERGATE_BIN" init --config "$cfg" >"$dir/init.log" 2>&1; then
+        log_tail "$dir/init.log"
+        die "tiergate init --config $cfg failed"
+    fi
+    cat "$dir/init.log" >&2
+    printf '%s\n' "$cfg"
+}
+
+# start_tiergate CONFIG LOG: runs `tiergate serve --config CONFIG` in the background with its
+# output in LOG, and waits until its mountpoint shows up in /proc/self/mounts as fuse.tiergate.
+# Fails (with the log tail) if the daemon exits first or TIERGATE_START_TIMEOUT seconds pass.
+start_tiergate() {
+    local cfg="$1" logf="$2" mp timeout deadline rc
+    if [ -n "$TIERGATE_PID" ]; then
+        log "ERROR: start_tiergate: tiergate already running (pid $TIERGATE_PID)"
+        return 1
+    fi
+    if [ ! -x "$TIERGATE_BIN" ]; then
+        log "ERROR: no tiergate binary at $TIERGATE_BIN (run cargo build --release)"
+        return 1
+    fi
+    mp="$(toml_get fuse mountpoint "$cfg")"
+    if [ -z "$mp" ]; then
+        log "ERROR: start_tiergate: no [fuse] mountpoint in $cfg"
+        return 1
+    fi
+    case "$mp" in
+        /*) ;;
+        *) mp="$(dirname "$cfg")/$mp" ;;
+    esac
+    mp="$(realpath -m "$mp")"
+    if is_mounted "$mp"; then
+        log "ERROR: start_tiergate: something is already mounted at $mp"
+        return 1
+    fi
+    mkdir -p "$mp" "$(dirname "$logf")"
+    timeout="${TIERGATE_START_TIMEOUT:-30}"
+    log "starting tiergate serve --config $cfg (log: $logf)"
+    "$TIERGATE_BIN" serve --config "$cfg" >>"$logf" 2>&1 </dev/null &
+    TIERGATE_PID=$!
+    TIERGATE_MNT="$mp"
+    TIERGATE_LOG="$logf"
+    deadline=$((SECONDS + timeout))
+    while ! is_tiergate_mounted "$mp"; do
+        if ! kill -0 "$TIERGATE_PID" 2>/dev/null; then
+            rc=0
+            wait "$TIERGATE_PID" || rc=$?
+            TIERGATE_PID=""
+            log_tail "$logf"
+            log "ERROR: tiergate exited with status $rc before mounting $mp"
+            return 1
+        fi
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            log_tail "$logf"
+            log "ERROR: $mp not mounted after ${timeout}s; stopping tiergate"
+            stop_tiergate || true
+            return 1
+        fi
+        sleep 0.1
+    done
+    log "tiergate (pid $TIERGATE_PID) mounted at $mp"
+}
+
+# stop_tiergate: SIGTERM, then wait up to TIERGATE_STOP_TIMEOUT seconds for a clean exit. Falls
+# back to SIGKILL and `umount -l`. Returns non-zero unless the daemon exited 0 on its own and
+# left nothing mounted.
+stop_tiergate() {
+    local pid="$TIERGATE_PID" mp="$TIERGATE_MNT" timeout deadline rc=0 ok=0
+    [ -n "$pid" ] || return 0
+    timeout="${TIERGATE_STOP_TIMEOUT:-60}"
+    log "stopping tiergate (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    deadline=$((SECONDS + timeout))
+    while kill -0 "$pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        log "ERROR: tiergate still running ${timeout}s after SIGTERM; sending SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+        ok=1
+    fi
+    wait "$pid" || rc=$?
+    TIERGATE_PID=""
+    if [ "$rc" -ne 0 ]; then
+        log "ERROR: tiergate exited with status $rc"
+        [ -z "$TIERGATE_LOG" ] || log_tail "$TIERGATE_LOG" 20
+        ok=1
+    fi
+    if [ -n "$mp" ] && is_mounted "$mp"; then
+        log "ERROR: $mp still mounted after tiergate exited; umount -l"
+        umount -l "$mp" 2>/dev/null || fusermount3 -uz "$mp" 2>/dev/null || true
+        ok=1
+    fi
+    [ "$ok" -ne 0 ] || log "tiergate stopped cleanly"
+    return "$ok"
+}
