@@ -1,0 +1,200 @@
+//! Shared test fixtures: a volume in a temp dir and a real `tiergate serve` process mounting it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tiergate::config::Config;
+use tiergate::volume::{Volume, VolumeOptions, VolumeStats};
+
+pub const PASSPHRASE: &str = "correct horse battery staple";
+
+/// A volume on disk plus its config file; `start()` mounts it through the real binary.
+pub struct TestVolume {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub mnt: PathBuf,
+    daemon: Option<Child>,
+}
+
+impl TestVolume {
+    /// Creates a volume. `extra` is appended to the `[volume]` section.
+    pub fn new(extra: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("tiergate-test")
+            .tempdir_in(test_root())
+            .unwrap();
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        std::fs::write(dir.path().join("passphrase"), format!("{PASSPHRASE}\n")).unwrap();
+        let config = dir.path().join("tiergate.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[volume]\npath = \"vol\"\npassphrase_file = \"passphrase\"\n{extra}\n\
+                 [fuse]\nmountpoint = \"mnt\"\nallow_other = true\n"
+            ),
+        )
+        .unwrap();
+        let cfg = Config::load(&config).unwrap();
+        Volume::create(
+            &cfg.volume.path,
+            PASSPHRASE,
+            cfg.chunking.params(),
+            tiergate::crypto::KdfParams::for_tests(),
+        )
+        .unwrap();
+        TestVolume {
+            dir,
+            config,
+            mnt,
+            daemon: None,
+        }
+    }
+
+    pub fn vol_dir(&self) -> PathBuf {
+        self.dir.path().join("vol")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("serve.log")
+    }
+
+    /// Starts `tiergate serve` and waits until the mount answers.
+    pub fn start(&mut self) {
+        assert!(self.daemon.is_none());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tiergate"))
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn tiergate");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if is_mounted(&self.mnt) {
+                break;
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("tiergate serve exited with {status}:\n{}", self.log_tail());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mount did not appear:\n{}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.daemon = Some(child);
+    }
+
+    /// SIGTERM, wait for a clean exit (asserting it was clean).
+    pub fn stop(&mut self) {
+        let mut child = self.daemon.take().expect("daemon running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let status = wait_timeout(&mut child, Duration::from_secs(60));
+        assert!(
+            status.success(),
+            "unclean exit {status}:\n{}",
+            self.log_tail()
+        );
+        assert!(!is_mounted(&self.mnt));
+    }
+
+    /// SIGKILL the daemon and clear the dead mount, as an operator would after a crash.
+    pub fn kill(&mut self) {
+        let mut child = self.daemon.take().expect("daemon running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        force_unmount(&self.mnt);
+    }
+
+    /// Opens the volume in-process (the daemon must be stopped) to read its figures.
+    pub fn stats(&self) -> VolumeStats {
+        let v = Volume::open(&self.vol_dir(), PASSPHRASE, VolumeOptions::default()).unwrap();
+        v.stats().unwrap()
+    }
+
+    pub fn log_tail(&self) -> String {
+        let s = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+}
+
+impl Drop for TestVolume {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+            force_unmount(&self.mnt);
+        }
+    }
+}
+
+/// Where test volumes live: on the same disk as the build, not a tmpfs (sizes are real).
+fn test_root() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::create_dir_all(&p).unwrap();
+    p
+}
+
+pub fn is_mounted(mnt: &Path) -> bool {
+    let want = mnt.canonicalize().unwrap_or(mnt.to_path_buf());
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            let mut f = l.split_whitespace();
+            let dev = f.next().unwrap_or("");
+            let mp = f.next().unwrap_or("");
+            dev.starts_with("tiergate:") && Path::new(mp) == want
+        })
+}
+
+pub fn force_unmount(mnt: &Path) {
+    for _ in 0..50 {
+        if !is_mounted(mnt) {
+            return;
+        }
+        let _ = nix::mount::umount2(mnt, nix::mount::MntFlags::MNT_DETACH);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn wait_timeout(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Deterministic pseudo-random bytes (incompressible), seeded.
+pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    use rand::{RngCore, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut v = vec![0u8; len];
+    rng.fill_bytes(&mut v);
+    v
+}

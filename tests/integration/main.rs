@@ -1,0 +1,6 @@
+//! The integration suite: one test binary (fewer, faster builds) with a module per area.
+//! Tests that mount need root (or fusermount3) and /dev/fuse; `scripts/test.sh` provides both.
+
+mod common;
+mod core;
+mod mount;
