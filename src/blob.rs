@@ -22,6 +22,8 @@
 //! Nonces are 96 random bits per blob under one data key per volume; at the usual birthday
 //! bound (2^32 blobs for a 2^-32 collision chance) that is 4 PiB of 1 MiB chunks per volume.
 
+use std::cell::RefCell;
+
 use aes_gcm::aead::AeadInPlace;
 use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
 use rand::RngCore;
@@ -31,7 +33,7 @@ use crate::error::{Error, Result};
 
 // =============================================================================================
 // DO NOT CHANGE: on-disk format. Stored blobs in local packs and in the bucket use these values.
-// A new layout gets a new FORMAT_VERSION, and decode keeps reading the old ones.
+// A new layout gets a new BLOB_VERSION, and decode keeps reading the old ones.
 // =============================================================================================
 
 /// Blob magic.
@@ -87,16 +89,18 @@ pub fn encode_with_nonce(
         "blob id does not match its content"
     );
 
+    // Room for a raw payload plus the tag; a zstd frame goes straight in after the nonce and
+    // is kept only if shorter than the plaintext.
+    let start = BLOB_HEADER_LEN + NONCE_LEN;
     let mut out = Vec::with_capacity(BLOB_OVERHEAD + plain.len());
     out.extend_from_slice(&[0; BLOB_HEADER_LEN]);
     out.extend_from_slice(nonce);
     let mut flags = FLAG_ENCRYPTED;
-    match compress_if_smaller(plain, zstd_level) {
-        Some(frame) => {
-            flags |= FLAG_COMPRESSED;
-            out.extend_from_slice(&frame);
-        }
-        None => out.extend_from_slice(plain),
+    if compress_into(&mut out, plain, zstd_level) {
+        flags |= FLAG_COMPRESSED;
+    } else {
+        out.truncate(start);
+        out.extend_from_slice(plain);
     }
     let header = header_bytes(flags, plain.len() as u32);
     out[..BLOB_HEADER_LEN].copy_from_slice(&header);
@@ -105,7 +109,7 @@ pub fn encode_with_nonce(
         .encrypt_in_place_detached(
             Nonce::from_slice(nonce),
             &aad(&header, id),
-            &mut out[BLOB_HEADER_LEN + NONCE_LEN..],
+            &mut out[start..],
         )
         .expect("AES-GCM encryption of at most 16 MiB cannot fail");
     out.extend_from_slice(&tag);
@@ -117,6 +121,12 @@ pub fn encode_with_nonce(
 /// [`MAX_PLAIN_LEN`]), and checks that the keyed hash of the result is `id`.
 /// Every failure is `Error::Corrupt("chunk <id>: ...")`; unverified bytes are never returned.
 pub fn decode(keys: &Keys, id: &ChunkId, blob: &[u8]) -> Result<Vec<u8>> {
+    decode_vec(keys, id, blob.to_vec())
+}
+
+/// [`decode`] taking ownership of the blob, which it decrypts in place: saves allocating and
+/// copying a second chunk-sized buffer (as returned by `pack::read_blob`, say).
+pub fn decode_vec(keys: &Keys, id: &ChunkId, mut blob: Vec<u8>) -> Result<Vec<u8>> {
     let corrupt = |what: &str| Error::Corrupt(format!("chunk {id}: {what}"));
     if blob.len() < BLOB_OVERHEAD {
         return Err(corrupt(&format!(
@@ -160,22 +170,21 @@ pub fn decode(keys: &Keys, id: &ChunkId, blob: &[u8]) -> Result<Vec<u8>> {
         )));
     }
 
-    let header: [u8; BLOB_HEADER_LEN] = blob[..BLOB_HEADER_LEN].try_into().unwrap();
-    let nonce = &blob[BLOB_HEADER_LEN..BLOB_HEADER_LEN + NONCE_LEN];
-    let (ciphertext, tag) = blob[BLOB_HEADER_LEN + NONCE_LEN..].split_at(payload_len);
-    let mut payload = ciphertext.to_vec();
+    let start = BLOB_HEADER_LEN + NONCE_LEN;
+    let (head, rest) = blob.split_at_mut(start);
+    let header: [u8; BLOB_HEADER_LEN] = head[..BLOB_HEADER_LEN].try_into().unwrap();
+    let (payload, tag) = rest.split_at_mut(payload_len);
     cipher(keys)
         .decrypt_in_place_detached(
-            Nonce::from_slice(nonce),
+            Nonce::from_slice(&head[BLOB_HEADER_LEN..]),
             &aad(&header, id),
-            &mut payload,
+            payload,
             Tag::from_slice(tag),
         )
         .map_err(|_| corrupt("authentication failed (damaged, wrong key, or not this chunk)"))?;
 
     let plain = if compressed {
-        let out = zstd::bulk::decompress(&payload, plain_len)
-            .map_err(|e| corrupt(&format!("zstd: {e}")))?;
+        let out = decompress(payload, plain_len).map_err(|e| corrupt(&format!("zstd: {e}")))?;
         if out.len() != plain_len {
             return Err(corrupt(&format!(
                 "decompressed to {} bytes, header says {plain_len}",
@@ -184,7 +193,9 @@ pub fn decode(keys: &Keys, id: &ChunkId, blob: &[u8]) -> Result<Vec<u8>> {
         }
         out
     } else {
-        payload
+        blob.copy_within(start..start + payload_len, 0);
+        blob.truncate(payload_len);
+        blob
     };
     if keys.chunk_id(&plain) != *id {
         return Err(corrupt("content does not hash to its chunk id"));
@@ -212,19 +223,57 @@ fn cipher(keys: &Keys) -> Aes256Gcm {
     Aes256Gcm::new(keys.data_key().into())
 }
 
-/// The zstd frame of `plain` if it is strictly shorter than `plain`. The output buffer is
-/// capped at `plain.len() - 1` bytes, so incompressible data fails fast inside zstd instead of
-/// producing a frame we would throw away.
-fn compress_if_smaller(plain: &[u8], level: i32) -> Option<Vec<u8>> {
+thread_local! {
+    // One zstd context per thread, reused: creating one per chunk costs more than compressing
+    // a 1 MiB incompressible chunk (measured ~0.8 ms vs ~0.15 ms, mostly fresh-page faults).
+    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { RefCell::new(None) };
+}
+
+/// Appends the zstd frame of `plain` to `out` and returns true if it is strictly shorter than
+/// `plain`. zstd only gets the spare room `out` already has (payload and tag size), so
+/// incompressible data stops with "destination too small" instead of growing a buffer.
+fn compress_into(out: &mut Vec<u8>, plain: &[u8], level: i32) -> bool {
     if plain.is_empty() {
-        return None;
+        return false;
     }
-    let mut frame = Vec::with_capacity(plain.len() - 1);
-    let mut c = zstd::bulk::Compressor::new(level).ok()?;
-    match c.compress_to_buffer(plain, &mut frame) {
-        Ok(n) if n < plain.len() => Some(frame),
-        _ => None,
-    }
+    let start = out.len();
+    let written = COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let c = match slot.as_mut() {
+            Some(c) => {
+                c.set_compression_level(level).ok()?;
+                c
+            }
+            None => slot.insert(zstd::bulk::Compressor::new(level).ok()?),
+        };
+        let mut cursor = std::io::Cursor::new(&mut *out);
+        cursor.set_position(start as u64);
+        c.compress_to_buffer(plain, &mut cursor).ok()
+    });
+    matches!(written, Some(n) if n < plain.len() && out.len() == start + n)
+}
+
+/// Decompresses one frame into a buffer of at most `plain_len` bytes.
+fn decompress(frame: &[u8], plain_len: usize) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let d = match slot.as_mut() {
+            Some(d) => d,
+            None => slot.insert(zstd::bulk::Decompressor::new()?),
+        };
+        let mut out = Vec::with_capacity(plain_len);
+        let n = d.decompress_to_buffer(frame, &mut out)?;
+        out.truncate(n.min(plain_len));
+        if n > plain_len {
+            return Err(std::io::Error::other(
+                "frame larger than the recorded length",
+            ));
+        }
+        Ok(out)
+    })
 }
 
 #[cfg(test)]
@@ -279,6 +328,7 @@ mod tests {
                 let id = k.chunk_id(&data);
                 let blob = encode(&k, &id, &data, 3);
                 assert_eq!(decode(&k, &id, &blob).unwrap(), data, "len {len}");
+                assert_eq!(decode_vec(&k, &id, blob).unwrap(), data, "len {len}");
             }
         }
     }
