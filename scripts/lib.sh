@@ -48,11 +48,15 @@ toml_get() {
         }' "$3"
 }
 
-# is_tiergate_mounted DIR: true if DIR is a mount point of type fuse.tiergate.
+# is_tiergate_mounted DIR: true if DIR is a tiergate FUSE mount: fstype fuse.tiergate, or plain
+# fuse with the source "tiergate:<volume id>" (fuser's own mount(2) path as root leaves the
+# subtype out of the fstype).
 is_tiergate_mounted() {
     local dir
     dir="$(realpath -m "$1")"
-    awk -v d="$dir" '$2 == d && $3 == "fuse.tiergate" { found = 1 } END { exit !found }' /proc/self/mounts
+    awk -v d="$dir" '
+        $2 == d && ($3 == "fuse.tiergate" || ($3 == "fuse" && $1 ~ /^tiergate/)) { found = 1 }
+        END { exit !found }' /proc/self/mounts
 }
 
 # is_mounted DIR: true if anything is mounted at DIR.
@@ -108,7 +112,7 @@ make_volume() {
 }
 
 # start_tiergate CONFIG LOG: runs `tiergate serve --config CONFIG` in the background with its
-# output in LOG, and waits until its mountpoint shows up in /proc/self/mounts as fuse.tiergate.
+# output in LOG, and waits until its mountpoint shows up in /proc/self/mounts (is_tiergate_mounted).
 # Fails (with the log tail) if the daemon exits first or TIERGATE_START_TIMEOUT seconds pass.
 start_tiergate() {
     local cfg="$1" logf="$2" mp timeout deadline rc
@@ -137,7 +141,7 @@ start_tiergate() {
     mkdir -p "$mp" "$(dirname "$logf")"
     timeout="${TIERGATE_START_TIMEOUT:-30}"
     log "starting tiergate serve --config $cfg (log: $logf)"
-    "$TIERGATE_BIN" serve --config "$cfg" >>"$logf" 2>&1 </dev/null &
+    NO_COLOR=1 "$TIERGATE_BIN" serve --config "$cfg" >>"$logf" 2>&1 </dev/null &
     TIERGATE_PID=$!
     TIERGATE_MNT="$mp"
     TIERGATE_LOG="$logf"

@@ -1,0 +1,266 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need, builds, runs every test. Run as root on Debian.
+#
+#   bash scripts/test.sh
+#
+# Steps, each logged to target/test-logs/<step>.log:
+#   deps         scripts/install-test-deps.sh (apt packages, dummy user, pinned pjdfstest and fsx)
+#   build        cargo build --release
+#   cargo-test   cargo test --release: unit tests, and integration tests that mount FUSE themselves
+#   mount        a fresh volume in a temporary directory, `tiergate serve`, wait for the mount
+#   pjdfstest    tests/suites/pjdfstest.sh against the mount (allowlist: pjdfstest-known-failures.txt)
+#   fsx          tests/suites/fsx.sh against the mount
+#   unmount      SIGTERM; tiergate must unmount and exit 0
+#   remount      serve the same volume again (it must open and mount), then stop it again
+# A failed step does not stop the later ones unless they depend on it. Ends with a summary line
+# "Summary: N passed, N failed, N skipped" counting test cases (and failed steps that have no
+# cases of their own); exits non-zero if anything failed.
+#
+# Environment: TG_SKIP_DEPS=1, TG_SKIP_CARGO_TEST=1 skip those steps (for quick iterations);
+# CARGO_TEST_TIMEOUT (seconds, default 1800); TG_KEEP_WORKDIR=1 keeps the temporary volume; the
+# suites' own variables (FSX_OPS, PJD_NAPTIME, ...) pass through.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+
+cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin"
+case ":$PATH:" in
+    *":$cargo_bin:"*) ;;
+    *) export PATH="$PATH:$cargo_bin" ;;
+esac
+
+LOGDIR="$PWD/target/test-logs"
+rm -rf "$LOGDIR"
+mkdir -p "$LOGDIR"
+run_start=$SECONDS
+
+step_names=()
+step_status=()
+step_secs=()
+step_notes=()
+n_passed=0
+n_failed=0
+n_skipped=0
+
+# record NAME STATUS SECS NOTE
+record() {
+    step_names+=("$1")
+    step_status+=("$2")
+    step_secs+=("$3")
+    step_notes+=("$4")
+}
+
+# step NAME CMD...: runs CMD with its output on the console and in $LOGDIR/NAME.log.
+# Returns CMD's status.
+step() {
+    local name="$1" start rc=0
+    shift
+    echo
+    echo "===== $name: $* ====="
+    start=$SECONDS
+    "$@" 2>&1 | tee "$LOGDIR/$name.log" || rc=$?
+    # With pipefail, rc is the command's status (tee does not fail).
+    LAST_SECS=$((SECONDS - start))
+    return "$rc"
+}
+
+# count_step NAME RC PASSED FAILED SKIPPED NOTE: adds a step's case counts to the totals; a failed
+# step that counted no failed case counts as one failure itself.
+count_step() {
+    local name="$1" rc="$2" p="$3" f="$4" s="$5" note="$6"
+    n_passed=$((n_passed + p))
+    n_skipped=$((n_skipped + s))
+    if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
+        f=1
+    fi
+    n_failed=$((n_failed + f))
+    if [ "$rc" -eq 0 ]; then
+        record "$name" ok "$LAST_SECS" "$note"
+    else
+        record "$name" FAILED "$LAST_SECS" "$note"
+    fi
+}
+
+# A step with no cases of its own: one pass or one failure.
+plain_step() {
+    local name="$1" rc=0
+    step "$@" || rc=$?
+    if [ "$rc" -eq 0 ]; then
+        count_step "$name" 0 0 0 0 ""
+    else
+        count_step "$name" "$rc" 0 0 0 "exit status $rc"
+    fi
+    return "$rc"
+}
+
+skip_step() {
+    echo
+    echo "===== $1: skipped ($2) ====="
+    record "$1" skipped 0 "$2"
+}
+
+# sum_field LOG REGEX WORD: sums the number before WORD on lines of LOG that match REGEX.
+sum_field() {
+    awk -v re="$2" -v word="$3" '
+        $0 ~ re {
+            for (i = 2; i <= NF; i++) {
+                w = $i
+                gsub(/[;,.]/, "", w)
+                if (w == word && $(i - 1) ~ /^[0-9]+$/) n += $(i - 1)
+            }
+        }
+        END { print n + 0 }' "$1"
+}
+
+workdir=""
+cleanup() {
+    local rc=$?
+    if [ -n "$TIERGATE_PID" ]; then
+        stop_tiergate || true
+    fi
+    if [ -n "$workdir" ] && [ -d "$workdir" ] && [ "${TG_KEEP_WORKDIR:-0}" != 1 ]; then
+        if [ -n "$TIERGATE_MNT" ] && is_mounted "$TIERGATE_MNT"; then
+            umount -l "$TIERGATE_MNT" 2>/dev/null || true
+        fi
+        if [ -n "$TIERGATE_MNT" ] && is_mounted "$TIERGATE_MNT"; then
+            log "not removing $workdir: $TIERGATE_MNT is still mounted"
+        else
+            rm -rf "$workdir"
+        fi
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# --- deps, build, cargo test -----------------------------------------------------------------
+if [ "${TG_SKIP_DEPS:-0}" = 1 ]; then
+    skip_step deps "TG_SKIP_DEPS=1"
+else
+    plain_step deps bash scripts/install-test-deps.sh || true
+fi
+
+build_ok=1
+plain_step build cargo build --release || build_ok=0
+
+if [ "$build_ok" = 0 ]; then
+    skip_step cargo-test "build failed"
+elif [ "${TG_SKIP_CARGO_TEST:-0}" = 1 ]; then
+    skip_step cargo-test "TG_SKIP_CARGO_TEST=1"
+else
+    rc=0
+    step cargo-test timeout --kill-after=60 "${CARGO_TEST_TIMEOUT:-1800}" \
+        cargo test --release || rc=$?
+    log_file="$LOGDIR/cargo-test.log"
+    p="$(sum_field "$log_file" '^test result:' passed)"
+    f="$(sum_field "$log_file" '^test result:' failed)"
+    s="$(sum_field "$log_file" '^test result:' ignored)"
+    note="$p passed, $f failed, $s ignored"
+    [ "$rc" -ne 124 ] || note="$note; timed out after ${CARGO_TEST_TIMEOUT:-1800}s"
+    count_step cargo-test "$rc" "$p" "$f" "$s" "$note"
+fi
+
+# --- third-party suites against a live mount ---------------------------------------------------
+mounted=0
+cfg=""
+if [ "$build_ok" = 1 ]; then
+    workdir="$(mktemp -d "${TMPDIR:-/tmp}/tiergate-test.XXXXXX")"
+    # pjdfstest's dummy users must be able to reach the mount.
+    chmod 755 "$workdir"
+    mount_step() {
+        cfg="$(make_volume "$workdir")" || return 1
+        echo "config: $cfg"
+        cat "$cfg"
+        start_tiergate "$cfg" "$LOGDIR/tiergate-serve.log"
+    }
+    # start_tiergate must run in this shell (it keeps the daemon's pid), so no pipe through tee.
+    echo
+    echo "===== mount: make_volume + tiergate serve ====="
+    start=$SECONDS
+    rc=0
+    mount_step >"$LOGDIR/mount.log" 2>&1 || rc=$?
+    cat "$LOGDIR/mount.log"
+    LAST_SECS=$((SECONDS - start))
+    if [ "$rc" -eq 0 ]; then
+        mounted=1
+        count_step mount 0 0 0 0 "$TIERGATE_MNT"
+    else
+        count_step mount "$rc" 0 0 0 "see mount.log, tiergate-serve.log"
+    fi
+fi
+
+if [ "$mounted" = 1 ]; then
+    rc=0
+    step pjdfstest bash tests/suites/pjdfstest.sh "$TIERGATE_MNT" "$LOGDIR/pjdfstest" || rc=$?
+    line="$(grep -E '^pjdfstest: [0-9]+ passed' "$LOGDIR/pjdfstest.log" | tail -n 1 || true)"
+    known="$(sed -n 's/^pjdfstest: \([0-9]*\) known failure.*/\1/p' "$LOGDIR/pjdfstest.log" | tail -n 1)"
+    known="${known:-0}"
+    known_note=""
+    [ "$known" -eq 0 ] || known_note="; $known allowlisted"
+    p="$(sum_field "$LOGDIR/pjdfstest.log" '^pjdfstest: [0-9]+ passed' passed)"
+    f="$(sum_field "$LOGDIR/pjdfstest.log" '^pjdfstest: [0-9]+ passed' failed)"
+    s="$(sum_field "$LOGDIR/pjdfstest.log" '^pjdfstest: [0-9]+ passed' skipped)"
+    # Allowlisted failures do not fail the run; they are reported as skipped.
+    count_step pjdfstest "$rc" "$p" "$((f - known))" "$((s + known))" \
+        "${line#pjdfstest: }$known_note"
+
+    # The mount must survive pjdfstest before fsx can mean anything.
+    if ! kill -0 "$TIERGATE_PID" 2>/dev/null || ! is_tiergate_mounted "$TIERGATE_MNT"; then
+        log "tiergate is no longer running or mounted after pjdfstest"
+        log_tail "$LOGDIR/tiergate-serve.log"
+        mounted=0
+    fi
+fi
+
+if [ "$mounted" = 1 ]; then
+    rc=0
+    export FSX_TIMEOUT="${FSX_TIMEOUT:-900}"
+    step fsx bash tests/suites/fsx.sh "$TIERGATE_MNT" "$LOGDIR/fsx" || rc=$?
+    p="$(sum_field "$LOGDIR/fsx.log" '^fsx: [0-9]+ passed' passed)"
+    f="$(sum_field "$LOGDIR/fsx.log" '^fsx: [0-9]+ passed' failed)"
+    count_step fsx "$rc" "$p" "$f" 0 "$(grep -E '^fsx: .* run \(seed' "$LOGDIR/fsx.log" | sed 's/^fsx: //' | paste -sd '|' - | sed 's/|/; /g' || true)"
+fi
+
+if [ -n "$TIERGATE_PID" ]; then
+    echo
+    echo "===== unmount: SIGTERM, clean exit ====="
+    start=$SECONDS
+    rc=0
+    stop_tiergate >"$LOGDIR/unmount.log" 2>&1 || rc=$?
+    cat "$LOGDIR/unmount.log"
+    LAST_SECS=$((SECONDS - start))
+    count_step unmount "$rc" 0 0 0 ""
+
+    if [ "$rc" -eq 0 ]; then
+        echo
+        echo "===== remount: serve the same volume again ====="
+        start=$SECONDS
+        rc=0
+        {
+            start_tiergate "$cfg" "$LOGDIR/tiergate-serve-2.log" &&
+                ls -la "$TIERGATE_MNT" &&
+                stop_tiergate
+        } >"$LOGDIR/remount.log" 2>&1 || rc=$?
+        cat "$LOGDIR/remount.log"
+        LAST_SECS=$((SECONDS - start))
+        count_step remount "$rc" 0 0 0 ""
+    fi
+fi
+
+# --- summary -----------------------------------------------------------------------------------
+echo
+echo "===== summary (logs in target/test-logs/, $((SECONDS - run_start))s in all) ====="
+any_failed=0
+for i in "${!step_names[@]}"; do
+    printf '%-12s %-8s %6ss  %s\n' "${step_names[$i]}" "${step_status[$i]}" "${step_secs[$i]}" \
+        "${step_notes[$i]}"
+    [ "${step_status[$i]}" != FAILED ] || any_failed=1
+done
+if [ "$any_failed" = 1 ] && [ "$n_failed" -eq 0 ]; then
+    n_failed=1
+fi
+echo "Summary: $n_passed passed, $n_failed failed, $n_skipped skipped"
+[ "$any_failed" = 0 ]
