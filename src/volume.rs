@@ -213,6 +213,9 @@ struct FileData {
     /// Changed since the last durable commit: close must make it durable.
     unsynced: bool,
     last_write: Instant,
+    /// Dirty bytes at which the next write commits (raised after a partial commit that had to
+    /// hold much back, so a stalled gap does not make every write re-chunk the same bytes).
+    commit_at: u64,
     /// Unlinked while open: delete on last release.
     orphan: bool,
     /// Deleted from the store: any further use is a stale handle.
@@ -585,6 +588,7 @@ impl Volume {
                 attr_dirty: false,
                 unsynced: false,
                 last_write: Instant::now(),
+                commit_at: FILE_DIRTY_COMMIT,
                 orphan: false,
                 gone: false,
             }),
@@ -670,16 +674,13 @@ impl Volume {
 
     /// Creates any kind of node under `parent`. Set-gid directories pass on their group (and,
     /// to subdirectories, the set-gid bit), as on ext4.
-    fn make_node(
-        &self,
-        parent: u64,
-        name: &[u8],
-        kind: FileKind,
-        mode: u32,
-        rdev: u32,
-        symlink: &[u8],
-        who: Caller,
-    ) -> Result<Attr> {
+    fn make_node(&self, parent: u64, name: &[u8], node: NewNode, who: Caller) -> Result<Attr> {
+        let NewNode {
+            kind,
+            mode,
+            rdev,
+            symlink,
+        } = node;
         check_name(name)?;
         let _ns = self.ns.lock();
         let pe = self.dir_entry(parent)?;
@@ -734,11 +735,11 @@ impl Volume {
                 "mknod cannot make directories or symlinks".into(),
             ));
         }
-        self.make_node(parent, name, kind, mode, rdev, &[], who)
+        self.make_node(parent, name, NewNode::new(kind, mode).rdev(rdev), who)
     }
 
     pub fn mkdir(&self, parent: u64, name: &[u8], mode: u32, who: Caller) -> Result<Attr> {
-        self.make_node(parent, name, FileKind::Dir, mode, 0, &[], who)
+        self.make_node(parent, name, NewNode::new(FileKind::Dir, mode), who)
     }
 
     pub fn symlink(&self, parent: u64, name: &[u8], target: &[u8], who: Caller) -> Result<Attr> {
@@ -748,7 +749,12 @@ impl Volume {
         if target.len() > 4095 {
             return Err(Error::NameTooLong);
         }
-        self.make_node(parent, name, FileKind::Symlink, 0o777, 0, target, who)
+        self.make_node(
+            parent,
+            name,
+            NewNode::new(FileKind::Symlink, 0o777).target(target),
+            who,
+        )
     }
 
     /// Creates a regular file and opens it; returns its attributes and a handle.
@@ -759,7 +765,7 @@ impl Volume {
         mode: u32,
         who: Caller,
     ) -> Result<(Attr, u64)> {
-        let attr = self.make_node(parent, name, FileKind::File, mode, 0, &[], who)?;
+        let attr = self.make_node(parent, name, NewNode::new(FileKind::File, mode), who)?;
         let fh = self.open_file(attr.ino)?;
         Ok((attr, fh))
     }
@@ -1129,6 +1135,7 @@ impl Volume {
 
     /// Closes a handle; the last close of a file unlinked while open deletes it.
     pub fn release(&self, fh: u64) -> Result<()> {
+        tracing::debug!(fh, "release");
         let Some(Handle::File { ino }) = self.handles.lock().remove(&fh) else {
             return Err(Error::BadHandle);
         };
@@ -1399,7 +1406,7 @@ impl Volume {
         d.last_write = Instant::now();
         let over_global = self.dirty_total.load(Ordering::Relaxed) >= self.opts.dirty_limit
             && d.dirty_bytes >= self.opts.dirty_limit / 16;
-        if d.dirty_bytes >= FILE_DIRTY_COMMIT || over_global {
+        if d.dirty_bytes >= d.commit_at || over_global {
             self.commit_locked(&e, &mut d, false, true)?;
         }
         Ok(data.len() as u32)
@@ -1407,6 +1414,7 @@ impl Volume {
 
     /// Makes everything written to `ino` durable (fsync).
     pub fn fsync(&self, ino: u64) -> Result<()> {
+        tracing::debug!(ino, "fsync");
         let e = self.entry(ino)?;
         let mut d = e.data.write();
         if d.gone {
@@ -1417,6 +1425,7 @@ impl Volume {
 
     /// Makes `ino` durable if anything changed since it last was (close of a file).
     pub fn flush(&self, ino: u64) -> Result<()> {
+        tracing::debug!(ino, "flush");
         let e = self.entry(ino)?;
         let mut d = e.data.write();
         if d.gone || !(d.unsynced || d.dirty_bytes > 0 || d.attr_dirty) {
@@ -1470,39 +1479,57 @@ impl Volume {
         let params = self.info.chunking;
         let mut plans: Vec<RegionPlan> = Vec::new();
         let mut new_tail: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
-        let last = regions.len() - 1;
-        for (i, (a, b)) in regions.into_iter().enumerate() {
+        // A partial commit (memory pressure, background) leaves alone what is likely to grow:
+        // a segment that starts in mid-air (the kernel writes pages back out of order, so the
+        // bytes before it usually arrive soon) and the last chunk of a segment not closed by
+        // committed data. Chunking them now would cut where a continuous write never would,
+        // and the copies of a file would stop deduplicating. Past a memory bound we commit
+        // regardless.
+        let hold_back = keep_tail && d.dirty_bytes < 2 * FILE_DIRTY_COMMIT;
+        if keep_tail && !hold_back {
+            tracing::debug!(
+                ino,
+                dirty = d.dirty_bytes,
+                "partial commit over its memory bound: committing everything"
+            );
+        }
+        for (a, b) in regions {
             let mut buf = vec![0u8; (b - a) as usize];
             self.read_committed(ino, a, &mut buf)?;
             Self::overlay_dirty(d, a, &mut buf);
-            let mut covered = self
-                .extents(ino, a, b)?
-                .into_iter()
-                .map(|(o, x)| (o, o + x.len as u64))
-                .collect::<Vec<_>>();
+            let extents = self.extents(ino, a, b)?;
+            let mut covered: Vec<(u64, u64)> = extents
+                .iter()
+                .map(|(o, x)| (*o, o + x.len as u64))
+                .collect();
             covered.extend(
                 d.dirty
                     .range(..b)
                     .filter(|(o, v)| *o + v.len() as u64 > a)
                     .map(|(o, v)| (*o, *o + v.len() as u64)),
             );
-            let segments = merge_intervals(covered, a, b);
-            let mut chunks = Vec::new();
-            let mut commit_end = b;
-            for (si, (s, t)) in segments.iter().enumerate() {
+            let buf = Arc::new(buf);
+            for (s, t) in merge_intervals(covered, a, b) {
                 let seg = &buf[(s - a) as usize..(t - a) as usize];
+                let anchored = s == 0
+                    || extents.iter().any(|(o, _)| *o == s)
+                    || self.extent_ends_at(ino, s)?;
+                if hold_back && !anchored {
+                    new_tail.insert(s, seg.to_vec());
+                    continue;
+                }
+                let closed = t == b
+                    && self
+                        .extents(ino, t, t + 1)?
+                        .first()
+                        .is_some_and(|(o, _)| *o == t);
                 let cuts = chunker::cut_points(&params, seg);
+                let mut chunks = Vec::new();
                 let mut prev = 0usize;
-                let n = cuts.len();
+                let mut commit_end = t;
                 for (ci, &cut) in cuts.iter().enumerate() {
                     let at = s + prev as u64;
-                    let is_tail = keep_tail
-                        && i == last
-                        && si == segments.len() - 1
-                        && ci == n - 1
-                        && n > 1
-                        && *t >= d.attr.size;
-                    if is_tail {
+                    if hold_back && !closed && ci == cuts.len() - 1 {
                         commit_end = at;
                         new_tail.insert(at, seg[prev..cut].to_vec());
                         break;
@@ -1515,14 +1542,22 @@ impl Volume {
                     });
                     prev = cut;
                 }
+                plans.push(RegionPlan {
+                    start: s,
+                    end: commit_end,
+                    buf: buf.clone(),
+                    chunks,
+                });
             }
-            plans.push(RegionPlan {
-                start: a,
-                end: commit_end,
-                buf,
-                chunks,
-            });
         }
+        tracing::debug!(
+            ino,
+            segments = plans.len(),
+            chunks = plans.iter().map(|p| p.chunks.len()).sum::<usize>(),
+            tail = new_tail.values().map(|v| v.len()).sum::<usize>(),
+            durable,
+            "commit"
+        );
         // Hash, find what is new, encode it on the pool, append it.
         let keys = &self.keys;
         for p in plans.iter_mut() {
@@ -1592,24 +1627,29 @@ impl Volume {
         self.dirty_total.fetch_add(kept, Ordering::Relaxed);
         d.dirty = new_tail;
         d.dirty_bytes = kept;
+        d.commit_at = FILE_DIRTY_COMMIT.max(kept + FILE_DIRTY_COMMIT / 4);
         d.attr_dirty = kept > 0;
         Ok(())
     }
 
-    /// Widens each dirty range to the extents it cuts into and merges the results, so that
-    /// every region starts and ends on an existing extent boundary (or in a hole).
+    /// Widens each dirty range to whole extents: the extent holding the byte before it and
+    /// the one holding the byte after it (so also a neighbour it merely touches), then merges
+    /// overlapping results. Re-chunking a touching neighbour costs at most a chunk per side; if
+    /// its boundary was a natural CDC cut, chunking reproduces it (same id, nothing stored);
+    /// if it was cut short by an fsync in mid-stream, the data gets its natural boundaries back
+    /// and keeps deduplicating against other copies.
     fn widen_regions(&self, ino: u64, d: &FileData) -> Result<Vec<(u64, u64)>> {
         let mut out: Vec<(u64, u64)> = Vec::new();
         for (&off, bytes) in &d.dirty {
             let mut a = off;
             let mut b = off + bytes.len() as u64;
-            if let Some((o, _)) = self.extents(ino, a, a + 1)?.first() {
-                a = a.min(*o);
-            }
-            if b > 0 {
-                if let Some((o, x)) = self.extents(ino, b - 1, b)?.first() {
-                    b = b.max(o + x.len as u64);
+            if a > 0 {
+                if let Some((o, _)) = self.extents(ino, a - 1, a)?.first() {
+                    a = a.min(*o);
                 }
+            }
+            if let Some((o, x)) = self.extents(ino, b, b + 1)?.first() {
+                b = b.max(o + x.len as u64);
             }
             b = b.min(d.attr.size.max(off + bytes.len() as u64));
             match out.last_mut() {
@@ -1618,6 +1658,17 @@ impl Volume {
             }
         }
         Ok(out)
+    }
+
+    /// Whether a committed extent of `ino` ends exactly at `at`.
+    fn extent_ends_at(&self, ino: u64, at: u64) -> Result<bool> {
+        if at == 0 {
+            return Ok(false);
+        }
+        Ok(self
+            .extents(ino, at - 1, at)?
+            .first()
+            .is_some_and(|(o, x)| o + x.len as u64 == at))
     }
 
     /// Encodes new chunks in parallel and appends them to packs, then makes those packs durable
@@ -2039,6 +2090,31 @@ impl Volume {
     }
 }
 
+/// What a new inode is made of (everything but its name and owner).
+struct NewNode<'a> {
+    kind: FileKind,
+    mode: u32,
+    rdev: u32,
+    symlink: &'a [u8],
+}
+
+impl<'a> NewNode<'a> {
+    fn new(kind: FileKind, mode: u32) -> Self {
+        NewNode {
+            kind,
+            mode,
+            rdev: 0,
+            symlink: &[],
+        }
+    }
+    fn rdev(self, rdev: u32) -> Self {
+        NewNode { rdev, ..self }
+    }
+    fn target(self, symlink: &'a [u8]) -> Self {
+        NewNode { symlink, ..self }
+    }
+}
+
 fn kept_any_tail(t: &BTreeMap<u64, Vec<u8>>) -> bool {
     !t.is_empty()
 }
@@ -2055,10 +2131,12 @@ struct PlannedChunk {
     id: Option<ChunkId>,
 }
 
+/// One segment of a commit: `start..end` of the file is rebuilt from `chunks`, which point
+/// into `buf` (the whole widened region the segment lies in).
 struct RegionPlan {
     start: u64,
     end: u64,
-    buf: Vec<u8>,
+    buf: Arc<Vec<u8>>,
     chunks: Vec<PlannedChunk>,
 }
 

@@ -71,7 +71,10 @@ impl TestVolume {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tiergate"))
             .args(["serve", "--config"])
             .arg(&self.config)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("TIERGATE_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -295,7 +295,7 @@ fn sparse_files_seek_data_and_hole() {
     let seek = |off: i64, whence: i32| unsafe { libc::lseek(f.as_raw_fd(), off, whence) };
     assert_eq!(seek(0, libc::SEEK_DATA), 0);
     let hole = seek(0, libc::SEEK_HOLE);
-    assert!(hole >= 4 && hole <= 100 << 20, "hole at {hole}");
+    assert!((4..=100 << 20).contains(&hole), "hole at {hole}");
     assert_eq!(seek(hole, libc::SEEK_DATA), 100 << 20);
     assert_eq!(seek(100 << 20, libc::SEEK_HOLE), (100 << 20) + (1 << 20));
     // The kernel's page cache writes whole pages, so data may start at the page boundary
