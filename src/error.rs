@@ -50,12 +50,9 @@ pub enum Error {
     /// Never served as data.
     #[error("corrupt data: {0}")]
     Corrupt(String),
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: io::Error,
-    },
+    /// The I/O error is part of the message (not a `source`), so that it is printed once.
+    #[error("{context}: {err}")]
+    Io { context: String, err: io::Error },
     #[error("metadata store: {0}")]
     Store(String),
 }
@@ -65,7 +62,7 @@ impl Error {
     pub fn io(context: impl Into<String>, source: io::Error) -> Self {
         Error::Io {
             context: context.into(),
-            source,
+            err: source,
         }
     }
 
@@ -94,7 +91,7 @@ impl Error {
             // but cannot be served, and the log line carries the detail.
             Error::Corrupt(_) | Error::Store(_) => libc::EIO,
             // Keep the underlying errno where there is one (ENOSPC on a full disk, say).
-            Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            Error::Io { err, .. } => err.raw_os_error().unwrap_or(libc::EIO),
         }
     }
 }

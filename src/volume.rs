@@ -216,6 +216,8 @@ struct FileData {
     /// Dirty bytes at which the next write commits (raised after a partial commit that had to
     /// hold much back, so a stalled gap does not make every write re-chunk the same bytes).
     commit_at: u64,
+    /// When a commit of this file last failed for lack of disk space.
+    disk_full_at: Option<Instant>,
     /// Unlinked while open: delete on last release.
     orphan: bool,
     /// Deleted from the store: any further use is a stale handle.
@@ -589,6 +591,7 @@ impl Volume {
                 unsynced: false,
                 last_write: Instant::now(),
                 commit_at: FILE_DIRTY_COMMIT,
+                disk_full_at: None,
                 orphan: false,
                 gone: false,
             }),
@@ -1407,7 +1410,20 @@ impl Volume {
         let over_global = self.dirty_total.load(Ordering::Relaxed) >= self.opts.dirty_limit
             && d.dirty_bytes >= self.opts.dirty_limit / 16;
         if d.dirty_bytes >= d.commit_at || over_global {
-            self.commit_locked(&e, &mut d, false, true)?;
+            // With the disk full, every further write would re-encode the same dirty data only
+            // to fail again: refuse at once for a moment instead.
+            if let Some(t) = d.disk_full_at {
+                if t.elapsed() < Duration::from_secs(2) {
+                    return Err(Error::NoSpace("local disk is full".into()));
+                }
+            }
+            if let Err(err) = self.commit_locked(&e, &mut d, false, true) {
+                if err.errno() == libc::ENOSPC {
+                    d.disk_full_at = Some(Instant::now());
+                }
+                return Err(err);
+            }
+            d.disk_full_at = None;
         }
         Ok(data.len() as u32)
     }

@@ -232,3 +232,70 @@ fn corrupted_pack_byte_is_detected_not_served() {
         v.log_tail()
     );
 }
+
+/// A full local disk gives ENOSPC to the writer; what was acknowledged before stays intact and
+/// the volume mounts again.
+#[test]
+fn full_disk_gives_enospc_and_keeps_acknowledged_data() {
+    let mut v = TestVolume::new("");
+    // Move the volume onto a small tmpfs so that it fills up quickly.
+    let small = v.dir.path().join("small");
+    fs::create_dir(&small).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &small,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=96m"),
+    )
+    .expect("mount tmpfs (needs root)");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let _guard = Unmount(small.clone());
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(v.vol_dir())
+        .arg(small.join("vol"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let cfg = fs::read_to_string(&v.config)
+        .unwrap()
+        .replace("path = \"vol\"", "path = \"small/vol\"");
+    fs::write(&v.config, cfg).unwrap();
+    v.start();
+    let keep = random_bytes(77, 8 << 20);
+    fs::write(v.path("keep"), &keep).unwrap();
+    // Write until the disk is full; the error must be ENOSPC, on write or at close.
+    let mut f = File::create(v.path("filler")).unwrap();
+    let mut err = None;
+    for i in 0..64u64 {
+        if let Err(e) = std::io::Write::write_all(&mut f, &random_bytes(1000 + i, 4 << 20)) {
+            err = Some(e);
+            break;
+        }
+    }
+    let err = err
+        .or_else(|| f.sync_all().err())
+        .expect("a 256 MiB write into 96 MiB failed");
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    drop(f);
+    assert!(
+        fs::read(v.path("keep")).unwrap() == keep,
+        "acknowledged file intact"
+    );
+    // As a backup tool would: give up on the failed file. Nothing unacknowledged is left, so
+    // the daemon stops cleanly.
+    fs::remove_file(v.path("filler")).unwrap();
+    v.stop();
+    v.start();
+    assert!(
+        fs::read(v.path("keep")).unwrap() == keep,
+        "intact after restart"
+    );
+    v.stop();
+}
