@@ -22,7 +22,7 @@ use fuser::{
 use crate::error::Error;
 use crate::meta::FileKind;
 use crate::volume::{
-    Allocate, Attr, Caller, RenameMode, SetAttr, TimeSet, Volume, Whence, XattrSet,
+    Allocate, Attr, Caller, Changed, RenameMode, SetAttr, TimeSet, Volume, Whence, XattrSet,
 };
 
 /// How long the kernel may cache attributes and names. Short, because a second front-end
@@ -707,12 +707,29 @@ pub fn mount(
     };
     config.n_threads = Some(opts.threads);
     config.clone_fd = true;
-    let fs = FuseFs::new(vol, opts.writeback_cache);
+    let fs = FuseFs::new(vol.clone(), opts.writeback_cache);
     let session = fuser::Session::new(fs, &mountpoint, &config).map_err(|e| {
         anyhow::anyhow!(
             "cannot mount at {}: {e} (is /dev/fuse present and are we root or is fusermount3 installed?)",
             mountpoint.display()
         )
     })?;
-    Ok(session.spawn()?)
+    let session = session.spawn()?;
+    // Changes made through other front-ends reach the kernel's caches at once.
+    let notifier = session.notifier();
+    vol.set_invalidator(Box::new(move |c| {
+        let r = match c {
+            Changed::Inode(ino) => notifier.inval_inode(INodeNo(*ino), 0, 0),
+            Changed::Entry { parent, name } => {
+                notifier.inval_entry(INodeNo(*parent), OsStr::from_bytes(name))
+            }
+        };
+        // ENOENT: the kernel did not have it cached, which is fine.
+        if let Err(e) = r {
+            if e.raw_os_error() != Some(libc::ENOENT) {
+                tracing::debug!("kernel cache invalidation of {c:?}: {e}");
+            }
+        }
+    }));
+    Ok(session)
 }

@@ -242,6 +242,17 @@ struct PackStore {
     next_pack: AtomicU64,
 }
 
+/// What another front-end changed behind a cache (the kernel's, for the FUSE mount).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Changed {
+    /// An inode's data or attributes.
+    Inode(u64),
+    /// A name in a directory (created, removed or renamed).
+    Entry { parent: u64, name: Vec<u8> },
+}
+
+type Invalidator = Box<dyn Fn(&Changed) + Send + Sync>;
+
 pub struct Volume {
     dir: PathBuf,
     info: VolumeInfo,
@@ -257,6 +268,7 @@ pub struct Volume {
     next_ino: AtomicU64,
     dirty_total: AtomicU64,
     chunk_cache: Mutex<lru::LruCache<ChunkId, Arc<Vec<u8>>>>,
+    invalidator: RwLock<Option<Invalidator>>,
     _lock: nix::fcntl::Flock<File>,
 }
 
@@ -434,12 +446,29 @@ impl Volume {
             chunk_cache: Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(CHUNK_CACHE_ENTRIES).unwrap(),
             )),
+            invalidator: RwLock::new(None),
             _lock: lock,
         };
         vol.recover_packs()?;
         vol.finish_orphans()?;
         vol.kv.flush()?;
         Ok(Arc::new(vol))
+    }
+
+    /// Registers the cache that front-ends other than its owner must keep fresh (the FUSE
+    /// adapter registers the kernel's caches here).
+    pub fn set_invalidator(&self, f: Invalidator) {
+        *self.invalidator.write() = Some(f);
+    }
+
+    /// Called by a front-end after it changed something that another front-end may cache.
+    /// Never call it from inside a FUSE request: the kernel may wait on that request.
+    pub fn changed(&self, what: &[Changed]) {
+        if let Some(f) = self.invalidator.read().as_ref() {
+            for c in what {
+                f(c);
+            }
+        }
     }
 
     pub fn info(&self) -> &VolumeInfo {
