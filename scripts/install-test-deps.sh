@@ -103,5 +103,5 @@ cargo_tool fsx "$FSX_VERSION"
 if [ "${#did[@]}" -eq 0 ]; then
     note "nothing to do"
 else
-    note "done: ${did[*]}"
+    note "done: $(printf '%s; ' "${did[@]}" | sed 's/; $//')"
 fi

@@ -6,7 +6,7 @@
 # Steps, each logged to target/test-logs/<step>.log:
 #   deps         scripts/install-test-deps.sh (apt packages, dummy user, pinned pjdfstest and fsx)
 #   build        cargo build --release
-#   cargo-test   cargo test --release: unit tests, and integration tests that mount FUSE themselves
+#   cargo-test   cargo test --release --no-fail-fast: unit tests, and integration tests that mount FUSE themselves
 #   mount        a fresh volume in a temporary directory, `tiergate serve`, wait for the mount
 #   pjdfstest    tests/suites/pjdfstest.sh against the mount (allowlist: pjdfstest-known-failures.txt)
 #   fsx          tests/suites/fsx.sh against the mount
@@ -153,7 +153,7 @@ elif [ "${TG_SKIP_CARGO_TEST:-0}" = 1 ]; then
 else
     rc=0
     step cargo-test timeout --kill-after=60 "${CARGO_TEST_TIMEOUT:-1800}" \
-        cargo test --release || rc=$?
+        cargo test --release --no-fail-fast || rc=$?
     log_file="$LOGDIR/cargo-test.log"
     p="$(sum_field "$log_file" '^test result:' passed)"
     f="$(sum_field "$log_file" '^test result:' failed)"
