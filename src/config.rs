@@ -20,6 +20,8 @@ pub struct Config {
     pub chunking: ChunkingConfig,
     #[serde(default)]
     pub fuse: FuseConfig,
+    #[serde(default)]
+    pub webdav: WebdavConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -69,6 +71,58 @@ pub struct FuseConfig {
     /// Worker threads serving FUSE requests.
     #[serde(default = "default_threads")]
     pub threads: usize,
+}
+
+/// The WebDAV share (src/webdav.rs).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebdavConfig {
+    /// Serve the share at all.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// `IP:port` to listen on; port 0 picks a free port (printed at start).
+    #[serde(default = "default_webdav_listen")]
+    pub listen: std::net::SocketAddr,
+    /// HTTP Basic authentication against `users_file`. Default: required unless `listen` is a
+    /// loopback address; `false` is refused for any other address.
+    pub require_auth: Option<bool>,
+    /// The users file (`tiergate user add`), one `name:argon2id-hash` per line.
+    /// Default: `webdav-users` next to the config file.
+    pub users_file: Option<PathBuf>,
+    /// PEM certificate chain and private key: serve HTTPS (rustls) instead of plain HTTP.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+impl Default for WebdavConfig {
+    fn default() -> Self {
+        WebdavConfig {
+            enabled: true,
+            listen: default_webdav_listen(),
+            require_auth: None,
+            users_file: None,
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+impl WebdavConfig {
+    /// Whether requests must carry credentials.
+    pub fn auth_required(&self) -> bool {
+        self.require_auth.unwrap_or(!self.listen.ip().is_loopback())
+    }
+
+    /// The users file (the default is resolved by [`Config::load`]).
+    pub fn users_path(&self) -> PathBuf {
+        self.users_file
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("webdav-users"))
+    }
+}
+
+fn default_webdav_listen() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
 fn default_metadata_cache_mib() -> u64 {
@@ -148,6 +202,11 @@ impl Config {
         if let Some(m) = &cfg.fuse.mountpoint {
             cfg.fuse.mountpoint = Some(base.join(m));
         }
+        let w = &mut cfg.webdav;
+        w.users_file = Some(base.join(w.users_path()));
+        for p in [&mut w.tls_cert, &mut w.tls_key].into_iter().flatten() {
+            *p = base.join(&*p);
+        }
         Ok(cfg)
     }
 
@@ -185,6 +244,19 @@ impl Config {
             return Err(Error::Invalid(format!(
                 "fuse.threads = {} is outside 1..=256",
                 self.fuse.threads
+            )));
+        }
+        let w = &self.webdav;
+        if w.tls_cert.is_some() != w.tls_key.is_some() {
+            return Err(Error::Invalid(
+                "webdav.tls_cert and webdav.tls_key go together: set both or neither".into(),
+            ));
+        }
+        if w.require_auth == Some(false) && !w.listen.ip().is_loopback() {
+            return Err(Error::Invalid(format!(
+                "webdav.listen = {} is not a loopback address, so the share needs \
+                 authentication: remove `require_auth = false`",
+                w.listen
             )));
         }
         self.chunking
@@ -248,6 +320,27 @@ mod tests {
         assert!(err.to_string().contains("volume.zstd_level"), "{err}");
         let err = Config::parse("[volume]\npath = \"x\"\n[fusee]\n").unwrap_err();
         assert!(err.to_string().contains("fusee"), "{err}");
+    }
+
+    #[test]
+    fn webdav_section_defaults_and_rules() {
+        let cfg = Config::parse("[volume]\npath = \"x\"\n").unwrap();
+        assert!(cfg.webdav.enabled);
+        assert!(cfg.webdav.listen.ip().is_loopback());
+        assert!(!cfg.webdav.auth_required());
+        let cfg =
+            Config::parse("[volume]\npath = \"x\"\n[webdav]\nlisten = \"0.0.0.0:8080\"\n").unwrap();
+        assert!(cfg.webdav.auth_required());
+        let err = Config::parse(
+            "[volume]\npath = \"x\"\n[webdav]\nlisten = \"0.0.0.0:80\"\nrequire_auth = false\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("not a loopback"), "{err}");
+        let err =
+            Config::parse("[volume]\npath = \"x\"\n[webdav]\ntls_cert = \"c.pem\"\n").unwrap_err();
+        assert!(err.to_string().contains("tls_key"), "{err}");
+        let err = Config::parse("[volume]\npath = \"x\"\n[webdav]\nport = 1\n").unwrap_err();
+        assert!(err.to_string().contains("port"), "{err}");
     }
 
     #[test]

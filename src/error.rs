@@ -1,8 +1,8 @@
 //! The one error type of the filesystem core.
 //!
 //! Every layer below the front-ends (formats, key handling, metadata store, volume) returns
-//! [`Error`]. Front-ends translate it exactly once: [`Error::errno`] for FUSE (and, in a later
-//! front-end, an HTTP status). Variants say what went wrong in the user's terms; the message
+//! [`Error`]. Front-ends translate it exactly once: [`Error::errno`] for FUSE,
+//! [`Error::http_status`] for WebDAV. Variants say what went wrong in the user's terms; the message
 //! carries the context (which file, which chunk, which key) a user needs to act on it.
 
 use std::io;
@@ -96,6 +96,43 @@ impl Error {
     }
 }
 
+impl Error {
+    /// The HTTP status a WebDAV front-end answers with for this error (RFC 9110 / RFC 4918).
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Error::NotFound | Error::NoXattr => 404,
+            // RFC 4918 §9.3.1: MKCOL on an existing resource is 405 Method Not Allowed.
+            Error::Exists => 405,
+            // A path component that is a file where a collection is needed: RFC 4918 answers
+            // 409 Conflict (the request cannot apply in the resource's current state).
+            Error::NotDir | Error::NotEmpty => 409,
+            // Writing file contents to a collection.
+            Error::IsDir => 405,
+            Error::Invalid(_) => 400,
+            // A path segment of more than 255 bytes: the URI names nothing we could ever store.
+            Error::NameTooLong => 414,
+            Error::TooBig => 413,
+            Error::Unsupported(_) => 501,
+            Error::NotPermitted | Error::WrongPassphrase => 403,
+            // Debatable: like dav-server's own local filesystem, EXDEV is 502 Bad Gateway.
+            Error::CrossDevice => 502,
+            Error::NoSuchOffset => 416,
+            // RFC 4918 §11.5: 507 Insufficient Storage.
+            Error::NoSpace(_) => 507,
+            // Keep what the OS said where it has an HTTP meaning (a full disk is 507).
+            Error::Io { err, .. } => match err.raw_os_error() {
+                Some(libc::ENOSPC) | Some(libc::EDQUOT) => 507,
+                Some(libc::EFBIG) => 413,
+                Some(libc::ENAMETOOLONG) => 414,
+                _ => 500,
+            },
+            // ERANGE (a buffer too small) and a bad handle are our own bugs, never the
+            // client's; corruption and store failures are server errors with the detail logged.
+            Error::Range | Error::BadHandle | Error::Corrupt(_) | Error::Store(_) => 500,
+        }
+    }
+}
+
 impl From<sled::Error> for Error {
     fn from(e: sled::Error) -> Self {
         match e {
@@ -118,5 +155,20 @@ mod tests {
         assert_eq!(Error::NoXattr.errno(), libc::ENODATA);
         let other = Error::io("x", io::Error::other("no errno"));
         assert_eq!(other.errno(), libc::EIO);
+    }
+
+    #[test]
+    fn http_status_mapping_keeps_full_disk_and_hides_corruption_as_500() {
+        let full = Error::io("pack 7", io::Error::from_raw_os_error(libc::ENOSPC));
+        assert_eq!(full.http_status(), 507);
+        assert_eq!(Error::NoSpace("quota".into()).http_status(), 507);
+        assert_eq!(Error::NotFound.http_status(), 404);
+        assert_eq!(Error::Exists.http_status(), 405);
+        assert_eq!(Error::NotDir.http_status(), 409);
+        assert_eq!(Error::NameTooLong.http_status(), 414);
+        assert_eq!(Error::Invalid("name with NUL".into()).http_status(), 400);
+        assert_eq!(Error::Corrupt("chunk ab".into()).http_status(), 500);
+        let other = Error::io("x", io::Error::other("no errno"));
+        assert_eq!(other.http_status(), 500);
     }
 }

@@ -43,6 +43,28 @@ enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Manage the users of the WebDAV share (its `webdav.users_file`).
+    User {
+        #[command(subcommand)]
+        cmd: UserCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Add a user or set a new password. The password is read from standard input (first
+    /// line), or asked for twice when standard input is a terminal.
+    Add {
+        name: String,
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Remove a user.
+    Del {
+        name: String,
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 fn main() {
@@ -74,6 +96,7 @@ fn main() {
         }
         Cmd::Serve { config } => serve(config.as_deref()),
         Cmd::Stats { config } => stats(&config),
+        Cmd::User { cmd } => user(cmd),
     };
     if let Err(e) = r {
         eprintln!("tiergate: {e:#}");
@@ -130,6 +153,43 @@ fn stats(path: &Path) -> Result<()> {
             "reduction:       {:.2}x",
             st.logical_bytes as f64 / st.stored_bytes as f64
         );
+    }
+    Ok(())
+}
+
+fn user(cmd: UserCmd) -> Result<()> {
+    use tiergate::auth;
+    match cmd {
+        UserCmd::Add { name, config } => {
+            let cfg = Config::load(&config)?;
+            auth::check_user_name(&name)?;
+            let path = cfg.webdav.users_path();
+            let password = if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                let p = rpassword::prompt_password(format!("password for {name}: "))?;
+                if rpassword::prompt_password("again: ")? != p {
+                    anyhow::bail!("the passwords differ");
+                }
+                p
+            } else {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line)?;
+                line.trim_end_matches(['\r', '\n']).to_string()
+            };
+            let existed = auth::set_user(&path, &name, &password)?;
+            println!(
+                "{} user {name} in {}",
+                if existed { "updated" } else { "added" },
+                path.display()
+            );
+        }
+        UserCmd::Del { name, config } => {
+            let cfg = Config::load(&config)?;
+            let path = cfg.webdav.users_path();
+            if !auth::remove_user(&path, &name)? {
+                anyhow::bail!("no user {name} in {}", path.display());
+            }
+            println!("removed user {name} from {}", path.display());
+        }
     }
     Ok(())
 }
@@ -203,6 +263,15 @@ fn serve(config: Option<&Path>) -> Result<()> {
             })?
     };
 
+    // The WebDAV share starts before the mount, so its address is in the log by the time the
+    // mount appears. It runs on its own small tokio runtime; blocking core calls go to that
+    // runtime's blocking pool.
+    let webdav = if cfg.webdav.enabled {
+        Some(start_webdav(&vol, &cfg)?)
+    } else {
+        None
+    };
+
     let mut session = None;
     if let Some(mp) = &cfg.fuse.mountpoint {
         if !Path::new("/dev/fuse").exists() {
@@ -224,7 +293,7 @@ fn serve(config: Option<&Path>) -> Result<()> {
             }
         }
     }
-    if session.is_none() && cfg.fuse.mountpoint.is_some() {
+    if session.is_none() && cfg.fuse.mountpoint.is_some() && webdav.is_none() {
         tracing::warn!("no front-end is running; press Ctrl-C to stop");
     }
 
@@ -247,6 +316,10 @@ fn serve(config: Option<&Path>) -> Result<()> {
             }
         }
     }
+    if let Some((rt, stop)) = webdav {
+        let _ = stop.send(true);
+        rt.shutdown_timeout(Duration::from_secs(10));
+    }
     if let Some(s) = session {
         if let Err(e) = s.umount_and_join() {
             tracing::warn!("unmount: {e}");
@@ -256,4 +329,32 @@ fn serve(config: Option<&Path>) -> Result<()> {
     drop(ticker);
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Starts the WebDAV share; returns its runtime and the switch that stops it.
+fn start_webdav(
+    vol: &Arc<Volume>,
+    cfg: &Config,
+) -> Result<(tokio::runtime::Runtime, tokio::sync::watch::Sender<bool>)> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("webdav")
+        .enable_all()
+        .build()
+        .context("starting the WebDAV runtime")?;
+    let share =
+        Arc::new(tiergate::webdav::Share::new(vol.clone(), &cfg.webdav).context("WebDAV share")?);
+    let (listener, addr) = rt.block_on(tiergate::webdav::bind(&cfg.webdav))?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tracing::info!(
+        "webdav listening on {}://{addr}/{}",
+        share.scheme(),
+        if cfg.webdav.auth_required() {
+            " (authentication required)"
+        } else {
+            ""
+        }
+    );
+    rt.spawn(share.run(listener, stopped));
+    Ok((rt, stop))
 }

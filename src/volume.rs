@@ -2341,6 +2341,82 @@ impl PackStore {
     }
 }
 
+// ---- used by the WebDAV front-end ----
+impl Volume {
+    /// A directory inode with no name anywhere in the namespace, created on first use and kept
+    /// under a metadata record named after `purpose`. FUSE cannot reach it (no lookup leads
+    /// there); the WebDAV front-end stages uploads in it, so an unfinished PUT is never visible
+    /// under any name, and renames finished ones into place atomically.
+    pub fn hidden_dir(&self, purpose: &str) -> Result<u64> {
+        let _ns = self.ns.lock();
+        let key = meta::misc_key(&format!("hidden_dir.{purpose}"));
+        if let Some(v) = self.kv.get(&key)? {
+            let ino = u64::from_le_bytes(
+                v.as_slice()
+                    .try_into()
+                    .map_err(|_| Error::Corrupt(format!("hidden directory record {purpose}")))?,
+            );
+            if self.load_inode(ino).is_ok() {
+                return Ok(ino);
+            }
+        }
+        let root = self.getattr(ROOT_INO)?;
+        let inode = Inode::new(
+            FileKind::Dir,
+            0o700,
+            root.inode.uid,
+            root.inode.gid,
+            ROOT_INO,
+        );
+        let mut b = Batch::default();
+        let ino = self.alloc_ino(&mut b);
+        b.put(meta::inode_key(ino), inode.encode());
+        b.put(key, ino.to_le_bytes().to_vec());
+        self.apply(b)?;
+        self.kv.flush()?;
+        Ok(ino)
+    }
+
+    /// Content identity of a regular file: a hash of its size and extent map (chunk ids are
+    /// keyed hashes of the content, so equal maps mean equal bytes, and any change of the bytes
+    /// changes the map). Dirty data is committed first (not durably) so the map is complete.
+    pub fn content_tag(&self, ino: u64) -> Result<[u8; 32]> {
+        let e = self.file_entry(ino)?;
+        let mut d = e.data.write();
+        if d.gone {
+            return Err(Error::NotFound);
+        }
+        if d.dirty_bytes > 0 {
+            self.commit_locked(&e, &mut d, false, false)?;
+        }
+        let mut h = blake3::Hasher::new();
+        h.update(b"tiergate content tag v1");
+        h.update(&d.attr.size.to_le_bytes());
+        for (off, x) in self.extents(ino, 0, d.attr.size)? {
+            h.update(&off.to_le_bytes());
+            h.update(&x.encode());
+        }
+        Ok(*h.finalize().as_bytes())
+    }
+
+    /// Small state a front-end keeps in the metadata store (WebDAV locks), by name.
+    pub fn frontend_state(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        self.kv.get(&meta::misc_key(&format!("frontend.{name}")))
+    }
+
+    /// Replaces (or with `None` removes) a front-end's state; durable when this returns.
+    pub fn set_frontend_state(&self, name: &str, value: Option<&[u8]>) -> Result<()> {
+        let key = meta::misc_key(&format!("frontend.{name}"));
+        let mut b = Batch::default();
+        match value {
+            Some(v) => b.put(key, v.to_vec()),
+            None => b.delete(key),
+        }
+        self.apply(b)?;
+        self.kv.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
