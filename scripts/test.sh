@@ -8,6 +8,7 @@
 #   build        cargo build --release
 #   cargo-test   cargo test --release --no-fail-fast: unit tests, and integration tests that mount FUSE themselves
 #   mount        a fresh volume in a temporary directory, `tiergate serve`, wait for the mount
+#   litmus       tests/suites/litmus.sh against the WebDAV share of that daemon (address from its log)
 #   pjdfstest    tests/suites/pjdfstest.sh against the mount (allowlist: pjdfstest-known-failures.txt)
 #   fsx          tests/suites/fsx.sh against the mount
 #   unmount      SIGTERM; tiergate must unmount and exit 0
@@ -189,6 +190,25 @@ if [ "$build_ok" = 1 ]; then
         count_step mount 0 0 0 0 "$TIERGATE_MNT"
     else
         count_step mount "$rc" 0 0 0 "see mount.log, tiergate-serve.log"
+    fi
+fi
+
+if [ "$mounted" = 1 ]; then
+    # The share of the same daemon, before pjdfstest fills the volume with its leftovers.
+    webdav_url="$(sed -n 's/.*webdav listening on \(https\{0,1\}:\/\/[^ ]*\/\).*/\1/p' \
+        "$LOGDIR/tiergate-serve.log" | head -n 1)"
+    if [ -z "$webdav_url" ]; then
+        echo "litmus: no 'webdav listening on' line in tiergate-serve.log" >"$LOGDIR/litmus.log"
+        LAST_SECS=0
+        count_step litmus 1 0 1 0 "no WebDAV address in the daemon's log"
+    else
+        rc=0
+        step litmus bash tests/suites/litmus.sh "$webdav_url" "$LOGDIR/litmus" || rc=$?
+        p="$(sum_field "$LOGDIR/litmus.log" '^litmus: [0-9]+ passed' passed)"
+        f="$(sum_field "$LOGDIR/litmus.log" '^litmus: [0-9]+ passed' failed)"
+        s="$(sum_field "$LOGDIR/litmus.log" '^litmus: [0-9]+ passed' skipped)"
+        count_step litmus "$rc" "$p" "$f" "$s" \
+            "$(grep -E '^litmus: [0-9]+ passed' "$LOGDIR/litmus.log" | tail -n 1 | sed 's/^litmus: //') ($webdav_url)"
     fi
 fi
 
