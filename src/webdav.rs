@@ -1446,8 +1446,10 @@ impl Share {
             async move { Ok::<_, Infallible>(me.handle(req).await) }
         });
         let mut b = http1::Builder::new();
-        // Request heads above 64 KiB get 431; a client has 60 s to send a head.
-        b.max_buf_size(64 << 10)
+        // Request heads above 64 KiB get 431; a client has 60 s to send a head; a connection
+        // buffers at most 256 KiB of what it reads.
+        b.max_header_size(64 << 10)
+            .max_buf_size(256 << 10)
             .timer(TokioTimer::new())
             .header_read_timeout(Duration::from_secs(60));
         let r = match &self.tls {
