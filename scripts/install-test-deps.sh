@@ -4,14 +4,15 @@
 #
 #   Debian packages  fuse3 (fusermount3, /etc/fuse.conf), attr (getfattr/setfattr),
 #                    acl and libacl1-dev (pjdfstest's ACL support builds against libacl),
-#                    litmus (the WebDAV conformance suite), rclone (a real WebDAV client)
+#                    litmus (the WebDAV conformance suite), rclone (a real WebDAV client),
+#                    openssl (test certificates)
 #   dummy user       `tests` (with group `tests`): pjdfstest switches to it and to `nobody`
 #   cargo install    pjdfstest 0.2.2 and fsx 0.3.2, pinned, with --locked, into ~/.cargo/bin
 set -euo pipefail
 
 PJDFSTEST_VERSION=0.2.2
 FSX_VERSION=0.3.2
-APT_PACKAGES=(fuse3 attr acl libacl1-dev litmus rclone)
+APT_PACKAGES=(fuse3 attr acl libacl1-dev litmus rclone openssl)
 
 did=()
 note() {

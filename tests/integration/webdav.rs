@@ -823,3 +823,78 @@ fn webdav_rclone_round_trip() {
         .unwrap();
     assert!(diff.status.success(), "through the mount: {diff:?}");
 }
+
+/// With `tls_cert`/`tls_key` the share speaks HTTPS only; a client that trusts the
+/// certificate works, plain HTTP gets no WebDAV answer.
+#[test]
+fn webdav_over_tls() {
+    let mut v = TestVolume::new("");
+    let dir = v.dir.path().to_path_buf();
+    let ok = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .output()
+        .expect("openssl (scripts/install-test-deps.sh installs it)");
+    assert!(ok.status.success(), "{ok:?}");
+    let cfg = std::fs::read_to_string(&v.config).unwrap();
+    let cfg = cfg.replace(
+        "[fuse]",
+        "[webdav]\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n\n[fuse]",
+    );
+    std::fs::write(&v.config, cfg).unwrap();
+    v.start();
+    let log = std::fs::read_to_string(v.log_path()).unwrap();
+    let url = log
+        .split("webdav listening on ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    // Plain HTTP to the TLS port: no HTTP answer.
+    let addr = url["https://".len()..]
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let plain = Dav { addr, auth: None };
+    let mut s = plain.connect();
+    let _ = s.write_all(plain.head("GET", "/", &[], None).as_bytes());
+    assert!(read_response(s, "GET").is_err());
+
+    let data = random_bytes(300, 1 << 20);
+    std::fs::write(dir.join("up.bin"), &data).unwrap();
+    let rclone = |args: &[&str]| {
+        let out = Command::new("rclone")
+            .args(args)
+            .arg("--ca-cert")
+            .arg(dir.join("cert.pem"))
+            .env_remove("AWS_CA_BUNDLE")
+            .env("RCLONE_CONFIG", "/dev/null")
+            .env("RCLONE_CONFIG_TG_TYPE", "webdav")
+            .env("RCLONE_CONFIG_TG_URL", &url)
+            .env("RCLONE_CONFIG_TG_VENDOR", "other")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "rclone {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    rclone(&["copyto", dir.join("up.bin").to_str().unwrap(), "tg:up.bin"]);
+    assert_eq!(rclone(&["cat", "tg:up.bin"]), data);
+    assert_eq!(std::fs::read(v.path("up.bin")).unwrap(), data);
+}
