@@ -643,11 +643,10 @@ fn webdav_bad_input_gets_clear_statuses() {
 <!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
 <!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">]>
 <D:propfind xmlns:D="DAV:"><D:prop><D:getetag>&lol3;</D:getetag></D:prop></D:propfind>"#;
-    let s = p(laughs);
-    assert!(s == 400 || s == 207, "entity expansion: {s}");
+    assert_eq!(p(laughs), 400, "entity expansion");
     let pp = br#"<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;"><!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;"><!ENTITY d "&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;">]><D:propertyupdate xmlns:D="DAV:" xmlns:Z="z:"><D:set><D:prop><Z:p>&d;&d;&d;&d;</Z:p></D:prop></D:set></D:propertyupdate>"#;
     let s = d.req("PROPPATCH", "/keep", &[], pp).status;
-    assert!(s == 400 || s == 207, "entity expansion in PROPPATCH: {s}");
+    assert_eq!(s, 400, "entity expansion in PROPPATCH");
     assert_eq!(p(&vec![b'x'; 100 << 10]), 413, "body over 64 KiB");
     let big = "x".repeat(100 << 10);
     assert_eq!(
