@@ -90,8 +90,10 @@ fi
 
 # Every opt-in feature a Linux file system should have. The others listed by `pjdfstest -l`
 # (chflags, chflags_sf_snapshot, nfsv4_acls, stat_st_birthtime) are BSD-only.
-# allow_remount stays off: the EROFS cases remount the file system read-only, which is flaky even
-# on ext4 here (8 of 13 failed with "device busy") and would touch the volume's mount options.
+# allow_remount stays off, so the 13 EROFS cases are skipped. They run `mount -o remount,ro` on
+# the file system's mount point: on a FUSE mount, mount(8) hands that to the mount.fuse3 helper,
+# which takes the source ("tiergate:<id>") for a command and fails; and on a loop-mounted ext4
+# here, 8 of the 13 fail with "mount point is busy" inside the full run (all pass alone).
 conf="$logdir/pjdfstest.toml"
 cat >"$conf" <<EOF
 # Written by tests/suites/pjdfstest.sh
