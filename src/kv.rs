@@ -76,18 +76,31 @@ impl SledStore {
     /// flush is disabled so that nothing reaches disk ahead of the pack data it names (the
     /// volume calls [`KvStore::flush`] where it promises durability).
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Self> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
             .flush_every_ms(None)
-            .mode(sled::Mode::LowSpace)
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(io) => {
-                    Error::io(format!("opening metadata store {}", dir.display()), io)
+            .mode(sled::Mode::LowSpace);
+        // sled releases its file lock from a background thread shortly after the last handle
+        // is dropped, so a reopen in the same process can briefly find it held.
+        let mut tries = 0;
+        let opened = loop {
+            match config.open() {
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock") && tries < 50 =>
+                {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
                 }
-                other => Error::Store(format!("opening {}: {other}", dir.display())),
-            })?;
+                other => break other,
+            }
+        };
+        let db = opened.map_err(|e| match e {
+            sled::Error::Io(io) => {
+                Error::io(format!("opening metadata store {}", dir.display()), io)
+            }
+            other => Error::Store(format!("opening {}: {other}", dir.display())),
+        })?;
         Ok(SledStore { db })
     }
 }

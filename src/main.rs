@@ -322,7 +322,16 @@ fn serve(config: Option<&Path>) -> Result<()> {
     }
     if let Some(s) = session {
         if let Err(e) = s.umount_and_join() {
-            tracing::warn!("unmount: {e}");
+            // Busy (a shell or an open file inside): detach it from the namespace instead. The
+            // kernel drops the mount once its last user goes; our exit ends the connection.
+            let mp = cfg.fuse.mountpoint.as_deref().unwrap_or(Path::new("."));
+            tracing::warn!(
+                "unmount of {}: {e}; detaching it lazily (processes using it will see errors)",
+                mp.display()
+            );
+            if let Err(e) = nix::mount::umount2(mp, nix::mount::MntFlags::MNT_DETACH) {
+                tracing::error!("lazy unmount of {} failed: {e}", mp.display());
+            }
         }
     }
     vol.shutdown().context("final commit")?;
