@@ -60,6 +60,8 @@ const READ_BATCH: usize = 1 << 20;
 /// Dead properties live in xattrs under this prefix, so they are durable, move with the file
 /// on MOVE, and are visible (read-only in spirit) through the mount.
 const PROP_PREFIX: &[u8] = b"user.tiergate.dav.";
+/// How long a request with wrong credentials waits before its 401.
+const FAILED_AUTH_DELAY: Duration = Duration::from_secs(1);
 /// Name of the staging directory record ([`Volume::hidden_dir`]).
 const STAGING: &str = "webdav-staging";
 /// Where the lock table is kept ([`Volume::set_frontend_state`]).
@@ -1443,7 +1445,7 @@ impl Share {
         let me = self.clone();
         let svc = service_fn(move |req| {
             let me = me.clone();
-            async move { Ok::<_, Infallible>(me.handle(req).await) }
+            async move { Ok::<_, Infallible>(me.handle(req, peer).await) }
         });
         let mut b = http1::Builder::new();
         // Request heads above 64 KiB get 431; a client has 60 s to send a head; a connection
@@ -1467,15 +1469,15 @@ impl Share {
         }
     }
 
-    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let method = req.method().clone();
         let uri = req.uri().path().to_string();
-        let resp = self.route(req).await;
+        let resp = self.route(req, peer).await;
         tracing::debug!("webdav {method} {uri} -> {}", resp.status().as_u16());
         resp
     }
 
-    async fn route(&self, req: Request<Incoming>) -> Response<Body> {
+    async fn route(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let mut principal = None;
         if let Some(users) = &self.users {
             let ok = match basic_credentials(req.headers()) {
@@ -1484,6 +1486,12 @@ impl Share {
                     let ok = tokio::task::spawn_blocking(move || u.verify(&n, &pass))
                         .await
                         .unwrap_or(false);
+                    if !ok {
+                        // Named in the log (for fail2ban and the like), and slowed down, so
+                        // guessing costs a second per try on each connection.
+                        tracing::warn!(%peer, user = %name, "webdav: wrong user name or password");
+                        tokio::time::sleep(FAILED_AUTH_DELAY).await;
+                    }
                     principal = ok.then_some(name);
                     ok
                 }
