@@ -954,9 +954,7 @@ impl Volume {
                 logical -= x.len as i64;
                 b.delete(k);
             }
-            let mut cs = self.commit.lock();
-            self.apply_refs(&mut cs, &mut b, refs, &HashMap::new(), logical)?;
-            self.kv.apply(b)?;
+            self.apply_extent_batch(b, refs, logical)?;
         }
         let mut b = Batch::default();
         for (k, _) in self.kv.range(
@@ -1778,15 +1776,24 @@ impl Volume {
         Ok(logical)
     }
 
-    fn apply_refs(
+    /// Applies a batch of extent-map changes that store no new chunks (truncate, punch, clone,
+    /// delete), with its refcount and logical-size changes, under the commit lock.
+    fn apply_extent_batch(
         &self,
-        cs: &mut CommitState,
-        b: &mut Batch,
+        mut b: Batch,
         refs: HashMap<ChunkId, i64>,
-        new: &HashMap<ChunkId, NewChunk>,
         logical: i64,
     ) -> Result<()> {
-        self.apply_refs_with_data(cs, b, refs, new, logical, &HashMap::new())
+        let mut cs = self.commit.lock();
+        self.apply_refs_with_data(
+            &mut cs,
+            &mut b,
+            refs,
+            &HashMap::new(),
+            logical,
+            &HashMap::new(),
+        )?;
+        self.kv.apply(b)
     }
 
     /// Applies refcount changes to the chunk index inside batch `b` (under the commit lock).
@@ -1905,9 +1912,7 @@ impl Volume {
             let logical = self.punch_into(e.ino, size, u64::MAX, &mut b, &mut refs)?;
             d.attr.size = size;
             b.put(meta::inode_key(e.ino), d.attr.encode());
-            let mut cs = self.commit.lock();
-            self.apply_refs(&mut cs, &mut b, refs, &HashMap::new(), logical)?;
-            self.kv.apply(b)?;
+            self.apply_extent_batch(b, refs, logical)?;
         } else {
             d.attr.size = size;
         }
@@ -1943,9 +1948,7 @@ impl Volume {
                 d.attr.size = d.attr.size.max(end);
             }
             b.put(meta::inode_key(ino), d.attr.encode());
-            let mut cs = self.commit.lock();
-            self.apply_refs(&mut cs, &mut b, refs, &HashMap::new(), logical)?;
-            self.kv.apply(b)?;
+            self.apply_extent_batch(b, refs, logical)?;
         } else if !keep_size && end > d.attr.size {
             d.attr.size = end;
             d.attr.ctime = now();
@@ -2058,9 +2061,7 @@ impl Volume {
         dd_ref.attr.mtime = t;
         dd_ref.attr.ctime = t;
         b.put(meta::inode_key(dst), dd_ref.attr.encode());
-        let mut cs = self.commit.lock();
-        self.apply_refs(&mut cs, &mut b, refs, &HashMap::new(), logical)?;
-        self.kv.apply(b)?;
+        self.apply_extent_batch(b, refs, logical)?;
         Ok(len)
     }
 

@@ -137,6 +137,44 @@ impl TestVolume {
     pub fn path(&self, rel: &str) -> PathBuf {
         self.mnt.join(rel)
     }
+
+    /// Moves the (stopped) volume onto a tmpfs of `size` (e.g. "96m") so that tests can fill
+    /// the disk. The tmpfs goes away when the guard is dropped.
+    pub fn move_to_tmpfs(&mut self, size: &str) -> TmpfsGuard {
+        assert!(self.daemon.is_none(), "stop the daemon first");
+        let small = self.dir.path().join("small");
+        std::fs::create_dir(&small).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            &small,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some(format!("size={size}").as_str()),
+        )
+        .expect("mount tmpfs (needs root)");
+        let guard = TmpfsGuard(small.clone());
+        let ok = Command::new("cp")
+            .arg("-a")
+            .arg(self.vol_dir())
+            .arg(small.join("vol"))
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let cfg = std::fs::read_to_string(&self.config)
+            .unwrap()
+            .replace("path = \"vol\"", "path = \"small/vol\"");
+        std::fs::write(&self.config, cfg).unwrap();
+        guard
+    }
+}
+
+/// Unmounts a test's tmpfs when dropped.
+pub struct TmpfsGuard(PathBuf);
+
+impl Drop for TmpfsGuard {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
 }
 
 impl Drop for TestVolume {

@@ -239,34 +239,7 @@ fn corrupted_pack_byte_is_detected_not_served() {
 fn full_disk_gives_enospc_and_keeps_acknowledged_data() {
     let mut v = TestVolume::new("");
     // Move the volume onto a small tmpfs so that it fills up quickly.
-    let small = v.dir.path().join("small");
-    fs::create_dir(&small).unwrap();
-    nix::mount::mount(
-        Some("tmpfs"),
-        &small,
-        Some("tmpfs"),
-        nix::mount::MsFlags::empty(),
-        Some("size=96m"),
-    )
-    .expect("mount tmpfs (needs root)");
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
-        }
-    }
-    let _guard = Unmount(small.clone());
-    let status = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(v.vol_dir())
-        .arg(small.join("vol"))
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let cfg = fs::read_to_string(&v.config)
-        .unwrap()
-        .replace("path = \"vol\"", "path = \"small/vol\"");
-    fs::write(&v.config, cfg).unwrap();
+    let _tmpfs = v.move_to_tmpfs("96m");
     v.start();
     let keep = random_bytes(77, 8 << 20);
     fs::write(v.path("keep"), &keep).unwrap();

@@ -706,34 +706,7 @@ fn webdav_quota_matches_statfs() {
 #[test]
 fn webdav_full_disk_put_gets_507_and_keeps_data() {
     let mut v = TestVolume::new("");
-    let small = v.dir.path().join("small");
-    std::fs::create_dir(&small).unwrap();
-    nix::mount::mount(
-        Some("tmpfs"),
-        &small,
-        Some("tmpfs"),
-        nix::mount::MsFlags::empty(),
-        Some("size=96m"),
-    )
-    .expect("mount tmpfs (needs root)");
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
-        }
-    }
-    let _guard = Unmount(small.clone());
-    let ok = Command::new("cp")
-        .arg("-a")
-        .arg(v.vol_dir())
-        .arg(small.join("vol"))
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    let cfg = std::fs::read_to_string(&v.config)
-        .unwrap()
-        .replace("path = \"vol\"", "path = \"small/vol\"");
-    std::fs::write(&v.config, cfg).unwrap();
+    let _tmpfs = v.move_to_tmpfs("96m");
     v.start();
     let d = share(&v);
     let keep = random_bytes(9, 8 << 20);
