@@ -799,6 +799,8 @@ impl Volume {
     ) -> Result<(Attr, u64)> {
         let attr = self.make_node(parent, name, NewNode::new(FileKind::File, mode), who)?;
         let fh = self.open_file(attr.ino)?;
+        // Even a file closed without a write must exist after close returns.
+        self.entry(attr.ino)?.data.write().unsynced = true;
         Ok((attr, fh))
     }
 

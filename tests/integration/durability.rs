@@ -272,3 +272,37 @@ fn full_disk_gives_enospc_and_keeps_acknowledged_data() {
     );
     v.stop();
 }
+
+/// close() is a durability point: files written and closed (never fsync'd), empty ones too,
+/// survive a SIGKILL of the daemon right after.
+#[test]
+fn closed_files_survive_sigkill_without_fsync() {
+    let mut v = TestVolume::new("");
+    v.start();
+    fs::create_dir(v.path("dir")).unwrap();
+    for i in 0..40u64 {
+        // The last files are empty, so nothing written after them flushes them by accident.
+        let empty = i % 4 == 0 || i >= 36;
+        let data = if empty {
+            Vec::new()
+        } else {
+            random_bytes(i, (i as usize) * 37_000)
+        };
+        let mut f = File::create(v.path(&format!("dir/f{i}"))).unwrap();
+        std::io::Write::write_all(&mut f, &data).unwrap();
+        drop(f); // close, no fsync
+    }
+    v.kill();
+    v.start();
+    for i in 0..40u64 {
+        let empty = i % 4 == 0 || i >= 36;
+        let want = if empty {
+            Vec::new()
+        } else {
+            random_bytes(i, (i as usize) * 37_000)
+        };
+        let got = fs::read(v.path(&format!("dir/f{i}"))).unwrap_or_else(|e| panic!("f{i}: {e}"));
+        assert!(got == want, "f{i} differs after SIGKILL");
+    }
+    v.stop();
+}
