@@ -55,6 +55,10 @@ pub enum Error {
     Io { context: String, err: io::Error },
     #[error("metadata store: {0}")]
     Store(String),
+    /// The object store (S3 or the local backend directory) failed or is unreachable; the
+    /// message names the object and the class of failure (src/backend/).
+    #[error("object store: {0}")]
+    Remote(String),
 }
 
 impl Error {
@@ -90,6 +94,9 @@ impl Error {
             // Corruption and store failures are I/O errors to the application: the data exists
             // but cannot be served, and the log line carries the detail.
             Error::Corrupt(_) | Error::Store(_) => libc::EIO,
+            // Data that is only off-site and cannot be fetched now: an I/O error, as a read
+            // from a failing disk would be; the log line says which store and why.
+            Error::Remote(_) => libc::EIO,
             // Keep the underlying errno where there is one (ENOSPC on a full disk, say).
             Error::Io { err, .. } => err.raw_os_error().unwrap_or(libc::EIO),
         }
@@ -129,6 +136,8 @@ impl Error {
             // ERANGE (a buffer too small) and a bad handle are our own bugs, never the
             // client's; corruption and store failures are server errors with the detail logged.
             Error::Range | Error::BadHandle | Error::Corrupt(_) | Error::Store(_) => 500,
+            // RFC 9110 §15.6.3: we act as a gateway and the upstream store failed.
+            Error::Remote(_) => 502,
         }
     }
 }
@@ -155,6 +164,7 @@ mod tests {
         assert_eq!(Error::NoXattr.errno(), libc::ENODATA);
         let other = Error::io("x", io::Error::other("no errno"));
         assert_eq!(other.errno(), libc::EIO);
+        assert_eq!(Error::Remote("s3 down".into()).errno(), libc::EIO);
     }
 
     #[test]
@@ -170,5 +180,6 @@ mod tests {
         assert_eq!(Error::Corrupt("chunk ab".into()).http_status(), 500);
         let other = Error::io("x", io::Error::other("no errno"));
         assert_eq!(other.http_status(), 500);
+        assert_eq!(Error::Remote("s3 down".into()).http_status(), 502);
     }
 }

@@ -5,9 +5,11 @@
 //! - core: [`volume`] (the filesystem), [`meta`] (its records in the metadata store)
 //! - data path: [`chunker`] → [`crypto`] (keys, chunk ids) → [`blob`] (codec) → [`pack`] (files)
 //! - storage: [`kv`] (the small key-value interface sled sits behind)
+//! - tiering: [`backend`] (object stores: S3, local directory; the core does not use it yet)
 //! - edges: [`config`], [`error`]
 
 pub mod auth;
+pub mod backend;
 pub mod blob;
 pub mod chunker;
 pub mod config;

@@ -43,6 +43,12 @@ enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Check the object store of a config (the `[s3]` bucket, or the local backend
+    /// directory): reachable, credentials, bucket, write/read/list/delete, object lock.
+    Probe {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Manage the users of the WebDAV share (its `webdav.users_file`).
     User {
         #[command(subcommand)]
@@ -96,6 +102,7 @@ fn main() {
         }
         Cmd::Serve { config } => serve(config.as_deref()),
         Cmd::Stats { config } => stats(&config),
+        Cmd::Probe { config } => probe(&config),
         Cmd::User { cmd } => user(cmd),
     };
     if let Err(e) = r {
@@ -154,6 +161,21 @@ fn stats(path: &Path) -> Result<()> {
             st.logical_bytes as f64 / st.stored_bytes as f64
         );
     }
+    Ok(())
+}
+
+/// `tiergate probe`: prints each step with its time; exit status 1 and the failure class with
+/// what to fix if a step fails.
+fn probe(path: &Path) -> Result<()> {
+    let cfg = Config::load(path)?;
+    let backend = tiergate::backend::from_config(&cfg)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the probe runtime")?;
+    let report = rt.block_on(tiergate::backend::probe(backend.as_ref()))?;
+    println!("{report}");
+    println!("probe passed");
     Ok(())
 }
 

@@ -1,0 +1,767 @@
+//! The S3 backend: aws-sdk-s3 against AWS S3 or an S3-compatible store (Garage, MinIO, Ceph
+//! RGW, Wasabi, ...).
+//!
+//! Settings that make S3-compatible stores work (BRIEF §9): request checksum calculation and
+//! response checksum validation are `WhenRequired` (since aws-sdk-s3 1.69 the defaults add CRC
+//! trailers that many stores reject), bodies are sent from memory with a known length, and
+//! path-style addressing and a custom endpoint are a config switch. Integrity comes from
+//! Content-MD5 instead: the store recomputes it and refuses a body that arrived damaged.
+//!
+//! Verification before success: a single-part put checks the ETag the store returned against
+//! the MD5 we computed, then HEADs the object and checks its size and ETag. A multipart upload
+//! checks every part's ETag, then the HEAD size and the multipart ETag
+//! (`md5(part md5s)-<parts>`). ETags that are not MD5-shaped (SSE-KMS, SSE-C) are not compared;
+//! Content-MD5 still protects the transfer.
+//!
+//! Retries: the SDK's standard mode (exponential backoff with full jitter, a retry token
+//! bucket) for timeouts, connection errors, 5xx and throttling, `s3.max_attempts` attempts in
+//! all. Timeouts: `s3.connect_timeout_secs` for connecting, `s3.request_timeout_secs` for one
+//! attempt. Memory: a multipart upload holds at most `part_concurrency` parts of
+//! `part_size_mib` at once.
+
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{
+    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ObjectLockEnabled};
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+use md5::{Digest, Md5};
+
+use super::{
+    check_key, check_prefix, BResult, Backend, BackendError, ErrorKind, ListPage, ObjectInfo,
+    ObjectLock, PutReceipt,
+};
+use crate::config::S3Config;
+
+type HttpResponse = aws_sdk_s3::config::http::HttpResponse;
+
+/// An S3 bucket (and key prefix) as an object store.
+pub struct S3Backend {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    /// Tenant prefix: empty or ending in `/`.
+    prefix: String,
+    endpoint: String,
+    part_size: u64,
+    multipart_threshold: u64,
+    part_concurrency: usize,
+}
+
+impl std::fmt::Debug for S3Backend {
+    // By hand: no credentials, not even the access key id.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Backend")
+            .field("endpoint", &self.endpoint)
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A clock that runs `offset` ahead of (or behind) the system clock, for clock-skew tests.
+#[derive(Debug)]
+struct OffsetClock {
+    ahead: bool,
+    offset: Duration,
+}
+
+impl aws_smithy_async::time::TimeSource for OffsetClock {
+    fn now(&self) -> SystemTime {
+        if self.ahead {
+            SystemTime::now() + self.offset
+        } else {
+            SystemTime::now() - self.offset
+        }
+    }
+}
+
+impl S3Backend {
+    /// A client for `cfg`; reads the credentials (config, secret file or environment) now.
+    /// Makes no request: [`super::probe`] checks the store.
+    pub fn new(cfg: &S3Config) -> BResult<Self> {
+        Self::build(cfg, None)
+    }
+
+    /// [`S3Backend::new`] with request signing `offset` seconds off the system clock (positive:
+    /// ahead). Only for testing what a store says to a machine whose clock is wrong.
+    #[doc(hidden)]
+    pub fn with_clock_offset(cfg: &S3Config, offset_secs: i64) -> BResult<Self> {
+        Self::build(
+            cfg,
+            Some(OffsetClock {
+                ahead: offset_secs >= 0,
+                offset: Duration::from_secs(offset_secs.unsigned_abs()),
+            }),
+        )
+    }
+
+    fn build(cfg: &S3Config, clock: Option<OffsetClock>) -> BResult<Self> {
+        cfg.validate()
+            .map_err(|e| BackendError::new(ErrorKind::Invalid, e.to_string()))?;
+        let (id, secret) = cfg
+            .credentials()
+            .map_err(|e| BackendError::new(ErrorKind::Invalid, e.to_string()))?;
+        let creds = Credentials::new(id, secret.0, None, None, "tiergate-config");
+        let retry = RetryConfig::standard()
+            .with_max_attempts(cfg.max_attempts)
+            .with_initial_backoff(Duration::from_millis(200))
+            .with_max_backoff(Duration::from_secs(20));
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(cfg.connect_timeout_secs))
+            .operation_attempt_timeout(Duration::from_secs(cfg.request_timeout_secs))
+            .build();
+        let mut b = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(cfg.region.clone()))
+            .credentials_provider(creds)
+            .force_path_style(cfg.path_style)
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .retry_config(retry)
+            .timeout_config(timeouts);
+        if let Some(ep) = &cfg.endpoint {
+            b = b.endpoint_url(ep.trim_end_matches('/'));
+        }
+        if let Some(c) = clock {
+            b = b.time_source(c);
+        }
+        Ok(S3Backend {
+            client: aws_sdk_s3::Client::from_conf(b.build()),
+            bucket: cfg.bucket.clone(),
+            prefix: cfg.key_prefix(),
+            endpoint: cfg
+                .endpoint
+                .clone()
+                .unwrap_or_else(|| format!("AWS S3 {}", cfg.region)),
+            part_size: cfg.part_size_mib << 20,
+            multipart_threshold: cfg.multipart_threshold_mib << 20,
+            part_concurrency: cfg.part_concurrency,
+        })
+    }
+
+    fn full_key(&self, key: &str) -> BResult<String> {
+        check_key(key)?;
+        Ok(format!("{}{key}", self.prefix))
+    }
+
+    /// Turns an SDK error into a classified [`BackendError`] naming the operation and object.
+    fn error<E>(&self, op: &str, key: &str, err: SdkError<E, HttpResponse>) -> BackendError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let what = format!(
+            "{op} s3://{}/{}{key} at {}",
+            self.bucket, self.prefix, self.endpoint
+        );
+        let (kind, detail) = classify(&err);
+        BackendError::new(kind, format!("{what}: {detail}"))
+    }
+
+    /// Stores one object from memory and verifies it.
+    async fn put_bytes(&self, key: &str, full: &str, data: Bytes) -> BResult<PutReceipt> {
+        let size = data.len() as u64;
+        let digest = Md5::digest(&data);
+        let out = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(full)
+            .content_length(size as i64)
+            .content_md5(b64(&digest))
+            .body(ByteStream::from(data))
+            .send()
+            .await
+            .map_err(|e| self.error("put", key, e))?;
+        let want = hex::encode(digest);
+        let etag = out.e_tag().map(unquote);
+        check_etag(key, "put response", etag.as_deref(), &want)?;
+        self.verify(key, full, size, &want).await?;
+        Ok(PutReceipt {
+            size,
+            etag,
+            parts: 0,
+            peak_buffered: size,
+        })
+    }
+
+    /// HEADs a just-written object: size must match, and the ETag if it is MD5-shaped.
+    async fn verify(&self, key: &str, full: &str, size: u64, etag: &str) -> BResult<()> {
+        let h = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(full)
+            .send()
+            .await
+            .map_err(|e| self.error("verify (head)", key, e))?;
+        let stored = h.content_length().unwrap_or(-1);
+        if stored != size as i64 {
+            return Err(BackendError::new(
+                ErrorKind::Corrupt,
+                format!("put {key}: the store holds {stored} bytes, {size} were sent"),
+            ));
+        }
+        check_etag(key, "head", h.e_tag().map(unquote).as_deref(), etag)
+    }
+
+    async fn multipart(
+        &self,
+        key: &str,
+        full: &str,
+        path: &Path,
+        size: u64,
+    ) -> BResult<PutReceipt> {
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(full)
+            .send()
+            .await
+            .map_err(|e| self.error("create multipart upload", key, e))?;
+        let upload_id = created.upload_id().unwrap_or_default().to_owned();
+        let result = self.upload_parts(key, full, &upload_id, path, size).await;
+        let (parts, digests, peak) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                // Best effort: a store that keeps the parts also expires them by lifecycle rule.
+                let _ = self
+                    .client
+                    .abort_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(full)
+                    .upload_id(&upload_id)
+                    .send()
+                    .await;
+                return Err(e);
+            }
+        };
+        let n = parts.len();
+        let done = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(full)
+            .upload_id(&upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| self.error("complete multipart upload", key, e))?;
+        let want = format!("{}-{n}", hex::encode(Md5::digest(digests.concat())));
+        let etag = done.e_tag().map(unquote);
+        check_etag(key, "complete response", etag.as_deref(), &want)?;
+        self.verify(key, full, size, &want).await?;
+        Ok(PutReceipt {
+            size,
+            etag,
+            parts: n as u32,
+            peak_buffered: peak,
+        })
+    }
+
+    /// Uploads the parts of `path`, at most `part_concurrency` at a time. Returns the parts in
+    /// order, their MD5s, and the most part bytes held at once.
+    async fn upload_parts(
+        &self,
+        key: &str,
+        full: &str,
+        upload_id: &str,
+        path: &Path,
+        size: u64,
+    ) -> BResult<(Vec<CompletedPart>, Vec<[u8; 16]>, u64)> {
+        let file = Arc::new(
+            std::fs::File::open(path)
+                .map_err(|e| BackendError::io(format!("opening {}", path.display()), e))?,
+        );
+        let n_parts = size.div_ceil(self.part_size);
+        let held = AtomicU64::new(0);
+        let peak = AtomicU64::new(0);
+        let mut parts: Vec<(CompletedPart, [u8; 16])> = futures_util::stream::iter(0..n_parts)
+            .map(|i| {
+                let file = file.clone();
+                let (held, peak) = (&held, &peak);
+                async move {
+                    let off = i * self.part_size;
+                    let len = self.part_size.min(size - off);
+                    let now = held.fetch_add(len, Ordering::SeqCst) + len;
+                    peak.fetch_max(now, Ordering::SeqCst);
+                    let r = self
+                        .upload_part(key, full, upload_id, file, i, off, len)
+                        .await;
+                    held.fetch_sub(len, Ordering::SeqCst);
+                    r
+                }
+            })
+            .buffer_unordered(self.part_concurrency)
+            .try_collect()
+            .await?;
+        parts.sort_by_key(|(p, _)| p.part_number());
+        let digests = parts.iter().map(|(_, d)| *d).collect();
+        Ok((
+            parts.into_iter().map(|(p, _)| p).collect(),
+            digests,
+            peak.load(Ordering::SeqCst),
+        ))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn upload_part(
+        &self,
+        key: &str,
+        full: &str,
+        upload_id: &str,
+        file: Arc<std::fs::File>,
+        index: u64,
+        off: u64,
+        len: u64,
+    ) -> BResult<(CompletedPart, [u8; 16])> {
+        let path_ctx = format!("reading part {} of the file for {key}", index + 1);
+        let buf = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; len as usize];
+            file.read_exact_at(&mut buf, off).map(|_| buf)
+        })
+        .await
+        .map_err(|e| BackendError::new(ErrorKind::Io, format!("{path_ctx}: {e}")))?
+        .map_err(|e| BackendError::io(path_ctx, e))?;
+        let digest: [u8; 16] = Md5::digest(&buf).into();
+        let number = index as i32 + 1;
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(full)
+            .upload_id(upload_id)
+            .part_number(number)
+            .content_length(len as i64)
+            .content_md5(b64(&digest))
+            .body(ByteStream::from(buf))
+            .send()
+            .await
+            .map_err(|e| self.error(&format!("upload part {number}"), key, e))?;
+        let etag = out.e_tag().map(unquote);
+        check_etag(
+            key,
+            &format!("part {number}"),
+            etag.as_deref(),
+            &hex::encode(digest),
+        )?;
+        Ok((
+            CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(out.e_tag().map(str::to_owned))
+                .build(),
+            digest,
+        ))
+    }
+}
+
+fn b64(digest: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(digest)
+}
+
+fn unquote(etag: &str) -> String {
+    etag.trim_matches('"').to_owned()
+}
+
+/// True for `<32 hex>` and `<32 hex>-<n>`: ETags that are MD5-based and can be compared.
+fn md5_shaped(etag: &str) -> bool {
+    let (hash, parts) = match etag.split_once('-') {
+        Some((h, n)) => (h, Some(n)),
+        None => (etag, None),
+    };
+    hash.len() == 32
+        && hash.bytes().all(|b| b.is_ascii_hexdigit())
+        && parts.is_none_or(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+fn check_etag(key: &str, what: &str, got: Option<&str>, want: &str) -> BResult<()> {
+    match got {
+        Some(g) if md5_shaped(g) && !g.eq_ignore_ascii_case(want) => Err(BackendError::new(
+            ErrorKind::Corrupt,
+            format!("put {key}: {what} ETag {g} differs from the {want} computed here"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// An error and its sources, `: `-separated (Display only: the SDK's Debug dumps are noise).
+fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let s = e.to_string();
+        if !text.contains(&s) {
+            text.push_str(": ");
+            text.push_str(&s);
+        }
+        cur = e.source();
+    }
+    text
+}
+
+/// The error class and a one-line description.
+fn classify<E>(err: &SdkError<E, HttpResponse>) -> (ErrorKind, String)
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match err {
+        SdkError::ServiceError(se) => {
+            let status = se.raw().status().as_u16();
+            let code = se.err().code().unwrap_or("");
+            let message = se.err().message().unwrap_or("");
+            let lower = message.to_ascii_lowercase();
+            // Stores that answer auth failures with a generic code say which in the text
+            // (Garage: 403 AccessDenied "Invalid signature" / "No such key: GK...", and 400
+            // InvalidRequest "Date is too old" for a clock more than a day behind).
+            let says = |words: &[&str]| words.iter().any(|w| lower.contains(w));
+            let kind = match code {
+                "NoSuchKey" | "NotFound" => ErrorKind::NotFound,
+                "NoSuchBucket" => ErrorKind::NoSuchBucket,
+                "InvalidAccessKeyId"
+                | "SignatureDoesNotMatch"
+                | "InvalidSignature"
+                | "InvalidToken"
+                | "ExpiredToken" => ErrorKind::WrongCredentials,
+                "RequestTimeTooSkewed" => ErrorKind::ClockSkew,
+                "NotImplemented" => ErrorKind::Unsupported,
+                _ if (status == 400 || status == 403)
+                    && says(&["skew", "too far", "date is too old", "request time"]) =>
+                {
+                    ErrorKind::ClockSkew
+                }
+                _ if status == 403
+                    && says(&["signature", "no such key", "access key", "invalid key"]) =>
+                {
+                    ErrorKind::WrongCredentials
+                }
+                _ => match status {
+                    404 => ErrorKind::NotFound,
+                    403 => ErrorKind::AccessDenied,
+                    501 => ErrorKind::Unsupported,
+                    _ => ErrorKind::Other,
+                },
+            };
+            let code = if code.is_empty() { "(no code)" } else { code };
+            (kind, format!("HTTP {status} {code}: {message}"))
+        }
+        SdkError::TimeoutError(_) => (ErrorKind::Unreachable, format!("timed out: {}", chain(err))),
+        SdkError::DispatchFailure(_) => {
+            let text = chain(err);
+            let lower = text.to_ascii_lowercase();
+            let kind = if [
+                "tls",
+                "certificate",
+                "handshake",
+                "corrupt message",
+                "invalidcontenttype",
+            ]
+            .iter()
+            .any(|w| lower.contains(w))
+            {
+                ErrorKind::Tls
+            } else {
+                ErrorKind::Unreachable
+            };
+            (kind, text)
+        }
+        SdkError::ConstructionFailure(_) => (
+            ErrorKind::Invalid,
+            format!("request not built: {}", chain(err)),
+        ),
+        _ => (ErrorKind::Other, chain(err)),
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for S3Backend {
+    fn describe(&self) -> String {
+        format!("s3://{}/{} at {}", self.bucket, self.prefix, self.endpoint)
+    }
+
+    async fn put(&self, key: &str, data: Bytes) -> BResult<PutReceipt> {
+        let full = self.full_key(key)?;
+        self.put_bytes(key, &full, data).await
+    }
+
+    async fn put_file(&self, key: &str, path: &Path) -> BResult<PutReceipt> {
+        let full = self.full_key(key)?;
+        let size = std::fs::metadata(path)
+            .map_err(|e| BackendError::io(format!("stat {}", path.display()), e))?
+            .len();
+        if size <= self.multipart_threshold {
+            let p = path.to_path_buf();
+            let data = tokio::task::spawn_blocking(move || std::fs::read(&p))
+                .await
+                .map_err(|e| BackendError::new(ErrorKind::Io, e.to_string()))?
+                .map_err(|e| BackendError::io(format!("reading {}", path.display()), e))?;
+            if data.len() as u64 != size {
+                return Err(BackendError::new(
+                    ErrorKind::Corrupt,
+                    format!("{} changed while being uploaded", path.display()),
+                ));
+            }
+            return self.put_bytes(key, &full, Bytes::from(data)).await;
+        }
+        self.multipart(key, &full, path, size).await
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> BResult<Bytes> {
+        let full = self.full_key(key)?;
+        if range.is_empty() {
+            return Err(BackendError::new(
+                ErrorKind::Invalid,
+                format!("get {key}: empty range {range:?}"),
+            ));
+        }
+        let want = range.end - range.start;
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .range(format!("bytes={}-{}", range.start, range.end - 1))
+            .send()
+            .await
+        {
+            Ok(o) => o,
+            // 416: the range starts at or past the end of the object.
+            Err(SdkError::ServiceError(se)) if se.raw().status().as_u16() == 416 => {
+                return Ok(Bytes::new())
+            }
+            Err(e) => return Err(self.error("get", key, e)),
+        };
+        let bytes = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| {
+                BackendError::new(
+                    ErrorKind::Unreachable,
+                    format!("get {key} {range:?}: reading the body: {e}"),
+                )
+            })?
+            .into_bytes();
+        if bytes.len() as u64 > want {
+            return Err(BackendError::new(
+                ErrorKind::Corrupt,
+                format!(
+                    "get {key} {range:?}: the store sent {} bytes for a {want}-byte range \
+                     (Range header ignored?)",
+                    bytes.len()
+                ),
+            ));
+        }
+        Ok(bytes)
+    }
+
+    async fn get(&self, key: &str) -> BResult<Bytes> {
+        let full = self.full_key(key)?;
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .send()
+            .await
+            .map_err(|e| self.error("get", key, e))?;
+        let expect = out.content_length();
+        let bytes = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| {
+                BackendError::new(
+                    ErrorKind::Unreachable,
+                    format!("get {key}: reading the body: {e}"),
+                )
+            })?
+            .into_bytes();
+        if expect.is_some_and(|n| n != bytes.len() as i64) {
+            return Err(BackendError::new(
+                ErrorKind::Corrupt,
+                format!(
+                    "get {key}: {} bytes received, {expect:?} announced",
+                    bytes.len()
+                ),
+            ));
+        }
+        Ok(bytes)
+    }
+
+    async fn head(&self, key: &str) -> BResult<ObjectInfo> {
+        let full = self.full_key(key)?;
+        let h = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .send()
+            .await
+            .map_err(|e| self.error("head", key, e))?;
+        Ok(ObjectInfo {
+            key: key.to_owned(),
+            size: h.content_length().unwrap_or(0).max(0) as u64,
+            etag: h.e_tag().map(unquote),
+            last_modified: h
+                .last_modified()
+                .and_then(|t| SystemTime::try_from(*t).ok()),
+        })
+    }
+
+    async fn list_page(
+        &self,
+        prefix: &str,
+        token: Option<String>,
+        max_keys: u32,
+    ) -> BResult<ListPage> {
+        check_prefix(prefix)?;
+        let out = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(format!("{}{prefix}", self.prefix))
+            .max_keys(max_keys.clamp(1, 1000) as i32)
+            .set_continuation_token(token)
+            .send()
+            .await
+            .map_err(|e| self.error("list", prefix, e))?;
+        let objects = out
+            .contents()
+            .iter()
+            .filter_map(|o| {
+                let key = o.key()?.strip_prefix(&self.prefix)?.to_owned();
+                Some(ObjectInfo {
+                    key,
+                    size: o.size().unwrap_or(0).max(0) as u64,
+                    etag: o.e_tag().map(unquote),
+                    last_modified: o
+                        .last_modified()
+                        .and_then(|t| SystemTime::try_from(*t).ok()),
+                })
+            })
+            .collect();
+        let next = if out.is_truncated() == Some(true) {
+            out.next_continuation_token().map(str::to_owned)
+        } else {
+            None
+        };
+        Ok(ListPage { objects, next })
+    }
+
+    async fn delete(&self, key: &str) -> BResult<()> {
+        let full = self.full_key(key)?;
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .send()
+            .await
+            .map_err(|e| self.error("delete", key, e))?;
+        Ok(())
+    }
+
+    async fn check_access(&self) -> BResult<()> {
+        // A listing rather than HeadBucket: HEAD answers carry no error body, so a 403 could
+        // not tell a wrong secret from a missing permission or a skewed clock.
+        self.client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&self.prefix)
+            .max_keys(1)
+            .send()
+            .await
+            .map_err(|e| self.error("list", "", e))?;
+        Ok(())
+    }
+
+    async fn object_lock(&self) -> BResult<ObjectLock> {
+        match self
+            .client
+            .get_object_lock_configuration()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
+            Ok(out) => {
+                let Some(c) = out.object_lock_configuration() else {
+                    return Ok(ObjectLock::Disabled);
+                };
+                if c.object_lock_enabled() != Some(&ObjectLockEnabled::Enabled) {
+                    return Ok(ObjectLock::Disabled);
+                }
+                let retention = c.rule().and_then(|r| r.default_retention()).map(|d| {
+                    let mode = d.mode().map(|m| m.as_str().to_owned()).unwrap_or_default();
+                    match (d.days(), d.years()) {
+                        (Some(n), _) => format!("{mode} {n} days"),
+                        (_, Some(n)) => format!("{mode} {n} years"),
+                        _ => mode,
+                    }
+                });
+                Ok(ObjectLock::Enabled(retention))
+            }
+            Err(e) => {
+                let code = e.code().unwrap_or("").to_owned();
+                if code == "ObjectLockConfigurationNotFoundError" {
+                    return Ok(ObjectLock::Disabled);
+                }
+                let err = self.error("get object lock configuration", "", e);
+                match err.kind() {
+                    ErrorKind::Unsupported | ErrorKind::Other | ErrorKind::NotFound => {
+                        Ok(ObjectLock::Unsupported(err.message().to_owned()))
+                    }
+                    _ => Err(err),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etags_are_compared_only_when_md5_shaped() {
+        let md5 = "9e107d9d372bb6826bd81d3542a419d6";
+        assert!(md5_shaped(md5));
+        assert!(md5_shaped(&format!("{md5}-12")));
+        assert!(!md5_shaped("abc"));
+        assert!(!md5_shaped(&format!("{md5}-")));
+        check_etag("k", "put", Some(md5), md5).unwrap();
+        check_etag("k", "put", Some(&md5.to_uppercase()), md5).unwrap();
+        // An SSE-KMS style opaque tag is not compared; a different MD5 is an error.
+        check_etag("k", "put", Some("opaque-tag"), md5).unwrap();
+        check_etag("k", "put", None, md5).unwrap();
+        let e = check_etag("k", "put", Some("00000000000000000000000000000000"), md5).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Corrupt);
+        assert!(e.to_string().contains("differs"), "{e}");
+    }
+
+    #[test]
+    fn debug_output_shows_no_credentials() {
+        let mut cfg = S3Config::new(Some("http://127.0.0.1:1"), "garage", "bucket-x");
+        cfg.access_key_id = Some("GK0123456789abcdef01234567".into());
+        cfg.secret_access_key = Some(crate::config::Secret("topsecretvalue".into()));
+        let b = S3Backend::new(&cfg).unwrap();
+        let dbg = format!("{b:?} {cfg:?}");
+        assert!(!dbg.contains("topsecretvalue"), "{dbg}");
+        assert!(dbg.contains("bucket-x"), "{dbg}");
+        assert_eq!(b.describe(), "s3://bucket-x/ at http://127.0.0.1:1");
+    }
+}
