@@ -8,6 +8,8 @@
 #                    openssl (test certificates)
 #   dummy user       `tests` (with group `tests`): pjdfstest switches to it and to `nobody`
 #   cargo install    pjdfstest 0.2.2 and fsx 0.3.2, pinned, with --locked, into ~/.cargo/bin
+#   garage 2.5.0     the S3 server of the backend tests, via scripts/garage.sh install (cargo
+#                    install --locked; 15-20 minutes on 2 cores the first time, then kept)
 set -euo pipefail
 
 PJDFSTEST_VERSION=0.2.2
@@ -101,6 +103,16 @@ cargo_tool() {
 }
 cargo_tool pjdfstest "$PJDFSTEST_VERSION"
 cargo_tool fsx "$FSX_VERSION"
+
+# shellcheck source=scripts/garage.sh
+. "$(dirname "${BASH_SOURCE[0]}")/garage.sh" --
+if garage_has_version; then
+    note "garage $GARAGE_VERSION present"
+else
+    note "installing garage $GARAGE_VERSION (cargo install --locked; 15-20 min on 2 cores)"
+    garage_install
+    did+=("cargo: garage $GARAGE_VERSION")
+fi
 
 if [ "${#did[@]}" -eq 0 ]; then
     note "nothing to do"

@@ -4,8 +4,11 @@
 #   bash scripts/test.sh
 #
 # Steps, each logged to target/test-logs/<step>.log:
-#   deps         scripts/install-test-deps.sh (apt packages, dummy user, pinned pjdfstest and fsx)
+#   deps         scripts/install-test-deps.sh (apt packages, dummy user, pinned pjdfstest, fsx
+#                and garage)
 #   build        cargo build --release
+#   garage       scripts/garage.sh: a single-node Garage S3 server on 127.0.0.1 for the backend
+#                tests (TIERGATE_TEST_S3_* in the environment of cargo test); stopped at exit
 #   cargo-test   cargo test --release --no-fail-fast: unit tests, and integration tests that mount FUSE themselves
 #   mount        a fresh volume in a temporary directory, `tiergate serve`, wait for the mount
 #   litmus       tests/suites/litmus.sh against the WebDAV share of that daemon (address from its log)
@@ -25,6 +28,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
+# shellcheck source=scripts/garage.sh
+. scripts/garage.sh --
 
 cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin"
 case ":$PATH:" in
@@ -118,6 +123,7 @@ sum_field() {
 workdir=""
 cleanup() {
     local rc=$?
+    garage_stop 2>/dev/null || true
     if [ -n "$TIERGATE_PID" ]; then
         stop_tiergate || true
     fi
@@ -147,6 +153,19 @@ fi
 build_ok=1
 plain_step build cargo build --release || build_ok=0
 
+# The S3 server for the backend tests. It runs in this shell (garage_start keeps its pid and
+# exports its address), so no pipe through tee. If it fails, the S3 tests fail and say why.
+if [ "$build_ok" = 1 ] && [ "${TG_SKIP_CARGO_TEST:-0}" != 1 ]; then
+    echo
+    echo "===== garage: scripts/garage.sh garage_start ====="
+    start=$SECONDS
+    rc=0
+    garage_start >"$LOGDIR/garage.log" 2>&1 || rc=$?
+    cat "$LOGDIR/garage.log"
+    LAST_SECS=$((SECONDS - start))
+    count_step garage "$rc" 0 0 0 "${TIERGATE_TEST_S3_ENDPOINT:-not started}"
+fi
+
 if [ "$build_ok" = 0 ]; then
     skip_step cargo-test "build failed"
 elif [ "${TG_SKIP_CARGO_TEST:-0}" = 1 ]; then
@@ -163,6 +182,7 @@ else
     [ "$rc" -ne 124 ] || note="$note; timed out after ${CARGO_TEST_TIMEOUT:-1800}s"
     count_step cargo-test "$rc" "$p" "$f" "$s" "$note"
 fi
+garage_stop 2>/dev/null || true
 
 # --- third-party suites against a live mount ---------------------------------------------------
 mounted=0
