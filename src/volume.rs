@@ -1520,6 +1520,7 @@ impl Volume {
             }
             return Ok(());
         }
+        let started = Instant::now();
         let regions = self.widen_regions(ino, d)?;
         let params = self.info.chunking;
         let mut plans: Vec<RegionPlan> = Vec::new();
@@ -1595,14 +1596,7 @@ impl Volume {
                 });
             }
         }
-        tracing::debug!(
-            ino,
-            segments = plans.len(),
-            chunks = plans.iter().map(|p| p.chunks.len()).sum::<usize>(),
-            tail = new_tail.values().map(|v| v.len()).sum::<usize>(),
-            durable,
-            "commit"
-        );
+        let planned = started.elapsed();
         // Hash, find what is new, encode it on the pool, append it.
         let keys = &self.keys;
         for p in plans.iter_mut() {
@@ -1625,7 +1619,9 @@ impl Volume {
                 }
             }
         }
+        let hashed = started.elapsed();
         let new_chunks = self.store_chunks(&wanted)?;
+        let stored = started.elapsed();
         // Metadata: one batch for all regions of this commit.
         let mut b = Batch::default();
         let mut refs: HashMap<ChunkId, i64> = HashMap::new();
@@ -1667,6 +1663,19 @@ impl Volume {
             self.kv.flush()?;
             d.unsynced = kept_any_tail(&new_tail);
         }
+        tracing::debug!(
+            ino,
+            segments = plans.len(),
+            chunks = plans.iter().map(|p| p.chunks.len()).sum::<usize>(),
+            new_chunks = new_chunks.len(),
+            tail = new_tail.values().map(|v| v.len()).sum::<usize>(),
+            durable,
+            plan_ms = planned.as_millis() as u64,
+            hash_ms = (hashed - planned).as_millis() as u64,
+            store_ms = (stored - hashed).as_millis() as u64,
+            meta_ms = (started.elapsed() - stored).as_millis() as u64,
+            "commit"
+        );
         let kept: u64 = new_tail.values().map(|v| v.len() as u64).sum();
         self.dirty_total.fetch_sub(d.dirty_bytes, Ordering::Relaxed);
         self.dirty_total.fetch_add(kept, Ordering::Relaxed);
