@@ -511,6 +511,24 @@ impl Volume {
             }
             let file = File::open(&path)
                 .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+            let len = file
+                .metadata()
+                .map_err(|e| Error::io(format!("stat {}", path.display()), e))?
+                .len();
+            if len < pack::HEADER_LEN {
+                // A crash inside pack creation: no blob was ever in it, nothing names it.
+                tracing::warn!(
+                    pack = id,
+                    len,
+                    "removing pack file cut short while being created"
+                );
+                fs::remove_file(&path)
+                    .map_err(|e| Error::io(format!("removing {}", path.display()), e))?;
+                let mut b = Batch::default();
+                b.delete(meta::pack_key(id));
+                self.kv.apply(b)?;
+                continue;
+            }
             let size = if pack::is_sealed(&file)? {
                 file.metadata()
                     .map_err(|e| Error::io("stat pack", e))?
@@ -542,12 +560,20 @@ impl Volume {
             self.kv.apply(b)?;
             tracing::info!(pack = id, size, "sealed pack recovered after restart");
         }
-        for (id, _) in known {
-            tracing::error!(
-                pack = id,
-                "pack file missing from {}",
-                self.packs.dir.display()
-            );
+        for (id, rec) in known {
+            if rec.state == PackState::Open {
+                // Registered, then a crash before the file was created: it never held data
+                // (chunk records are written only after their pack is fsync'd).
+                let mut b = Batch::default();
+                b.delete(meta::pack_key(id));
+                self.kv.apply(b)?;
+            } else {
+                tracing::error!(
+                    pack = id,
+                    "sealed pack file missing from {}: data in it is lost locally",
+                    self.packs.dir.display()
+                );
+            }
         }
         let next = self.packs.next_pack.load(Ordering::Relaxed).max(max_id + 1);
         self.packs.next_pack.store(next, Ordering::Relaxed);
