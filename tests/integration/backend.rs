@@ -458,6 +458,25 @@ fn probe_names_an_unreachable_endpoint() {
 }
 
 #[test]
+fn requests_to_a_silent_endpoint_time_out() {
+    let g = garage();
+    // A real socket that accepts connections (the kernel's backlog) but never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut cfg = s3_config(&g, "probe-silent");
+    cfg.endpoint = Some(format!("http://{}", silent.local_addr().unwrap()));
+    cfg.request_timeout_secs = 1;
+    cfg.max_attempts = 2;
+    let (kind, msg, t) = probe_failure(&cfg);
+    println!("silent endpoint: {t:?}\n{msg}");
+    assert_eq!(kind, ErrorKind::Unreachable, "{msg}");
+    assert!(msg.contains("timed out"), "{msg}");
+    // Two attempts of one second each, plus a backoff: the timeout applies per attempt.
+    assert!(t >= Duration::from_secs(2), "{t:?}");
+    assert!(t < Duration::from_secs(15), "{t:?}");
+    drop(silent);
+}
+
+#[test]
 fn probe_names_a_tls_failure() {
     let g = garage();
     // TLS spoken to a plain-HTTP port: the handshake fails.
