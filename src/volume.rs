@@ -200,6 +200,9 @@ pub struct VolumeStats {
 struct Entry {
     ino: u64,
     data: RwLock<FileData>,
+    /// Held by a commit in flight (and by anything else that rewrites the extent map), so
+    /// those happen one at a time per file. Taken before `data`.
+    commit_gate: Mutex<()>,
     opens: AtomicU32,
 }
 
@@ -207,6 +210,8 @@ struct FileData {
     attr: Inode,
     /// Written ranges not yet in packs: start offset → bytes; never overlapping.
     dirty: BTreeMap<u64, Vec<u8>>,
+    /// Dirty ranges a commit in flight took; reads see them under `dirty`.
+    committing: Option<Arc<BTreeMap<u64, Vec<u8>>>>,
     dirty_bytes: u64,
     /// Attributes changed by writes, not yet in the store.
     attr_dirty: bool,
@@ -641,6 +646,7 @@ impl Volume {
             data: RwLock::new(FileData {
                 attr,
                 dirty: BTreeMap::new(),
+                committing: None,
                 dirty_bytes: 0,
                 attr_dirty: false,
                 unsynced: false,
@@ -651,6 +657,7 @@ impl Volume {
                 gone: false,
             }),
             opens: AtomicU32::new(0),
+            commit_gate: Mutex::new(()),
         });
         map.insert(ino, e.clone());
         if map.len() > 4096 {
@@ -961,6 +968,7 @@ impl Volume {
     fn delete_inode_data(&self, ino: u64) -> Result<()> {
         let e = self.entry(ino)?;
         let mut d = e.data.write();
+        Self::wait_commit(&e, &mut d);
         self.dirty_total.fetch_sub(d.dirty_bytes, Ordering::Relaxed);
         d.dirty.clear();
         d.dirty_bytes = 0;
@@ -1409,22 +1417,13 @@ impl Volume {
         Ok(())
     }
 
-    fn overlay_dirty(d: &FileData, start: u64, buf: &mut [u8]) {
-        let end = start + buf.len() as u64;
-        let first = d
-            .dirty
-            .range(..start)
-            .next_back()
-            .map(|(k, _)| *k)
-            .unwrap_or(start);
-        for (&off, bytes) in d.dirty.range(first..end) {
-            let s = off.max(start);
-            let e = (off + bytes.len() as u64).min(end);
-            if s < e {
-                buf[(s - start) as usize..(e - start) as usize]
-                    .copy_from_slice(&bytes[(s - off) as usize..(e - off) as usize]);
-            }
+    /// Lays the bytes a reader must see over committed data: a commit's bytes in flight, then
+    /// the dirty map (newest).
+    fn overlay_uncommitted(d: &FileData, start: u64, buf: &mut [u8]) {
+        if let Some(c) = &d.committing {
+            overlay(c, start, buf);
         }
+        overlay(&d.dirty, start, buf);
     }
 
     pub fn read(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
@@ -1436,7 +1435,7 @@ impl Volume {
         let n = (size as u64).min(d.attr.size - offset) as usize;
         let mut buf = vec![0u8; n];
         self.read_committed(ino, offset, &mut buf)?;
-        Self::overlay_dirty(&d, offset, &mut buf);
+        Self::overlay_uncommitted(&d, offset, &mut buf);
         Ok(buf)
     }
 
@@ -1523,16 +1522,25 @@ impl Volume {
     }
 
     /// Turns a file's dirty ranges into chunks and splices them into its extent map.
-    /// `keep_tail` leaves the last chunk of a region ending at EOF in memory (more data is
-    /// likely to follow it; committing it now would mean re-chunking it later).
+    /// `keep_tail` makes it a partial commit, which may leave bytes likely to grow in memory
+    /// (see [`Volume::plan_commit`]).
+    ///
+    /// The expensive part (re-chunking, hashing, encoding, pack fsync) runs with the file's
+    /// data lock released: the bytes being committed move to `committing`, where reads still
+    /// find them, and writers fill a fresh dirty map meanwhile. The file's `commit_gate` keeps
+    /// commits and every other extent-map change of the file one at a time.
     fn commit_locked(
         &self,
         e: &Entry,
-        d: &mut FileData,
+        d: &mut DataGuard<'_>,
         durable: bool,
         keep_tail: bool,
     ) -> Result<()> {
         let ino = e.ino;
+        let _gate = match e.commit_gate.try_lock() {
+            Some(g) => g,
+            None => DataGuard::unlocked(d, || e.commit_gate.lock()),
+        };
         if d.dirty.is_empty() {
             if d.attr_dirty {
                 let mut b = Batch::default();
@@ -1547,35 +1555,161 @@ impl Volume {
             return Ok(());
         }
         let started = Instant::now();
-        let regions = self.widen_regions(ino, d)?;
-        let params = self.info.chunking;
-        let mut plans: Vec<RegionPlan> = Vec::new();
-        let mut new_tail: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
-        // A partial commit (memory pressure, background) leaves alone what is likely to grow:
-        // a segment that starts in mid-air (the kernel writes pages back out of order, so the
-        // bytes before it usually arrive soon) and the last chunk of a segment not closed by
-        // committed data. Chunking them now would cut where a continuous write never would,
-        // and the copies of a file would stop deduplicating. Past a memory bound we commit
-        // regardless.
+        // A partial commit past a memory bound commits everything regardless.
         let hold_back = keep_tail && d.dirty_bytes < 2 * FILE_DIRTY_COMMIT;
         if keep_tail && !hold_back {
             tracing::debug!(
                 ino,
                 dirty = d.dirty_bytes,
-                "partial commit over its memory bound: committing everything"
+                "partial commit over its memory bound"
             );
         }
-        for (a, b) in regions {
+        let snapshot = Arc::new(std::mem::take(&mut d.dirty));
+        let snapshot_bytes = std::mem::take(&mut d.dirty_bytes);
+        d.committing = Some(snapshot.clone());
+        let size = d.attr.size;
+        let work = DataGuard::unlocked(d, || -> Result<_> {
+            let (mut plans, tail) = self.plan_commit(ino, &snapshot, size, hold_back)?;
+            let planned = started.elapsed();
+            self.hash_chunks(&mut plans);
+            let wanted = self.new_chunks(&plans)?;
+            let hashed = started.elapsed();
+            let stored_chunks = self.store_chunks(&wanted)?;
+            Ok((
+                plans,
+                tail,
+                stored_chunks,
+                [planned, hashed, started.elapsed()],
+            ))
+        });
+        d.committing = None;
+        let (plans, new_tail, new_chunks, [planned, hashed, stored]) = match work {
+            Ok(w) => w,
+            Err(err) => {
+                // Nothing was committed: the snapshot goes back under what was written since.
+                let snapshot = Arc::try_unwrap(snapshot).unwrap_or_else(|a| (*a).clone());
+                self.replace_dirty(d, snapshot, snapshot_bytes);
+                return Err(err);
+            }
+        };
+        // Metadata: one batch for all segments of this commit.
+        let mut b = Batch::default();
+        let mut refs: HashMap<ChunkId, i64> = HashMap::new();
+        let mut logical = 0i64;
+        for p in &plans {
+            if p.end <= p.start {
+                continue;
+            }
+            logical += self.punch_into(ino, p.start, p.end, &mut b, &mut refs)?;
+            for c in &p.chunks {
+                if let Some(id) = c.id {
+                    let x = Extent {
+                        chunk: id,
+                        chunk_offset: 0,
+                        len: c.len as u32,
+                    };
+                    b.put(meta::extent_key(ino, c.offset), x.encode());
+                    *refs.entry(id).or_default() += 1;
+                    logical += c.len as i64;
+                }
+            }
+        }
+        b.put(meta::inode_key(ino), d.attr.encode());
+        let applied = {
+            let mut cs = self.commit.lock();
+            // Every chunk this commit references, in case one is collected under our feet.
+            let plain: HashMap<ChunkId, &[u8]> = plans
+                .iter()
+                .flat_map(|p| {
+                    p.chunks.iter().filter_map(|c| {
+                        c.id.map(|id| (id, &p.buf[c.start_in_buf..c.start_in_buf + c.len]))
+                    })
+                })
+                .collect();
+            self.apply_refs_with_data(&mut cs, &mut b, refs, &new_chunks, logical, &plain)
+                .and_then(|()| self.kv.apply(b))
+        };
+        if let Err(err) = applied {
+            let snapshot = Arc::try_unwrap(snapshot).unwrap_or_else(|a| (*a).clone());
+            self.replace_dirty(d, snapshot, snapshot_bytes);
+            return Err(err);
+        }
+        let tail_bytes: u64 = new_tail.values().map(|v| v.len() as u64).sum();
+        self.replace_dirty(d, new_tail, snapshot_bytes);
+        if durable {
+            self.kv.flush()?;
+            d.unsynced = !d.dirty.is_empty();
+        }
+        d.commit_at = FILE_DIRTY_COMMIT.max(d.dirty_bytes + FILE_DIRTY_COMMIT / 4);
+        d.attr_dirty = !d.dirty.is_empty();
+        tracing::debug!(
+            ino,
+            segments = plans.len(),
+            chunks = plans.iter().map(|p| p.chunks.len()).sum::<usize>(),
+            new_chunks = new_chunks.len(),
+            tail = tail_bytes,
+            durable,
+            plan_ms = planned.as_millis() as u64,
+            hash_ms = (hashed - planned).as_millis() as u64,
+            store_ms = (stored - hashed).as_millis() as u64,
+            meta_ms = (started.elapsed() - stored).as_millis() as u64,
+            "commit"
+        );
+        Ok(())
+    }
+
+    /// Makes `base` (bytes a commit took and gives back, `base_bytes` of dirty accounting) the
+    /// file's dirty map again, with whatever was written meanwhile laid over it.
+    fn replace_dirty(&self, d: &mut FileData, mut base: BTreeMap<u64, Vec<u8>>, base_bytes: u64) {
+        for (off, bytes) in std::mem::take(&mut d.dirty) {
+            insert_dirty(&mut base, off, &bytes);
+        }
+        let now: u64 = base.values().map(|v| v.len() as u64).sum();
+        self.dirty_total
+            .fetch_sub(base_bytes + d.dirty_bytes, Ordering::Relaxed);
+        self.dirty_total.fetch_add(now, Ordering::Relaxed);
+        d.dirty = base;
+        d.dirty_bytes = now;
+    }
+
+    /// Waits until no commit of this file is in flight (before changing its extent map by
+    /// other means: truncate, delete).
+    fn wait_commit(e: &Entry, d: &mut DataGuard<'_>) {
+        if e.commit_gate.try_lock().is_none() {
+            drop(DataGuard::unlocked(d, || e.commit_gate.lock()));
+        }
+    }
+
+    /// Plans a commit of `dirty` (a file of `size` bytes): the widened regions rebuilt from
+    /// committed chunks plus dirty bytes, cut into chunks. Returns the segments to commit and
+    /// the bytes to keep dirty.
+    ///
+    /// A partial commit (`hold_back`) leaves alone what is likely to grow: a segment that
+    /// starts in mid-air (the kernel writes pages back out of order, so the bytes before it
+    /// usually arrive soon) and the last chunk of a segment not closed by committed data.
+    /// Chunking them now would cut where a continuous write never would, and the copies of a
+    /// file would stop deduplicating.
+    fn plan_commit(
+        &self,
+        ino: u64,
+        dirty: &BTreeMap<u64, Vec<u8>>,
+        size: u64,
+        hold_back: bool,
+    ) -> Result<(Vec<RegionPlan>, BTreeMap<u64, Vec<u8>>)> {
+        let params = self.info.chunking;
+        let mut plans: Vec<RegionPlan> = Vec::new();
+        let mut new_tail: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+        for (a, b) in self.widen_regions(ino, dirty, size)? {
             let mut buf = vec![0u8; (b - a) as usize];
             self.read_committed(ino, a, &mut buf)?;
-            Self::overlay_dirty(d, a, &mut buf);
+            overlay(dirty, a, &mut buf);
             let extents = self.extents(ino, a, b)?;
             let mut covered: Vec<(u64, u64)> = extents
                 .iter()
                 .map(|(o, x)| (*o, o + x.len as u64))
                 .collect();
             covered.extend(
-                d.dirty
+                dirty
                     .range(..b)
                     .filter(|(o, v)| *o + v.len() as u64 > a)
                     .map(|(o, v)| (*o, *o + v.len() as u64)),
@@ -1622,8 +1756,12 @@ impl Volume {
                 });
             }
         }
-        let planned = started.elapsed();
-        // Hash, find what is new, encode it on the pool, append it.
+        Ok((plans, new_tail))
+    }
+
+    /// Computes the keyed id of every planned chunk on the pool; all-zero chunks stay `None`
+    /// (they become holes).
+    fn hash_chunks(&self, plans: &mut [RegionPlan]) {
         let keys = &self.keys;
         for p in plans.iter_mut() {
             let buf = &p.buf;
@@ -1634,9 +1772,13 @@ impl Volume {
                 }
             });
         }
-        let mut wanted: Vec<(ChunkId, &[u8])> = Vec::new();
+    }
+
+    /// The planned chunks the index does not have yet (each once), with their bytes.
+    fn new_chunks<'p>(&self, plans: &'p [RegionPlan]) -> Result<Vec<(ChunkId, &'p [u8])>> {
+        let mut wanted = Vec::new();
         let mut seen = HashSet::new();
-        for p in &plans {
+        for p in plans {
             for c in &p.chunks {
                 if let Some(id) = c.id {
                     if seen.insert(id) && self.kv.get(&meta::chunk_key(&id))?.is_none() {
@@ -1645,71 +1787,7 @@ impl Volume {
                 }
             }
         }
-        let hashed = started.elapsed();
-        let new_chunks = self.store_chunks(&wanted)?;
-        let stored = started.elapsed();
-        // Metadata: one batch for all regions of this commit.
-        let mut b = Batch::default();
-        let mut refs: HashMap<ChunkId, i64> = HashMap::new();
-        let mut logical = 0i64;
-        for p in &plans {
-            if p.end <= p.start {
-                continue;
-            }
-            logical += self.punch_into(ino, p.start, p.end, &mut b, &mut refs)?;
-            for c in &p.chunks {
-                if let Some(id) = c.id {
-                    let x = Extent {
-                        chunk: id,
-                        chunk_offset: 0,
-                        len: c.len as u32,
-                    };
-                    b.put(meta::extent_key(ino, c.offset), x.encode());
-                    *refs.entry(id).or_default() += 1;
-                    logical += c.len as i64;
-                }
-            }
-        }
-        b.put(meta::inode_key(ino), d.attr.encode());
-        {
-            let mut cs = self.commit.lock();
-            // Every chunk this commit references, in case one is collected under our feet.
-            let plain: HashMap<ChunkId, &[u8]> = plans
-                .iter()
-                .flat_map(|p| {
-                    p.chunks.iter().filter_map(|c| {
-                        c.id.map(|id| (id, &p.buf[c.start_in_buf..c.start_in_buf + c.len]))
-                    })
-                })
-                .collect();
-            self.apply_refs_with_data(&mut cs, &mut b, refs, &new_chunks, logical, &plain)?;
-            self.kv.apply(b)?;
-        }
-        if durable {
-            self.kv.flush()?;
-            d.unsynced = kept_any_tail(&new_tail);
-        }
-        tracing::debug!(
-            ino,
-            segments = plans.len(),
-            chunks = plans.iter().map(|p| p.chunks.len()).sum::<usize>(),
-            new_chunks = new_chunks.len(),
-            tail = new_tail.values().map(|v| v.len()).sum::<usize>(),
-            durable,
-            plan_ms = planned.as_millis() as u64,
-            hash_ms = (hashed - planned).as_millis() as u64,
-            store_ms = (stored - hashed).as_millis() as u64,
-            meta_ms = (started.elapsed() - stored).as_millis() as u64,
-            "commit"
-        );
-        let kept: u64 = new_tail.values().map(|v| v.len() as u64).sum();
-        self.dirty_total.fetch_sub(d.dirty_bytes, Ordering::Relaxed);
-        self.dirty_total.fetch_add(kept, Ordering::Relaxed);
-        d.dirty = new_tail;
-        d.dirty_bytes = kept;
-        d.commit_at = FILE_DIRTY_COMMIT.max(kept + FILE_DIRTY_COMMIT / 4);
-        d.attr_dirty = kept > 0;
-        Ok(())
+        Ok(wanted)
     }
 
     /// Widens each dirty range to whole extents: the extent holding the byte before it and
@@ -1718,9 +1796,14 @@ impl Volume {
     /// its boundary was a natural CDC cut, chunking reproduces it (same id, nothing stored);
     /// if it was cut short by an fsync in mid-stream, the data gets its natural boundaries back
     /// and keeps deduplicating against other copies.
-    fn widen_regions(&self, ino: u64, d: &FileData) -> Result<Vec<(u64, u64)>> {
+    fn widen_regions(
+        &self,
+        ino: u64,
+        dirty: &BTreeMap<u64, Vec<u8>>,
+        size: u64,
+    ) -> Result<Vec<(u64, u64)>> {
         let mut out: Vec<(u64, u64)> = Vec::new();
-        for (&off, bytes) in &d.dirty {
+        for (&off, bytes) in dirty {
             let mut a = off;
             let mut b = off + bytes.len() as u64;
             if a > 0 {
@@ -1731,7 +1814,7 @@ impl Volume {
             if let Some((o, x)) = self.extents(ino, b, b + 1)?.first() {
                 b = b.max(o + x.len as u64);
             }
-            b = b.min(d.attr.size.max(off + bytes.len() as u64));
+            b = b.min(size.max(off + bytes.len() as u64));
             match out.last_mut() {
                 Some(last) if a <= last.1 => last.1 = last.1.max(b),
                 _ => out.push((a, b)),
@@ -1921,7 +2004,8 @@ impl Volume {
     }
 
     /// Shrinks or grows a file (its dirty data first), with the inode's data lock held.
-    fn truncate_locked(&self, e: &Entry, d: &mut FileData, size: u64) -> Result<()> {
+    fn truncate_locked(&self, e: &Entry, d: &mut DataGuard<'_>, size: u64) -> Result<()> {
+        Self::wait_commit(e, d);
         if size < d.attr.size {
             // Drop dirty bytes past the new end.
             let mut removed = 0u64;
@@ -2013,7 +2097,13 @@ impl Volume {
                 .into_iter()
                 .map(|(o, x)| (o, o + x.len as u64))
                 .collect();
-            iv.extend(d.dirty.iter().map(|(o, v)| (*o, *o + v.len() as u64)));
+            iv.extend(
+                d.committing
+                    .iter()
+                    .flat_map(|c| c.iter())
+                    .chain(d.dirty.iter())
+                    .map(|(o, v)| (*o, *o + v.len() as u64)),
+            );
             let merged = merge_intervals(iv, pos, window_end);
             match whence {
                 Whence::Data => {
@@ -2063,7 +2153,13 @@ impl Volume {
             let dd = e_write(&de);
             (e_write(&se), Some(dd))
         };
+        // Both extent maps must be complete (and no commit in flight) before splicing.
         self.commit_locked(&se, &mut sd, false, false)?;
+        if let Some(dg) = dd.as_mut() {
+            self.commit_locked(&de, dg, false, false)?;
+            // Committing dst may have let a write to src in: commit src again (cheap if not).
+            self.commit_locked(&se, &mut sd, false, false)?;
+        }
         let len = len.min(sd.attr.size.saturating_sub(src_off));
         if len == 0 {
             return Ok(0);
@@ -2077,7 +2173,6 @@ impl Volume {
             Some(x) => x,
             None => &mut sd,
         };
-        self.commit_locked(&de, dd_ref, false, false)?;
         let mut b = Batch::default();
         let mut refs = HashMap::new();
         let mut logical = self.punch_into(dst, dst_off, dend, &mut b, &mut refs)?;
@@ -2198,11 +2293,9 @@ impl<'a> NewNode<'a> {
     }
 }
 
-fn kept_any_tail(t: &BTreeMap<u64, Vec<u8>>) -> bool {
-    !t.is_empty()
-}
+type DataGuard<'a> = parking_lot::RwLockWriteGuard<'a, FileData>;
 
-fn e_write(e: &Entry) -> parking_lot::RwLockWriteGuard<'_, FileData> {
+fn e_write(e: &Entry) -> DataGuard<'_> {
     e.data.write()
 }
 
@@ -2228,6 +2321,24 @@ struct NewChunk {
     pack: u64,
     loc: BlobLocation,
     plain_len: u32,
+}
+
+/// Copies the parts of `map`'s ranges that fall in `start..start+buf.len()` into `buf`.
+fn overlay(map: &BTreeMap<u64, Vec<u8>>, start: u64, buf: &mut [u8]) {
+    let end = start + buf.len() as u64;
+    let first = map
+        .range(..start)
+        .next_back()
+        .map(|(k, _)| *k)
+        .unwrap_or(start);
+    for (&off, bytes) in map.range(first..end) {
+        let s = off.max(start);
+        let e = (off + bytes.len() as u64).min(end);
+        if s < e {
+            buf[(s - start) as usize..(e - start) as usize]
+                .copy_from_slice(&bytes[(s - off) as usize..(e - off) as usize]);
+        }
+    }
 }
 
 /// Sorted, merged union of intervals, clipped to `lo..hi`.
@@ -2424,9 +2535,8 @@ impl Volume {
         if d.gone {
             return Err(Error::NotFound);
         }
-        if d.dirty_bytes > 0 {
-            self.commit_locked(&e, &mut d, false, false)?;
-        }
+        // Also waits for a commit in flight, so the map read below is complete.
+        self.commit_locked(&e, &mut d, false, false)?;
         let mut h = blake3::Hasher::new();
         h.update(b"tiergate content tag v1");
         h.update(&d.attr.size.to_le_bytes());
