@@ -209,9 +209,9 @@ struct Entry {
 struct FileData {
     attr: Inode,
     /// Written ranges not yet in packs: start offset → bytes; never overlapping.
-    dirty: BTreeMap<u64, Vec<u8>>,
+    dirty: DirtyMap,
     /// Dirty ranges a commit in flight took; reads see them under `dirty`.
-    committing: Option<Arc<BTreeMap<u64, Vec<u8>>>>,
+    committing: Option<Arc<DirtyMap>>,
     dirty_bytes: u64,
     /// Attributes changed by writes, not yet in the store.
     attr_dirty: bool,
@@ -1660,7 +1660,7 @@ impl Volume {
 
     /// Makes `base` (bytes a commit took and gives back, `base_bytes` of dirty accounting) the
     /// file's dirty map again, with whatever was written meanwhile laid over it.
-    fn replace_dirty(&self, d: &mut FileData, mut base: BTreeMap<u64, Vec<u8>>, base_bytes: u64) {
+    fn replace_dirty(&self, d: &mut FileData, mut base: DirtyMap, base_bytes: u64) {
         for (off, bytes) in std::mem::take(&mut d.dirty) {
             insert_dirty(&mut base, off, &bytes);
         }
@@ -1692,13 +1692,13 @@ impl Volume {
     fn plan_commit(
         &self,
         ino: u64,
-        dirty: &BTreeMap<u64, Vec<u8>>,
+        dirty: &DirtyMap,
         size: u64,
         hold_back: bool,
-    ) -> Result<(Vec<RegionPlan>, BTreeMap<u64, Vec<u8>>)> {
+    ) -> Result<(Vec<RegionPlan>, DirtyMap)> {
         let params = self.info.chunking;
         let mut plans: Vec<RegionPlan> = Vec::new();
-        let mut new_tail: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+        let mut new_tail: DirtyMap = BTreeMap::new();
         for (a, b) in self.widen_regions(ino, dirty, size)? {
             let mut buf = vec![0u8; (b - a) as usize];
             self.read_committed(ino, a, &mut buf)?;
@@ -1796,12 +1796,7 @@ impl Volume {
     /// its boundary was a natural CDC cut, chunking reproduces it (same id, nothing stored);
     /// if it was cut short by an fsync in mid-stream, the data gets its natural boundaries back
     /// and keeps deduplicating against other copies.
-    fn widen_regions(
-        &self,
-        ino: u64,
-        dirty: &BTreeMap<u64, Vec<u8>>,
-        size: u64,
-    ) -> Result<Vec<(u64, u64)>> {
+    fn widen_regions(&self, ino: u64, dirty: &DirtyMap, size: u64) -> Result<Vec<(u64, u64)>> {
         let mut out: Vec<(u64, u64)> = Vec::new();
         for (&off, bytes) in dirty {
             let mut a = off;
@@ -2293,6 +2288,9 @@ impl<'a> NewNode<'a> {
     }
 }
 
+/// Byte ranges of a file not yet in packs: start offset → bytes, never overlapping.
+type DirtyMap = BTreeMap<u64, Vec<u8>>;
+
 type DataGuard<'a> = parking_lot::RwLockWriteGuard<'a, FileData>;
 
 fn e_write(e: &Entry) -> DataGuard<'_> {
@@ -2324,7 +2322,7 @@ struct NewChunk {
 }
 
 /// Copies the parts of `map`'s ranges that fall in `start..start+buf.len()` into `buf`.
-fn overlay(map: &BTreeMap<u64, Vec<u8>>, start: u64, buf: &mut [u8]) {
+fn overlay(map: &DirtyMap, start: u64, buf: &mut [u8]) {
     let end = start + buf.len() as u64;
     let first = map
         .range(..start)
@@ -2358,7 +2356,7 @@ fn merge_intervals(mut iv: Vec<(u64, u64)>, lo: u64, hi: u64) -> Vec<(u64, u64)>
 
 /// Inserts `data` at `offset` into a map of non-overlapping ranges (new bytes win), merging
 /// with ranges it overlaps or touches. Returns how many bytes the map grew by.
-fn insert_dirty(map: &mut BTreeMap<u64, Vec<u8>>, offset: u64, data: &[u8]) -> u64 {
+fn insert_dirty(map: &mut DirtyMap, offset: u64, data: &[u8]) -> u64 {
     let end = offset + data.len() as u64;
     // Fast path: a streaming write that extends the range ending exactly here.
     if let Some((&s, v)) = map.range_mut(..=offset).next_back() {
