@@ -720,12 +720,14 @@ impl Backend for S3Backend {
                 if code == "ObjectLockConfigurationNotFoundError" {
                     return Ok(ObjectLock::Disabled);
                 }
-                let err = self.error("get object lock configuration", "", e);
-                match err.kind() {
+                let (kind, detail) = classify(&e);
+                match kind {
+                    // The store's own words are enough here (e.g. Garage: "HTTP 501
+                    // NotImplemented: Unimplemented action: GetObjectLockConfiguration").
                     ErrorKind::Unsupported | ErrorKind::Other | ErrorKind::NotFound => {
-                        Ok(ObjectLock::Unsupported(err.message().to_owned()))
+                        Ok(ObjectLock::Unsupported(detail))
                     }
-                    _ => Err(err),
+                    _ => Err(self.error("get object lock configuration", "", e)),
                 }
             }
         }
