@@ -235,20 +235,12 @@ impl S3Backend {
         let (parts, digests, peak) = match result {
             Ok(r) => r,
             Err(e) => {
-                // Best effort: a store that keeps the parts also expires them by lifecycle rule.
-                let _ = self
-                    .client
-                    .abort_multipart_upload()
-                    .bucket(&self.bucket)
-                    .key(full)
-                    .upload_id(&upload_id)
-                    .send()
-                    .await;
+                self.abort(full, &upload_id).await;
                 return Err(e);
             }
         };
         let n = parts.len();
-        let done = self
+        let done = match self
             .client
             .complete_multipart_upload()
             .bucket(&self.bucket)
@@ -261,7 +253,14 @@ impl S3Backend {
             )
             .send()
             .await
-            .map_err(|e| self.error("complete multipart upload", key, e))?;
+        {
+            Ok(done) => done,
+            Err(e) => {
+                let err = self.error("complete multipart upload", key, e);
+                self.abort(full, &upload_id).await;
+                return Err(err);
+            }
+        };
         let want = format!("{}-{n}", hex::encode(Md5::digest(digests.concat())));
         let etag = done.e_tag().map(unquote);
         check_etag(key, "complete response", etag.as_deref(), &want)?;
@@ -272,6 +271,26 @@ impl S3Backend {
             parts: n as u32,
             peak_buffered: peak,
         })
+    }
+
+    /// Drops the parts of a failed multipart upload. Best effort: if this fails too, the
+    /// store keeps the parts until a lifecycle rule for incomplete uploads expires them.
+    async fn abort(&self, full: &str, upload_id: &str) {
+        if let Err(e) = self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(full)
+            .upload_id(upload_id)
+            .send()
+            .await
+        {
+            tracing::warn!(
+                key = full,
+                "aborting a failed multipart upload: {}",
+                classify(&e).1
+            );
+        }
     }
 
     /// Uploads the parts of `path`, at most `part_concurrency` at a time. Returns the parts in

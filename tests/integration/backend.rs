@@ -546,6 +546,38 @@ fn probe_command_prints_the_result() {
     assert!(!stderr.contains(&"x".repeat(40)), "{stderr}");
 }
 
+#[test]
+fn probe_command_uses_the_local_store_without_s3() {
+    let dir = tmpdir();
+    let cfg = dir.path().join("tiergate.toml");
+    std::fs::write(&cfg, "[volume]\npath = \"vol\"\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tiergate"))
+        .args(["probe", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let store = dir.path().join("vol/backend");
+    assert!(
+        stdout.contains(&format!("store: dir {}", store.display())),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("object lock: not supported (local directory)"),
+        "{stdout}"
+    );
+    // The probe object is gone again.
+    assert!(std::fs::read_dir(store.join("probe"))
+        .unwrap()
+        .next()
+        .is_none());
+}
+
 // ---- corruption ------------------------------------------------------------------------------
 
 /// A sealed pack of three encrypted chunks; returns its path and the chunks' plaintexts.
