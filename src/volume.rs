@@ -54,6 +54,8 @@ const FILE_DIRTY_COMMIT: u64 = 64 << 20;
 const DELETE_PAGE: usize = 1000;
 /// Decoded chunks kept in memory for reads and read-modify-write.
 const CHUNK_CACHE_ENTRIES: usize = 96;
+/// Locks that let one reader decode a chunk while others wanting it wait (by chunk id).
+const DECODE_STRIPES: usize = 64;
 /// A pack nobody appended to for this long is sealed.
 pub const PACK_IDLE_SEAL: Duration = Duration::from_secs(30);
 
@@ -273,6 +275,7 @@ pub struct Volume {
     next_ino: AtomicU64,
     dirty_total: AtomicU64,
     chunk_cache: Mutex<lru::LruCache<ChunkId, Arc<Vec<u8>>>>,
+    decode_locks: [Mutex<()>; DECODE_STRIPES],
     invalidator: RwLock<Option<Invalidator>>,
     _lock: nix::fcntl::Flock<File>,
 }
@@ -448,6 +451,7 @@ impl Volume {
             next_fh: AtomicU64::new(1),
             next_ino: AtomicU64::new(next_ino),
             dirty_total: AtomicU64::new(0),
+            decode_locks: std::array::from_fn(|_| Mutex::new(())),
             chunk_cache: Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(CHUNK_CACHE_ENTRIES).unwrap(),
             )),
@@ -1374,6 +1378,12 @@ impl Volume {
 
     /// A chunk's plaintext, from the cache or its pack (verified: decrypted and re-hashed).
     fn chunk_data(&self, id: &ChunkId) -> Result<Arc<Vec<u8>>> {
+        if let Some(c) = self.chunk_cache.lock().get(id) {
+            return Ok(c.clone());
+        }
+        // Kernel readahead asks for several pieces of one chunk at once: let one reader decode
+        // it and the others find it in the cache, instead of each decoding the whole chunk.
+        let _decoding = self.decode_locks[id.0[0] as usize % DECODE_STRIPES].lock();
         if let Some(c) = self.chunk_cache.lock().get(id) {
             return Ok(c.clone());
         }
