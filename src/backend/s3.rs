@@ -565,17 +565,7 @@ impl Backend for S3Backend {
             }
             Err(e) => return Err(self.error("get", key, e)),
         };
-        let bytes = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| {
-                BackendError::new(
-                    ErrorKind::Unreachable,
-                    format!("get {key} {range:?}: reading the body: {e}"),
-                )
-            })?
-            .into_bytes();
+        let bytes = read_body(out.body, || format!("get {key} {range:?}")).await?;
         if bytes.len() as u64 > want {
             return Err(BackendError::new(
                 ErrorKind::Corrupt,
@@ -600,17 +590,7 @@ impl Backend for S3Backend {
             .await
             .map_err(|e| self.error("get", key, e))?;
         let expect = out.content_length();
-        let bytes = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| {
-                BackendError::new(
-                    ErrorKind::Unreachable,
-                    format!("get {key}: reading the body: {e}"),
-                )
-            })?
-            .into_bytes();
+        let bytes = read_body(out.body, || format!("get {key}")).await?;
         if expect.is_some_and(|n| n != bytes.len() as i64) {
             return Err(BackendError::new(
                 ErrorKind::Corrupt,
@@ -750,6 +730,21 @@ impl Backend for S3Backend {
                 }
             }
         }
+    }
+}
+
+/// Collects a GET response body; a connection lost mid-body is an unreachable store, named by
+/// `what` (the request).
+async fn read_body(
+    body: aws_sdk_s3::primitives::ByteStream,
+    what: impl FnOnce() -> String,
+) -> BResult<Bytes> {
+    match body.collect().await {
+        Ok(b) => Ok(b.into_bytes()),
+        Err(e) => Err(BackendError::new(
+            ErrorKind::Unreachable,
+            format!("{}: reading the body: {e}", what()),
+        )),
     }
 }
 
