@@ -27,6 +27,12 @@ pub struct Config {
     pub backend: BackendConfig,
     /// The tenant's S3 bucket (src/backend/s3.rs). Absent: the local directory store.
     pub s3: Option<S3Config>,
+    /// Local disk space for pack data.
+    #[serde(default)]
+    pub cache: CacheConfig,
+    /// Uploads to the object store: concurrency, bandwidth, read-ahead of evicted data.
+    #[serde(default)]
+    pub tiering: TieringConfig,
 }
 
 /// Where objects go when no S3 store is configured (src/backend/local.rs).
@@ -234,6 +240,289 @@ impl S3Config {
             }
         };
         Ok((id, secret))
+    }
+}
+
+const KIB: u64 = 1 << 10;
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+const TIB: u64 = 1 << 40;
+
+/// A byte count written as an integer (bytes) or a string with a binary unit: "512KiB",
+/// "20MiB", "1.5GiB", "2TiB"; also "K", "M", "G", "T" and "KB", "MB", "GB", "TB", which mean the
+/// binary units too; "B" or no unit is bytes. Units are case-insensitive, except that a
+/// lowercase "b" ("20Mb") is refused: it reads as bits. Fractions are rounded down to whole
+/// bytes. `Display` is exact and parses back ("20 MiB", "1536 MiB", "1000 B").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub fn bytes(self) -> u64 {
+        self.0
+    }
+
+    /// Parses the string form; the error names the text and says what is accepted.
+    pub fn parse(text: &str) -> Result<ByteSize> {
+        parse_byte_size(text).map(ByteSize).map_err(Error::Invalid)
+    }
+}
+
+fn parse_byte_size(text: &str) -> std::result::Result<u64, String> {
+    const UNITS: &str = "write bytes as an integer or a string like \"512KiB\", \"20MiB\", \
+                         \"1.5GiB\" (units B, KiB, MiB, GiB, TiB; K/KB, M/MB... mean the same)";
+    let t = text.trim();
+    if t.starts_with('-') {
+        return Err(format!("byte size {text:?} is negative"));
+    }
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = (&t[..split], t[split..].trim_start());
+    let (int, frac) = number.split_once('.').unwrap_or((number, ""));
+    if int.is_empty() || frac.contains('.') || (number.contains('.') && frac.is_empty()) {
+        return Err(format!(
+            "byte size {text:?} does not start with a number: {UNITS}"
+        ));
+    }
+    let mult = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => KIB,
+        "m" | "mb" | "mib" => MIB,
+        "g" | "gb" | "gib" => GIB,
+        "t" | "tb" | "tib" => TIB,
+        _ => {
+            return Err(format!(
+                "byte size {text:?} has an unknown unit {unit:?}: {UNITS}"
+            ))
+        }
+    };
+    // "20Mb", "100kb", "5b": megabits or megabytes? Refuse to guess for a bandwidth setting.
+    if unit.ends_with('b') {
+        let bytes_unit = match unit.chars().next() {
+            Some(p) if unit.len() > 1 => format!("{}iB", p.to_ascii_uppercase()),
+            _ => "B".into(),
+        };
+        return Err(format!(
+            "byte size {text:?}: a lowercase b reads as bits; write bytes with B, \
+             e.g. \"{number}{bytes_unit}\""
+        ));
+    }
+    if mult == 1 && !frac.is_empty() {
+        return Err(format!("byte size {text:?}: bytes have no fraction"));
+    }
+    if frac.len() > 18 {
+        return Err(format!("byte size {text:?} has too many decimals"));
+    }
+    let overflow = || format!("byte size {text:?} is too large");
+    let int: u128 = int.parse().map_err(|_| overflow())?;
+    let frac_value = if frac.is_empty() {
+        0
+    } else {
+        frac.parse::<u128>().map_err(|_| overflow())? * u128::from(mult)
+            / 10u128.pow(frac.len() as u32)
+    };
+    let total = int
+        .checked_mul(u128::from(mult))
+        .and_then(|v| v.checked_add(frac_value))
+        .ok_or_else(overflow)?;
+    u64::try_from(total).map_err(|_| overflow())
+}
+
+impl std::fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0;
+        let (div, unit) = [(TIB, "TiB"), (GIB, "GiB"), (MIB, "MiB"), (KIB, "KiB")]
+            .into_iter()
+            .find(|(d, _)| n != 0 && n.is_multiple_of(*d))
+            .unwrap_or((1, "B"));
+        write!(f, "{} {unit}", n / div)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a byte count: an integer, or a string like \"20MiB\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<ByteSize, E> {
+                Ok(ByteSize(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<ByteSize, E> {
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom(format!("byte size {v} is negative")))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<ByteSize, E> {
+                parse_byte_size(v).map(ByteSize).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// `[cache]`: the local disk space for pack data and when eviction runs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Local disk space for pack data: not-yet-uploaded packs plus cached copies of uploaded ones.
+    #[serde(default = "default_cache_max_size")]
+    pub max_size: ByteSize,
+    /// Eviction of uploaded packs starts above this share of `max_size`, in percent.
+    #[serde(default = "default_high_watermark")]
+    pub high_watermark_percent: u8,
+    /// Eviction stops below this share of `max_size`, in percent.
+    #[serde(default = "default_low_watermark")]
+    pub low_watermark_percent: u8,
+}
+
+fn default_cache_max_size() -> ByteSize {
+    ByteSize(10 * GIB)
+}
+fn default_high_watermark() -> u8 {
+    90
+}
+fn default_low_watermark() -> u8 {
+    80
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_size: default_cache_max_size(),
+            high_watermark_percent: default_high_watermark(),
+            low_watermark_percent: default_low_watermark(),
+        }
+    }
+}
+
+impl CacheConfig {
+    /// Checks the section; `pack_size_mib` is `volume.pack_size_mib`.
+    pub fn validate(&self, pack_size_mib: u64) -> Result<()> {
+        let (low, high) = (self.low_watermark_percent, self.high_watermark_percent);
+        for (key, v) in [
+            ("high_watermark_percent", high),
+            ("low_watermark_percent", low),
+        ] {
+            if !(1..=100).contains(&v) {
+                return Err(Error::Invalid(format!(
+                    "cache.{key} = {v} is outside 1..=100"
+                )));
+            }
+        }
+        if low >= high {
+            return Err(Error::Invalid(format!(
+                "cache.low_watermark_percent = {low} must be below \
+                 cache.high_watermark_percent = {high}"
+            )));
+        }
+        // Packs are the unit of upload and eviction, so the cache must hold a few at once.
+        let min = pack_size_mib.saturating_mul(4).saturating_mul(MIB);
+        if self.max_size.bytes() < min {
+            return Err(Error::Invalid(format!(
+                "cache.max_size = {} is too small: it must hold at least 4 packs \
+                 (4 × volume.pack_size_mib = {})",
+                self.max_size,
+                ByteSize(min)
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// `[tiering]`: uploads to the object store (concurrency, bandwidth) and reads back from it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TieringConfig {
+    /// Packs uploaded at once.
+    #[serde(default = "default_upload_concurrency")]
+    pub upload_concurrency: usize,
+    /// Upload bandwidth limit in bytes per second outside any schedule rule; None = unlimited.
+    pub bandwidth_limit: Option<ByteSize>,
+    /// Weekly rules; the first rule matching the local time wins, else bandwidth_limit applies.
+    #[serde(default)]
+    pub schedule: Vec<BandwidthRule>,
+    /// Read-ahead window for sequential reads of evicted data.
+    #[serde(default = "default_readahead")]
+    pub readahead: ByteSize,
+}
+
+/// One `[[tiering.schedule]]` rule: an upload limit on some days between two times
+/// (src/tiering/rate.rs parses and applies it).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BandwidthRule {
+    /// "mon-fri", "sat,sun", "mon,wed-fri", "daily"/"all"; case-insensitive, 3-letter names.
+    pub days: String,
+    /// "08:00" (HH:MM, 00:00..=23:59).
+    pub from: String,
+    /// "18:00"; `to <= from` means the window runs past midnight (22:00-06:00) and belongs to
+    /// the day it starts on; "24:00" is the end of the day.
+    pub to: String,
+    /// Bytes per second; 0 = unlimited during this window.
+    pub limit: ByteSize,
+}
+
+fn default_upload_concurrency() -> usize {
+    4
+}
+fn default_readahead() -> ByteSize {
+    ByteSize(16 * MIB)
+}
+
+impl Default for TieringConfig {
+    fn default() -> Self {
+        TieringConfig {
+            upload_concurrency: default_upload_concurrency(),
+            bandwidth_limit: None,
+            schedule: Vec::new(),
+            readahead: default_readahead(),
+        }
+    }
+}
+
+impl TieringConfig {
+    pub fn validate(&self) -> Result<()> {
+        if !(1..=64).contains(&self.upload_concurrency) {
+            return Err(Error::Invalid(format!(
+                "tiering.upload_concurrency = {} is outside 1..=64",
+                self.upload_concurrency
+            )));
+        }
+        if self.bandwidth_limit == Some(ByteSize(0)) {
+            return Err(Error::Invalid(
+                "tiering.bandwidth_limit = 0: leave the key out for unlimited uploads \
+                 (a schedule rule with limit = 0 makes a window unlimited)"
+                    .into(),
+            ));
+        }
+        for (i, rule) in self.schedule.iter().enumerate() {
+            crate::tiering::rate::parse_rule(rule).map_err(|e| match e {
+                Error::Invalid(m) => Error::Invalid(format!("tiering.schedule[{i}].{m}")),
+                other => other,
+            })?;
+        }
+        if !(MIB..=GIB).contains(&self.readahead.bytes()) {
+            return Err(Error::Invalid(format!(
+                "tiering.readahead = {} is outside 1 MiB..=1 GiB",
+                self.readahead
+            )));
+        }
+        Ok(())
+    }
+
+    /// The upload bandwidth schedule of this section.
+    pub fn bandwidth_schedule(&self) -> Result<crate::tiering::rate::Schedule> {
+        crate::tiering::rate::Schedule::new(
+            self.bandwidth_limit.map(ByteSize::bytes),
+            &self.schedule,
+        )
+        .map_err(|e| match e {
+            Error::Invalid(m) => Error::Invalid(format!("tiering.{m}")),
+            other => other,
+        })
     }
 }
 
@@ -501,6 +790,8 @@ impl Config {
             }
             s3.validate()?;
         }
+        self.cache.validate(v.pack_size_mib)?;
+        self.tiering.validate()?;
         self.chunking
             .params()
             .validate()
@@ -706,6 +997,257 @@ mod tests {
         assert_eq!((id.as_str(), secret.0.as_str()), ("ENVKEY", "envsecret"));
         std::env::remove_var(S3_ACCESS_KEY_ENV);
         std::env::remove_var(S3_SECRET_KEY_ENV);
+    }
+
+    #[test]
+    fn byte_sizes_parse_with_binary_units() {
+        let ok = |t: &str| {
+            ByteSize::parse(t)
+                .unwrap_or_else(|e| panic!("{t}: {e}"))
+                .bytes()
+        };
+        assert_eq!(ok("0"), 0);
+        assert_eq!(ok("1000"), 1000);
+        assert_eq!(ok("1000B"), 1000);
+        assert_eq!(ok("512KiB"), 512 << 10);
+        assert_eq!(ok("20MiB"), 20 << 20);
+        assert_eq!(ok("20 MiB"), 20 << 20);
+        assert_eq!(ok(" 20M "), 20 << 20);
+        assert_eq!(ok("20MB"), 20 << 20);
+        assert_eq!(ok("20MIB"), 20 << 20);
+        assert_eq!(ok("20mB"), 20 << 20);
+        assert_eq!(ok("1.5GiB"), 3 << 29);
+        assert_eq!(ok("1.5 G"), 3 << 29);
+        assert_eq!(ok("2TiB"), 2 << 40);
+        assert_eq!(ok("2t"), 2 << 40);
+        assert_eq!(ok("0.1KiB"), 102, "rounded down");
+        assert_eq!(ok("16777215TiB"), 16_777_215 << 40);
+        for (bad, needle) in [
+            ("", "number"),
+            ("MiB", "number"),
+            ("-1MiB", "negative"),
+            ("-5", "negative"),
+            ("1.5", "no fraction"),
+            ("1.5B", "no fraction"),
+            (".5GiB", "number"),
+            ("5.GiB", "number"),
+            ("1.2.3MiB", "number"),
+            ("20 MiB/s", "unknown unit"),
+            ("20 PiB", "unknown unit"),
+            ("1e6", "unknown unit"),
+            ("twenty", "number"),
+            ("20Mb", "bits"),
+            ("20 kb", "bits"),
+            ("20b", "bits"),
+            ("20mib", "bits"),
+            ("16777216TiB", "too large"),
+            ("18446744073709551616", "too large"),
+            ("99999999999999999999999999999999999999999", "too large"),
+        ] {
+            let err = ByteSize::parse(bad).unwrap_err().to_string();
+            assert!(err.contains(needle), "{bad:?}: {err}");
+            assert!(err.contains(&format!("{bad:?}")), "{bad:?}: {err}");
+        }
+        let err = ByteSize::parse("20Mb").unwrap_err().to_string();
+        assert!(err.contains("\"20MiB\""), "{err}");
+    }
+
+    #[test]
+    fn byte_sizes_display_exactly_and_parse_back() {
+        for (n, text) in [
+            (0, "0 B"),
+            (1000, "1000 B"),
+            (1024, "1 KiB"),
+            (20 << 20, "20 MiB"),
+            (3 << 29, "1536 MiB"),
+            (10 << 30, "10 GiB"),
+            (2 << 40, "2 TiB"),
+            ((1 << 20) + 1, "1048577 B"),
+            (u64::MAX, "18446744073709551615 B"),
+        ] {
+            assert_eq!(ByteSize(n).to_string(), text);
+            assert_eq!(ByteSize::parse(text).unwrap(), ByteSize(n));
+        }
+    }
+
+    #[test]
+    fn byte_sizes_in_toml_take_integers_and_strings() {
+        let p = |extra: &str| Config::parse(&format!("[volume]\npath = \"x\"\n{extra}\n"));
+        let cfg = p("[tiering]\nreadahead = 2097152\nbandwidth_limit = \"1.5 MiB\"").unwrap();
+        assert_eq!(cfg.tiering.readahead, ByteSize(2 << 20));
+        assert_eq!(cfg.tiering.bandwidth_limit, Some(ByteSize(3 << 19)));
+        for (extra, needle) in [
+            ("[tiering]\nreadahead = -1", "negative"),
+            ("[tiering]\nreadahead = 1.5", "byte count"),
+            ("[tiering]\nreadahead = \"4 furlongs\"", "unknown unit"),
+            ("[cache]\nmax_size = \"10Gb\"", "bits"),
+        ] {
+            let err = p(extra).unwrap_err().to_string();
+            assert!(err.contains(needle), "{extra}: {err}");
+        }
+        // toml names the key and the line.
+        let err = p("[tiering]\nreadahead = \"x\"").unwrap_err().to_string();
+        assert!(err.contains("readahead") && err.contains("line 4"), "{err}");
+    }
+
+    #[test]
+    fn cache_and_tiering_defaults() {
+        let cfg = Config::parse("[volume]\npath = \"x\"\n").unwrap();
+        let c = &cfg.cache;
+        assert_eq!(c.max_size, ByteSize(10 << 30));
+        assert_eq!(
+            (c.high_watermark_percent, c.low_watermark_percent),
+            (90, 80)
+        );
+        let t = &cfg.tiering;
+        assert_eq!(t.upload_concurrency, 4);
+        assert_eq!(t.bandwidth_limit, None);
+        assert!(t.schedule.is_empty());
+        assert_eq!(t.readahead, ByteSize(16 << 20));
+        assert_eq!(t.bandwidth_schedule().unwrap().limit_now(), None);
+    }
+
+    #[test]
+    fn cache_and_tiering_rules() {
+        let base = "[volume]\npath = \"x\"\npack_size_mib = 32\n";
+        for (extra, needle) in [
+            (
+                "[cache]\nhigh_watermark_percent = 0",
+                "cache.high_watermark_percent = 0",
+            ),
+            ("[cache]\nhigh_watermark_percent = 101", "outside 1..=100"),
+            (
+                "[cache]\nlow_watermark_percent = 0",
+                "cache.low_watermark_percent = 0",
+            ),
+            ("[cache]\nlow_watermark_percent = 90", "must be below"),
+            ("[cache]\nlow_watermark_percent = 95", "must be below"),
+            (
+                "[cache]\nmax_size = \"127MiB\"",
+                "4 × volume.pack_size_mib = 128 MiB",
+            ),
+            ("[cache]\nmax_size = 0", "cache.max_size = 0 B is too small"),
+            ("[cache]\nsize = \"1GiB\"", "size"),
+            (
+                "[tiering]\nupload_concurrency = 0",
+                "tiering.upload_concurrency = 0",
+            ),
+            ("[tiering]\nupload_concurrency = 65", "outside 1..=64"),
+            ("[tiering]\nbandwidth_limit = 0", "leave the key out"),
+            ("[tiering]\nbandwidth_limit = \"0MiB\"", "leave the key out"),
+            (
+                "[tiering]\nreadahead = \"1023KiB\"",
+                "tiering.readahead = 1023 KiB",
+            ),
+            (
+                "[tiering]\nreadahead = \"1025MiB\"",
+                "outside 1 MiB..=1 GiB",
+            ),
+            ("[tiering]\nbandwidth = \"1MiB\"", "bandwidth"),
+            (
+                "[[tiering.schedule]]\ndays = \"mon\"\nfrom = \"08:00\"\nto = \"18:00\"",
+                "limit",
+            ),
+            (
+                "[[tiering.schedule]]\ndays = \"mon\"\nfrom = \"08:00\"\nto = \"18:00\"\n\
+                 limit = 1\nrate = 2",
+                "rate",
+            ),
+        ] {
+            let err = Config::parse(&format!("{base}{extra}\n")).unwrap_err();
+            assert!(err.to_string().contains(needle), "{extra}: {err}");
+        }
+        // Edges that pass.
+        for extra in [
+            "[cache]\nmax_size = \"128MiB\"\nhigh_watermark_percent = 100\nlow_watermark_percent = 1",
+            "[tiering]\nupload_concurrency = 64\nreadahead = \"1MiB\"",
+            "[tiering]\nupload_concurrency = 1\nreadahead = \"1GiB\"\nbandwidth_limit = 1",
+        ] {
+            Config::parse(&format!("{base}{extra}\n")).unwrap_or_else(|e| panic!("{extra}: {e}"));
+        }
+        // A larger pack size needs a larger cache.
+        let err = Config::parse(
+            "[volume]\npath = \"x\"\npack_size_mib = 1024\n[cache]\nmax_size = \"3GiB\"\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("4 GiB"), "{err}");
+    }
+
+    #[test]
+    fn schedule_rules_are_checked_and_named() {
+        let rule = |days: &str, from: &str, to: &str| {
+            format!(
+                "[[tiering.schedule]]\ndays = \"{days}\"\nfrom = \"{from}\"\nto = \"{to}\"\n\
+                 limit = \"1MiB\"\n"
+            )
+        };
+        let good = rule("mon-fri", "08:00", "18:00");
+        for (bad, needle) in [
+            (
+                rule("mun", "08:00", "18:00"),
+                "tiering.schedule[1].days: unknown day \"mun\"",
+            ),
+            (
+                rule("mon", "8h", "18:00"),
+                "tiering.schedule[1].from: \"8h\"",
+            ),
+            (
+                rule("mon", "08:00", "24:01"),
+                "tiering.schedule[1].to: \"24:01\"",
+            ),
+            (rule("", "08:00", "18:00"), "tiering.schedule[1].days"),
+        ] {
+            let text = format!("[volume]\npath = \"x\"\n{good}{bad}");
+            let err = Config::parse(&text).unwrap_err();
+            assert!(err.to_string().contains(needle), "{bad}: {err}");
+        }
+        let text = format!(
+            "[volume]\npath = \"x\"\n[tiering]\nbandwidth_limit = \"5MiB\"\n{good}{}",
+            rule("sat,sun", "22:00", "06:00").replace("\"1MiB\"", "0")
+        );
+        let cfg = Config::parse(&text).unwrap();
+        let t = &cfg.tiering;
+        assert_eq!(t.schedule.len(), 2);
+        assert_eq!(t.schedule[1].limit, ByteSize(0));
+        let s = t.bandwidth_schedule().unwrap();
+        use crate::tiering::rate::WeekTime;
+        let at = |weekday, minute| s.limit_at(WeekTime { weekday, minute });
+        assert_eq!(at(0, 9 * 60), Some(1 << 20));
+        assert_eq!(at(5, 23 * 60), None);
+        assert_eq!(at(0, 5 * 60), None, "Sunday night runs into Monday");
+        assert_eq!(at(0, 19 * 60), Some(5 << 20));
+    }
+
+    #[test]
+    fn example_tiering_section_parses_uncommented() {
+        let cfg = Config::parse(EXAMPLE).unwrap();
+        assert_eq!(cfg.cache.max_size, ByteSize(10 << 30));
+        assert_eq!(cfg.tiering.readahead, ByteSize(16 << 20));
+        assert!(cfg.tiering.schedule.is_empty());
+        // The commented-out bandwidth settings are valid too once uncommented.
+        let mut text = String::new();
+        let mut in_tiering = false;
+        for line in EXAMPLE.lines() {
+            in_tiering = match line {
+                "[tiering]" => true,
+                l if l.starts_with('[') => false,
+                _ => in_tiering,
+            };
+            let key_or_table = |l: &str| {
+                l.starts_with("[[") || l.split_once(" = ").is_some_and(|(k, _)| !k.contains(' '))
+            };
+            match line.strip_prefix("# ") {
+                Some(l) if in_tiering && key_or_table(l) => text.push_str(l),
+                _ => text.push_str(line),
+            }
+            text.push('\n');
+        }
+        let cfg = Config::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let t = &cfg.tiering;
+        assert_eq!(t.bandwidth_limit, Some(ByteSize(50 << 20)));
+        assert_eq!(t.schedule.len(), 1);
+        assert_eq!(t.schedule[0].days, "mon-fri");
+        assert_eq!(t.schedule[0].limit, ByteSize(20 << 20));
     }
 
     #[test]
