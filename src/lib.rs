@@ -5,7 +5,9 @@
 //! - core: [`volume`] (the filesystem), [`meta`] (its records in the metadata store)
 //! - data path: [`chunker`] → [`crypto`] (keys, chunk ids) → [`blob`] (codec) → [`pack`] (files)
 //! - storage: [`kv`] (the small key-value interface sled sits behind)
-//! - tiering: [`backend`] (object stores: S3, local directory; the core does not use it yet)
+//! - tiering: [`tiering`] (uploader, evictor, fetcher; registered with the core as a
+//!   [`volume::Tier`]) over [`backend`] (object stores: S3, local directory); [`control`] is
+//!   the local socket `tiergate sync` talks to
 //! - edges: [`config`], [`error`]
 
 pub mod auth;
@@ -13,12 +15,14 @@ pub mod backend;
 pub mod blob;
 pub mod chunker;
 pub mod config;
+pub mod control;
 pub mod crypto;
 pub mod error;
 pub mod fuse;
 pub mod kv;
 pub mod meta;
 pub mod pack;
+pub mod tiering;
 pub mod volume;
 pub mod webdav;
 

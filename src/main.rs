@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use tiergate::config::{self, Config};
 use tiergate::crypto::KdfParams;
 use tiergate::fuse::{self, FuseOptions};
+use tiergate::tiering::{Tiering, TieringOptions};
 use tiergate::volume::{Volume, VolumeOptions};
 
 #[derive(Parser)]
@@ -46,6 +47,24 @@ enum Cmd {
     /// Check the object store of a config (the `[s3]` bucket, or the local backend
     /// directory): reachable, credentials, bucket, write/read/list/delete, object lock.
     Probe {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Wait until everything written so far is off-site (asks the running daemon). Exit
+    /// status 0: done; 2: the timeout passed first; 1: error.
+    Sync {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Give up after this long: "90" (seconds), "30s", "10m", "2h".
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Option<Duration>,
+        /// Print the daemon's answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drop every off-site pack from the local cache now (asks the running daemon); later
+    /// reads fetch from the store. Data not yet off-site stays.
+    Evict {
         #[arg(long, short)]
         config: PathBuf,
     },
@@ -104,6 +123,12 @@ fn main() {
         Cmd::Stats { config } => stats(&config),
         Cmd::Probe { config } => probe(&config),
         Cmd::User { cmd } => user(cmd),
+        Cmd::Sync {
+            config,
+            timeout,
+            json,
+        } => sync(&config, timeout, json),
+        Cmd::Evict { config } => evict(&config),
     };
     if let Err(e) = r {
         eprintln!("tiergate: {e:#}");
@@ -176,6 +201,75 @@ fn probe(path: &Path) -> Result<()> {
     let report = rt.block_on(tiergate::backend::probe(backend.as_ref()))?;
     println!("{report}");
     println!("probe passed");
+    Ok(())
+}
+
+fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let (num, unit) = s
+        .find(|c: char| c.is_ascii_alphabetic())
+        .map_or((s, "s"), |i| s.split_at(i));
+    let n: f64 = num
+        .trim()
+        .parse()
+        .ok()
+        .filter(|v: &f64| v.is_finite() && *v >= 0.0)
+        .ok_or_else(|| format!("bad duration {s:?} (examples: 90, 30s, 10m, 2h)"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("bad unit in {s:?}: use s, m or h")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+}
+
+fn sync(path: &Path, timeout: Option<Duration>, json: bool) -> Result<()> {
+    let cfg = Config::load(path)?;
+    let req = match timeout {
+        Some(t) => format!("sync {}", t.as_secs_f64()),
+        None => "sync".into(),
+    };
+    let r = tiergate::control::call(&cfg.volume.path, &req)?;
+    let complete = r["complete"].as_bool().unwrap_or(false);
+    if json {
+        println!("{r}");
+    } else if complete && r["packs"].as_u64() == Some(0) {
+        println!("off-site: everything written before the sync (nothing was waiting)");
+    } else if complete {
+        println!(
+            "off-site: everything written before the sync ({} packs, {} shipped in {:.1} s)",
+            r["packs"],
+            mib(r["bytes"].as_u64().unwrap_or(0)),
+            r["elapsed_s"].as_f64().unwrap_or(0.0)
+        );
+    } else {
+        println!(
+            "timeout: {} of {} packs still waiting for upload{}",
+            r["pending_packs"],
+            r["packs"],
+            match r["last_error"].as_str() {
+                Some(e) => format!("; last error: {e}"),
+                None => String::new(),
+            }
+        );
+    }
+    if !complete {
+        std::process::exit(2);
+    }
+    Ok(())
+}
+
+fn evict(path: &Path) -> Result<()> {
+    let cfg = Config::load(path)?;
+    let r = tiergate::control::call(&cfg.volume.path, "evict")?;
+    println!(
+        "evicted {} from the local cache",
+        mib(r["evicted_bytes"].as_u64().unwrap_or(0))
+    );
     Ok(())
 }
 
@@ -270,6 +364,7 @@ fn serve(config: Option<&Path>) -> Result<()> {
 
     let vol = open(&cfg)?;
     tracing::info!(volume = %vol.info().volume_id, path = %cfg.volume.path.display(), "volume open");
+    let tiering = start_tiering(&vol, &cfg)?;
     let ticker = {
         let vol = vol.clone();
         std::thread::Builder::new()
@@ -356,10 +451,31 @@ fn serve(config: Option<&Path>) -> Result<()> {
             }
         }
     }
-    vol.shutdown().context("final commit")?;
+    let done = vol.shutdown().context("final commit");
+    tiering.stop();
+    done?;
     drop(ticker);
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Connects the off-site store (probing it in the background: a failure is logged with what
+/// to fix, and the daemon serves anyway, queueing uploads until the store works), starts the uploader,
+/// evictor and fetcher, and the control socket.
+fn start_tiering(vol: &Arc<Volume>, cfg: &Config) -> Result<Arc<Tiering>> {
+    let backend = tiergate::backend::from_config(cfg)?;
+    let opts = TieringOptions::from_config(cfg)?;
+    let tiering = Tiering::start(vol.clone(), backend.clone(), opts)?;
+    let rt = tiering.handle();
+    // In the background: an unreachable store must not delay the mount.
+    rt.spawn(async move {
+        match tiergate::backend::probe(backend.as_ref()).await {
+            Ok(report) => tracing::info!(store = %report.store, object_lock = %report.object_lock, "store probe passed"),
+            Err(e) => tracing::error!("store probe failed; uploads are retried until it works: {e}"),
+        }
+    });
+    tiergate::control::serve(&rt, vol.dir(), tiering.clone())?;
+    Ok(tiering)
 }
 
 /// Starts the WebDAV share; returns its runtime and the switch that stops it.

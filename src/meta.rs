@@ -393,8 +393,19 @@ impl ChunkRecord {
 pub enum PackState {
     /// Being appended to; may have a torn tail after a crash.
     Open,
-    /// Footer written and fsync'd; immutable.
+    /// Footer written and fsync'd; immutable; waiting for upload (the upload queue).
     Sealed,
+    /// Off-site (the store confirmed the object) and still whole in the local cache.
+    Uploaded,
+    /// Off-site only: the local file was evicted (blobs read since sit in the fetch cache).
+    Remote,
+}
+
+impl PackState {
+    /// Whether the store holds the pack, so its local copy may be dropped.
+    pub fn is_offsite(self) -> bool {
+        matches!(self, PackState::Uploaded | PackState::Remote)
+    }
 }
 
 /// The pack table: state and space accounting of each pack file.
@@ -411,6 +422,8 @@ impl PackRecord {
         let mut v = vec![match self.state {
             PackState::Open => 0,
             PackState::Sealed => 1,
+            PackState::Uploaded => 2,
+            PackState::Remote => 3,
         }];
         v.extend_from_slice(&self.size.to_le_bytes());
         v.extend_from_slice(&self.dead_bytes.to_le_bytes());
@@ -422,6 +435,8 @@ impl PackRecord {
             let state = match r.u8()? {
                 0 => PackState::Open,
                 1 => PackState::Sealed,
+                2 => PackState::Uploaded,
+                3 => PackState::Remote,
                 _ => return None,
             };
             Some(PackRecord {

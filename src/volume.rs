@@ -247,6 +247,8 @@ struct PackStore {
     writer: Mutex<Option<(PackWriter, Instant)>>,
     readers: Mutex<HashMap<u64, Arc<File>>>,
     next_pack: AtomicU64,
+    /// Length of the open pack, readable without its lock (tiering asks on every write).
+    open_len: AtomicU64,
 }
 
 /// What another front-end changed behind a cache (the kernel's, for the FUSE mount).
@@ -259,6 +261,28 @@ pub enum Changed {
 }
 
 type Invalidator = Box<dyn Fn(&Changed) + Send + Sync>;
+
+/// What the tiering machinery (src/tiering/) does for the core: it learns of sealed packs,
+/// fetches blobs of packs whose local copy was evicted, and holds writers back while too much
+/// data waits for upload. Registered by the daemon with [`Volume::set_tier`].
+pub trait Tier: Send + Sync {
+    /// A pack was sealed and may be uploaded. Called with the pack writer locked: must not block.
+    fn pack_sealed(&self, pack: u64, size: u64);
+    /// A blob of `pack` was read from its local file (keeps the eviction order fresh).
+    fn pack_used(&self, pack: u64);
+    /// The stored bytes of a blob whose pack has no whole local copy (or whose local copy is
+    /// damaged), decoded by `verify`: from the fetch cache, else from the store. Only bytes
+    /// `verify` accepts may be cached.
+    fn fetch_blob(
+        &self,
+        pack: u64,
+        loc: BlobLocation,
+        verify: &dyn Fn(&[u8]) -> Result<Vec<u8>>,
+    ) -> Result<Vec<u8>>;
+    /// Called before a front-end write is taken in; blocks while the data waiting for upload is
+    /// at the cache limit (backpressure), so the cache never fills with data not yet off-site.
+    fn admit_write(&self, vol: &Volume, bytes: u64);
+}
 
 pub struct Volume {
     dir: PathBuf,
@@ -277,6 +301,7 @@ pub struct Volume {
     chunk_cache: Mutex<lru::LruCache<ChunkId, Arc<Vec<u8>>>>,
     decode_locks: [Mutex<()>; DECODE_STRIPES],
     invalidator: RwLock<Option<Invalidator>>,
+    tier: RwLock<Option<Arc<dyn Tier>>>,
     _lock: nix::fcntl::Flock<File>,
 }
 
@@ -439,6 +464,7 @@ impl Volume {
                 writer: Mutex::new(None),
                 readers: Mutex::new(HashMap::new()),
                 next_pack: AtomicU64::new(get_u64("next_pack")?.max(1)),
+                open_len: AtomicU64::new(0),
             },
             info,
             kv: Box::new(kv),
@@ -456,6 +482,7 @@ impl Volume {
                 std::num::NonZeroUsize::new(CHUNK_CACHE_ENTRIES).unwrap(),
             )),
             invalidator: RwLock::new(None),
+            tier: RwLock::new(None),
             _lock: lock,
         };
         vol.recover_packs()?;
@@ -515,8 +542,15 @@ impl Volume {
             max_id = max_id.max(id);
             let path = ent.path();
             let rec = known.remove(&id);
-            if matches!(rec, Some(r) if r.state == PackState::Sealed) {
-                continue;
+            match rec.map(|r| r.state) {
+                Some(PackState::Sealed | PackState::Uploaded) => continue,
+                Some(PackState::Remote) => {
+                    // An eviction the crash interrupted after its state change.
+                    fs::remove_file(&path)
+                        .map_err(|e| Error::io(format!("removing {}", path.display()), e))?;
+                    continue;
+                }
+                Some(PackState::Open) | None => {}
             }
             let file = File::open(&path)
                 .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
@@ -569,8 +603,21 @@ impl Volume {
             self.kv.apply(b)?;
             tracing::info!(pack = id, size, "sealed pack recovered after restart");
         }
-        for (id, rec) in known {
-            if rec.state == PackState::Open {
+        for (id, mut rec) in known {
+            if rec.state == PackState::Remote {
+                continue;
+            }
+            if rec.state == PackState::Uploaded {
+                // The local copy vanished, the off-site one is confirmed: read from there.
+                tracing::warn!(
+                    pack = id,
+                    "uploaded pack missing locally: reading it off-site"
+                );
+                rec.state = PackState::Remote;
+                let mut b = Batch::default();
+                b.put(meta::pack_key(id), rec.encode());
+                self.kv.apply(b)?;
+            } else if rec.state == PackState::Open {
                 // Registered, then a crash before the file was created: it never held data
                 // (chunk records are written only after their pack is fsync'd).
                 let mut b = Batch::default();
@@ -1395,17 +1442,39 @@ impl Volume {
                 )))
             }
         };
-        let file = self.packs.reader(rec.pack)?;
-        let blob = pack::read_blob(
-            &file,
-            BlobLocation {
-                offset: rec.offset,
-                len: rec.stored_len,
-            },
-        )?;
-        let plain = blob::decode(&self.keys, id, &blob).inspect_err(|e| {
-            tracing::error!(chunk = %id, pack = rec.pack, offset = rec.offset, "unreadable chunk: {e}");
-        })?;
+        let loc = BlobLocation {
+            offset: rec.offset,
+            len: rec.stored_len,
+        };
+        let verify = |blob: &[u8]| blob::decode(&self.keys, id, blob);
+        let local = self
+            .packs
+            .reader(rec.pack)
+            .and_then(|file| pack::read_blob(&file, loc))
+            .and_then(|blob| verify(&blob));
+        let tier = self.tier.read().clone();
+        let plain = match (local, tier) {
+            (Ok(plain), tier) => {
+                if let Some(t) = tier {
+                    t.pack_used(rec.pack);
+                }
+                plain
+            }
+            // No whole local copy (evicted), or a damaged one: the off-site copy serves.
+            (Err(local_err), Some(t)) => {
+                if self.packs.path(rec.pack).exists() {
+                    tracing::error!(chunk = %id, pack = rec.pack, offset = rec.offset,
+                        "local copy unreadable ({local_err}); reading the off-site copy");
+                }
+                t.fetch_blob(rec.pack, loc, &verify).inspect_err(|e| {
+                    tracing::error!(chunk = %id, pack = rec.pack, offset = rec.offset, "unreadable chunk: {e}");
+                })?
+            }
+            (Err(e), None) => {
+                tracing::error!(chunk = %id, pack = rec.pack, offset = rec.offset, "unreadable chunk: {e}");
+                return Err(e);
+            }
+        };
         let plain = Arc::new(plain);
         self.chunk_cache.lock().put(*id, plain.clone());
         Ok(plain)
@@ -1456,6 +1525,10 @@ impl Volume {
             .checked_add(data.len() as u64)
             .filter(|&e| e <= MAX_FILE_SIZE)
             .ok_or(Error::TooBig)?;
+        let tier = self.tier.read().clone();
+        if let Some(t) = tier {
+            t.admit_write(self, data.len() as u64);
+        }
         let e = self.file_entry(ino)?;
         let mut d = e.data.write();
         if data.is_empty() {
@@ -2448,6 +2521,7 @@ impl PackStore {
         }
         let (writer, last) = w.as_mut().unwrap();
         let loc = writer.append(id, blob)?;
+        self.open_len.store(writer.len(), Ordering::Relaxed);
         *last = Instant::now();
         let pid = writer.pack_id();
         if writer.len() >= self.target {
@@ -2460,6 +2534,7 @@ impl PackStore {
 
     fn seal(&self, vol: &Volume, writer: PackWriter) -> Result<()> {
         let pid = writer.pack_id();
+        self.open_len.store(0, Ordering::Relaxed);
         let size = writer.seal()?;
         let dead = match vol.kv.get(&meta::pack_key(pid))? {
             Some(v) => PackRecord::decode(&v)?.dead_bytes,
@@ -2478,6 +2553,9 @@ impl PackStore {
         vol.kv.apply(b)?;
         self.readers.lock().remove(&pid);
         tracing::debug!(pack = pid, size, "pack sealed");
+        if let Some(t) = vol.tier.read().as_ref() {
+            t.pack_sealed(pid, size);
+        }
         Ok(())
     }
 
@@ -2495,6 +2573,103 @@ impl PackStore {
             self.seal(vol, writer)?;
         }
         Ok(())
+    }
+}
+
+// ---- used by tiering (src/tiering/) ----
+impl Volume {
+    /// Registers the tiering machinery (see [`Tier`]).
+    pub fn set_tier(&self, t: Arc<dyn Tier>) {
+        *self.tier.write() = Some(t);
+    }
+
+    /// Unregisters it (at shutdown: it holds the volume, so this breaks the cycle).
+    pub fn clear_tier(&self) {
+        *self.tier.write() = None;
+    }
+
+    /// The pack table, in pack id order.
+    pub fn pack_table(&self) -> Result<Vec<(u64, PackRecord)>> {
+        self.kv
+            .range(
+                &meta::pack_prefix(),
+                prefix_end(&meta::pack_prefix()).as_deref(),
+            )?
+            .into_iter()
+            .map(|(k, v)| Ok((meta::key_tail_u64(&k), PackRecord::decode(&v)?)))
+            .collect()
+    }
+
+    /// The local file of a pack (present unless the pack was evicted).
+    pub fn pack_file(&self, id: u64) -> PathBuf {
+        self.packs.path(id)
+    }
+
+    /// Bytes in the pack being appended to (not yet sealed, so not yet uploadable).
+    pub fn open_pack_bytes(&self) -> u64 {
+        self.packs.open_len.load(Ordering::Relaxed)
+    }
+
+    /// Data written but not yet committed to packs (in memory).
+    pub fn uncommitted_bytes(&self) -> u64 {
+        self.dirty_total.load(Ordering::Relaxed)
+    }
+
+    /// Seals the open pack now, so it can be uploaded (sync, backpressure).
+    pub fn seal_open_pack(&self) -> Result<()> {
+        self.packs.seal_if_idle(self, Duration::ZERO)
+    }
+
+    /// Changes a pack's state under the commit lock (commits update the same records).
+    fn update_pack(&self, id: u64, f: impl FnOnce(&mut PackRecord) -> Result<()>) -> Result<()> {
+        let _cs = self.commit.lock();
+        let mut r = match self.kv.get(&meta::pack_key(id))? {
+            Some(v) => PackRecord::decode(&v)?,
+            None => return Err(Error::Invalid(format!("no pack {id} in the pack table"))),
+        };
+        f(&mut r)?;
+        let mut b = Batch::default();
+        b.put(meta::pack_key(id), r.encode());
+        self.kv.apply(b)
+    }
+
+    /// Records that the store confirmed pack `id` (sealed → uploaded). Not flushed: if the
+    /// record is lost in a crash the pack is simply uploaded again.
+    pub fn mark_pack_uploaded(&self, id: u64) -> Result<()> {
+        self.update_pack(id, |r| match r.state {
+            PackState::Sealed => {
+                r.state = PackState::Uploaded;
+                Ok(())
+            }
+            s => Err(Error::Invalid(format!(
+                "pack {id} cannot become uploaded from state {s:?}"
+            ))),
+        })
+    }
+
+    /// Drops the local copy of an uploaded pack (uploaded → remote); reads then go to the
+    /// store. The new state is flushed before the file goes, so no restart ever looks for it.
+    /// Returns the bytes freed.
+    pub fn evict_pack(&self, id: u64) -> Result<u64> {
+        let mut size = 0;
+        self.update_pack(id, |r| match r.state {
+            PackState::Uploaded => {
+                r.state = PackState::Remote;
+                size = r.size;
+                Ok(())
+            }
+            s => Err(Error::Invalid(format!(
+                "pack {id} is {s:?}: only uploaded packs may be evicted"
+            ))),
+        })?;
+        self.kv.flush()?;
+        self.packs.readers.lock().remove(&id);
+        let path = self.packs.path(id);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(size),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(Error::io(format!("removing {}", path.display()), e)),
+        }
     }
 }
 

@@ -1,0 +1,160 @@
+//! The daemon's local control socket: how `tiergate sync` and `tiergate evict` reach a running
+//! `tiergate serve`.
+//!
+//! A Unix socket `control.sock` in the volume directory, mode 0600 (whoever may run the daemon
+//! may control it; nobody else). One request per connection: a single line (`sync [SECONDS]`,
+//! `evict`, `status`), answered with a single line of JSON and the connection closed.
+//! Unknown or malformed requests get `{"error": "..."}`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+
+use crate::error::{Error, Result};
+use crate::tiering::{SyncReport, Tiering, TieringStatus};
+
+pub const SOCKET_NAME: &str = "control.sock";
+/// Longest request line accepted.
+const MAX_REQUEST: usize = 256;
+
+pub fn socket_path(volume_dir: &Path) -> PathBuf {
+    volume_dir.join(SOCKET_NAME)
+}
+
+/// Listens on the control socket of `tiering`'s volume until the runtime stops.
+pub fn serve(rt: &tokio::runtime::Handle, volume_dir: &Path, tiering: Arc<Tiering>) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = socket_path(volume_dir);
+    // We hold the volume lock, so a socket left here is from a daemon that died.
+    let _ = std::fs::remove_file(&path);
+    let listener = {
+        let _guard = rt.enter();
+        tokio::net::UnixListener::bind(&path)
+            .map_err(|e| Error::io(format!("binding {}", path.display()), e))?
+    };
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| Error::io(format!("chmod {}", path.display()), e))?;
+    rt.spawn(async move {
+        loop {
+            let Ok((conn, _)) = listener.accept().await else {
+                continue;
+            };
+            let t = tiering.clone();
+            tokio::spawn(async move {
+                if let Err(e) = handle(conn, t).await {
+                    tracing::debug!("control connection: {e}");
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
+async fn handle(conn: tokio::net::UnixStream, t: Arc<Tiering>) -> std::io::Result<()> {
+    let (rd, mut wr) = conn.into_split();
+    let mut line = String::new();
+    let mut rd = tokio::io::BufReader::new(rd).take(MAX_REQUEST as u64);
+    rd.read_line(&mut line).await?;
+    let reply = match request(&line, t).await {
+        Ok(v) => v,
+        Err(e) => json!({ "error": e.to_string() }),
+    };
+    wr.write_all(format!("{reply}\n").as_bytes()).await?;
+    wr.shutdown().await
+}
+
+async fn request(line: &str, t: Arc<Tiering>) -> Result<serde_json::Value> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    match words.as_slice() {
+        ["sync"] | ["sync", _] => {
+            let timeout = match words.get(1) {
+                Some(s) => Some(Duration::from_secs_f64(
+                    s.parse::<f64>()
+                        .ok()
+                        .filter(|v| v.is_finite() && *v >= 0.0)
+                        .ok_or_else(|| Error::Invalid(format!("bad timeout {s:?}")))?,
+                )),
+                None => None,
+            };
+            let r = tokio::task::spawn_blocking(move || t.sync(timeout))
+                .await
+                .map_err(|e| Error::Invalid(format!("sync task: {e}")))??;
+            Ok(sync_json(&r))
+        }
+        ["evict"] => {
+            let freed = tokio::task::spawn_blocking(move || t.evict_down_to(0))
+                .await
+                .map_err(|e| Error::Invalid(format!("evict task: {e}")))??;
+            Ok(json!({ "evicted_bytes": freed }))
+        }
+        ["status"] => Ok(status_json(&t.status())),
+        _ => Err(Error::Invalid(format!(
+            "unknown request {:?} (expected sync [SECONDS], evict or status)",
+            line.trim()
+        ))),
+    }
+}
+
+fn sync_json(r: &SyncReport) -> serde_json::Value {
+    json!({
+        "complete": r.complete,
+        "packs": r.packs,
+        "bytes": r.bytes,
+        "pending_packs": r.pending_packs,
+        "elapsed_s": r.elapsed.as_secs_f64(),
+        "last_error": r.last_error,
+    })
+}
+
+pub fn status_json(s: &TieringStatus) -> serde_json::Value {
+    json!({
+        "store": s.store,
+        "cache_max": s.cache_max,
+        "cache_used": s.cache_used,
+        "queued_bytes": s.queued_bytes,
+        "queued_packs": s.queued_packs,
+        "uploading_packs": s.uploading_packs,
+        "uploaded_packs": s.uploaded_packs,
+        "uploaded_bytes": s.uploaded_bytes,
+        "put_requests": s.put_requests,
+        "upload_failures": s.upload_failures,
+        "evicted_bytes": s.evicted_bytes,
+        "fetched_bytes": s.fetched_bytes,
+        "get_requests": s.get_requests,
+        "throttled_writes": s.throttled_writes,
+        "bandwidth_limit": s.bandwidth_limit,
+        "last_error": s.last_error.as_ref().map(|(_, m)| m),
+    })
+}
+
+/// Sends one request to the daemon serving `volume_dir` and returns its JSON answer (an
+/// `{"error": ...}` answer becomes an error).
+pub fn call(volume_dir: &Path, req: &str) -> Result<serde_json::Value> {
+    let path = socket_path(volume_dir);
+    let mut s = UnixStream::connect(&path).map_err(|e| {
+        Error::io(
+            format!(
+                "connecting to {} (is `tiergate serve` running on this volume?)",
+                path.display()
+            ),
+            e,
+        )
+    })?;
+    s.write_all(format!("{req}\n").as_bytes())
+        .map_err(|e| Error::io("sending the request", e))?;
+    let mut line = String::new();
+    BufReader::new(s)
+        .read_line(&mut line)
+        .map_err(|e| Error::io("reading the answer", e))?;
+    let v: serde_json::Value = serde_json::from_str(&line)
+        .map_err(|e| Error::Invalid(format!("bad answer from the daemon ({e}): {line:?}")))?;
+    if let Some(msg) = v.get("error").and_then(|m| m.as_str()) {
+        return Err(Error::Invalid(msg.to_string()));
+    }
+    Ok(v)
+}
