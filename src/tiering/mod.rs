@@ -207,6 +207,8 @@ pub struct Tiering {
     stopping: AtomicBool,
     /// No upload starts before this (backoff after failures).
     retry_at: Mutex<Option<Instant>>,
+    /// Held by an eviction round, so two never pick the same victims.
+    evicting: Mutex<()>,
     last_error: Mutex<Option<(SystemTime, String)>>,
     limiter: RateLimiter,
     fetcher: Arc<Fetcher>,
@@ -246,6 +248,7 @@ impl Tiering {
             wake_evictor: tokio::sync::Notify::new(),
             stopping: AtomicBool::new(false),
             retry_at: Mutex::new(None),
+            evicting: Mutex::new(()),
             last_error: Mutex::new(None),
             fetcher,
             counters: Counters::default(),
@@ -446,7 +449,20 @@ impl Tiering {
         self.limiter.acquire(size).await;
         let path = self.vol.pack_file(id);
         let key = layout::pack_key(id);
-        let receipt = self.backend.put_file(&key, &path).await?;
+        let receipt = match self.backend.put_file(&key, &path).await {
+            Ok(r) => r,
+            Err(e) => {
+                // A store refusing a request (bad key, no bucket) may cut the connection while
+                // the body is still being sent, which looks like a network failure: a small
+                // request tells the admin the real reason.
+                if let Err(why) = self.backend.check_access().await {
+                    if why.kind() != e.kind() {
+                        return Err(why.into());
+                    }
+                }
+                return Err(e.into());
+            }
+        };
         // Count what went on the wire even if we reject the result below.
         let requests = if receipt.parts == 0 {
             1
@@ -508,6 +524,7 @@ impl Tiering {
     /// Drops least-recently-used off-site data from the local cache until usage is at most
     /// `target`, or nothing evictable is left. Returns the bytes freed.
     pub fn evict_down_to(&self, target: u64) -> Result<u64> {
+        let _one_at_a_time = self.evicting.lock();
         enum Victim {
             Whole(u64),
             Fetched(u64),
@@ -647,25 +664,35 @@ impl Tier for Tiering {
     }
 
     fn admit_write(&self, vol: &Volume, _bytes: u64) {
-        // The open pack may hold up to a pack of data not yet counted as queued.
-        let limit = self.opts.high_watermark.saturating_sub(self.opts.pack_size);
+        // Everything local and not yet off-site: queued packs, the open pack, and data still
+        // in memory (it lands in packs whatever happens next).
+        let pending = |t: &Table| t.queued + vol.open_pack_bytes() + vol.uncommitted_bytes();
+        let limit = self.opts.high_watermark;
+        // Make room now rather than at the evictor's next round: a fast writer could otherwise
+        // push usage well past the limit in between.
+        let evictable = self.table.lock().cached_whole + self.fetcher.cached_bytes();
+        if evictable > 0 && self.cache_used() > limit {
+            if let Err(e) = self.evict_down_to(self.opts.low_watermark) {
+                tracing::error!("eviction: {e}");
+            }
+        }
         let mut t = self.table.lock();
-        if t.queued < limit || self.stopping.load(Ordering::Relaxed) {
+        if pending(&t) < limit || self.stopping.load(Ordering::Relaxed) {
             return;
         }
         self.counters
             .throttled_writes
             .fetch_add(1, Ordering::Relaxed);
         tracing::debug!(
-            queued = t.queued,
+            pending = pending(&t),
             limit,
             "cache full of data not yet off-site: the writer waits for uploads"
         );
-        while t.queued >= limit && !self.stopping.load(Ordering::Relaxed) {
+        while pending(&t) >= limit && !self.stopping.load(Ordering::Relaxed) {
             drop(t);
-            // Whatever is in the open pack can only leave once sealed.
-            if let Err(e) = vol.seal_open_pack() {
-                tracing::error!("sealing the open pack: {e}");
+            // Data in memory and in the open pack can only leave once committed and sealed.
+            if let Err(e) = vol.commit_all(false).and_then(|()| vol.seal_open_pack()) {
+                tracing::error!("committing for upload: {e}");
             }
             self.wake_uploader.notify_one();
             t = self.table.lock();

@@ -6,4 +6,5 @@ mod common;
 mod core;
 mod durability;
 mod mount;
+mod tiering;
 mod webdav;

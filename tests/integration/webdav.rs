@@ -19,10 +19,10 @@ use crate::common::{random_bytes, TestVolume, PASSPHRASE};
 // ------------------------------------------------------------------------ a small client
 
 #[derive(Debug)]
-struct Resp {
-    status: u16,
+pub(crate) struct Resp {
+    pub(crate) status: u16,
     headers: Vec<(String, String)>,
-    body: Vec<u8>,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Resp {
@@ -38,7 +38,7 @@ impl Resp {
 }
 
 #[derive(Clone)]
-struct Dav {
+pub(crate) struct Dav {
     addr: SocketAddr,
     auth: Option<String>,
 }
@@ -158,7 +158,7 @@ impl Dav {
         read_response(s, "PUT")
     }
 
-    fn get(&self, path: &str) -> Resp {
+    pub(crate) fn get(&self, path: &str) -> Resp {
         self.req("GET", path, &[], b"")
     }
 
@@ -168,7 +168,7 @@ impl Dav {
 }
 
 /// The share's address from the daemon's log line `webdav listening on http://ADDR/`.
-fn share(v: &TestVolume) -> Dav {
+pub(crate) fn share(v: &TestVolume) -> Dav {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let log = std::fs::read_to_string(v.log_path()).unwrap_or_default();
