@@ -268,6 +268,8 @@ fn s3_write_sync_evict_and_read_back_through_both_front_ends() {
 struct PrivateGarage {
     s3: S3,
     pid: i32,
+    /// The restarted server (the first one is not our child).
+    child: Option<std::process::Child>,
     dir: PathBuf,
 }
 
@@ -301,6 +303,7 @@ impl PrivateGarage {
                 secret: var("TIERGATE_TEST_S3_SECRET_ACCESS_KEY"),
             },
             pid: var("GARAGE_PID").parse().unwrap(),
+            child: None,
             dir: PathBuf::from(var("GARAGE_DIR")),
         }
     }
@@ -308,8 +311,10 @@ impl PrivateGarage {
     fn stop(&mut self) {
         let pid = nix::unistd::Pid::from_raw(self.pid);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-        let _ = nix::sys::wait::waitpid(pid, None);
-        // Not our child: wait until it is gone.
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+        // Maybe not our child: wait until it is gone.
         while nix::sys::signal::kill(pid, None).is_ok() {
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -328,6 +333,7 @@ impl PrivateGarage {
             .spawn()
             .unwrap();
         self.pid = child.id() as i32;
+        self.child = Some(child);
         let store = backend_of(&self.s3, "probe-wait");
         let deadline = Instant::now() + Duration::from_secs(60);
         while rt().block_on(store.check_access()).is_err() {
