@@ -469,7 +469,7 @@ fn default_upload_concurrency() -> usize {
     4
 }
 fn default_readahead() -> ByteSize {
-    ByteSize(16 * MIB)
+    ByteSize(32 * MIB)
 }
 
 impl Default for TieringConfig {
@@ -1103,7 +1103,7 @@ mod tests {
         assert_eq!(t.upload_concurrency, 4);
         assert_eq!(t.bandwidth_limit, None);
         assert!(t.schedule.is_empty());
-        assert_eq!(t.readahead, ByteSize(16 << 20));
+        assert_eq!(t.readahead, ByteSize(32 << 20));
         assert_eq!(t.bandwidth_schedule().unwrap().limit_now(), None);
     }
 
@@ -1222,7 +1222,7 @@ mod tests {
     fn example_tiering_section_parses_uncommented() {
         let cfg = Config::parse(EXAMPLE).unwrap();
         assert_eq!(cfg.cache.max_size, ByteSize(10 << 30));
-        assert_eq!(cfg.tiering.readahead, ByteSize(16 << 20));
+        assert_eq!(cfg.tiering.readahead, ByteSize(32 << 20));
         assert!(cfg.tiering.schedule.is_empty());
         // The commented-out bandwidth settings are valid too once uncommented.
         let mut text = String::new();

@@ -270,11 +270,13 @@ impl Fetcher {
         Ok(bytes.to_vec())
     }
 
-    /// The decoded blob at `loc` of evicted pack `pack` (`size` bytes long).
+    /// The decoded blob at `loc` of evicted pack `pack` (`size` bytes long); `next` is the
+    /// following pack (id, size) if it is off-site only, for read-ahead.
     pub fn fetch_blob(
         self: &Arc<Self>,
         pack: u64,
         size: u64,
+        next: Option<(u64, u64)>,
         loc: BlobLocation,
         verify: &dyn Fn(&[u8]) -> Result<Vec<u8>>,
     ) -> Result<Vec<u8>> {
@@ -296,7 +298,7 @@ impl Fetcher {
             p.last_used = lru_tick();
             if p.present.covers(&want) {
                 let (file, generation) = (p.file.clone(), p.generation);
-                self.read_ahead(pack, p, &want);
+                self.read_ahead(&mut g, pack, &want, next);
                 drop(g);
                 let bytes = pack::read_blob(&file, loc)?;
                 match verify(&bytes) {
@@ -335,7 +337,7 @@ impl Fetcher {
             });
             p.inflight.push(flight.clone());
             let (file, generation) = (p.file.clone(), p.generation);
-            self.read_ahead(pack, p, &want);
+            self.read_ahead(&mut g, pack, &want, next);
             drop(g);
             let result = self.get(pack, want.clone()).and_then(|bytes| {
                 let plain = verify(&bytes)?;
@@ -350,23 +352,61 @@ impl Fetcher {
         }
     }
 
-    /// Keeps read-ahead going for a sequential reader of `pack` that just asked for `want`.
-    fn read_ahead(self: &Arc<Self>, pack: u64, p: &mut Partial, want: &Range<u64>) {
-        let sequential = want.start == p.next_seq || want.start <= pack::HEADER_LEN;
-        p.next_seq = want.end;
-        if !sequential {
+    /// Keeps read-ahead going for a sequential reader of `pack` that just asked for `want`;
+    /// `next` is the pack after it, if that one is off-site only too (a restore of a large
+    /// file moves on to it, so the window continues there).
+    fn read_ahead(
+        self: &Arc<Self>,
+        g: &mut HashMap<u64, Partial>,
+        pack: u64,
+        want: &Range<u64>,
+        next: Option<(u64, u64)>,
+    ) {
+        let Some(p) = g.get_mut(&pack) else { return };
+        // Concurrent readers (the kernel's read-ahead on several FUSE threads) arrive a little
+        // out of order: near where the last read ended still counts as sequential.
+        if want.start.abs_diff(p.next_seq) > 2 * PIECE {
+            p.next_seq = want.end;
             p.window = 0;
             return;
         }
+        p.next_seq = p.next_seq.max(want.end);
         p.window = (p.window * 2).clamp(FIRST_WINDOW, self.readahead);
-        let target = (want.end + p.window).min(p.size);
+        let window = p.window;
+        let reach = want.end + window;
+        let target = reach.min(p.size);
         // Refill once less than half a window is left ahead of the reader.
-        if p.ahead_end >= want.end + p.window / 2 || p.ahead_end >= target {
-            return;
+        if p.ahead_end < want.end + window / 2 && p.ahead_end < target {
+            let from = p.ahead_end.max(want.end);
+            self.fetch_ahead(pack, p, from, target);
         }
-        let mut start = p.ahead_end.max(want.end);
-        while start < target {
-            let end = (start + PIECE).min(target);
+        let spill = reach.saturating_sub(p.size);
+        let Some((next_id, next_size)) = next.filter(|_| spill > 0) else {
+            return;
+        };
+        let to = spill.min(next_size);
+        let q = match g.entry(next_id) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                match self.open_partial(next_id, next_size) {
+                    Ok(q) => v.insert(q),
+                    Err(_) => return,
+                }
+            }
+        };
+        // Whole pieces only, so a reader creeping forward does not cause tiny requests.
+        if to >= q.ahead_end + PIECE || (to == next_size && q.ahead_end < to) {
+            q.window = q.window.max(window);
+            let from = q.ahead_end;
+            self.fetch_ahead(next_id, q, from, to);
+        }
+    }
+
+    /// Starts GETs of `from..to` of `pack` in pieces, skipping what is cached already.
+    fn fetch_ahead(self: &Arc<Self>, pack: u64, p: &mut Partial, from: u64, to: u64) {
+        let mut start = from;
+        while start < to {
+            let end = (start + PIECE).min(to);
             let range = start..end;
             start = end;
             if p.present.covers(&range) {
@@ -406,7 +446,7 @@ impl Fetcher {
                 fetcher.end_flight(pack, &flight);
             });
         }
-        p.ahead_end = target;
+        p.ahead_end = p.ahead_end.max(to);
     }
 }
 

@@ -650,9 +650,20 @@ impl Tier for Tiering {
         loc: BlobLocation,
         verify: &dyn Fn(&[u8]) -> Result<Vec<u8>>,
     ) -> Result<Vec<u8>> {
-        let info = self.table.lock().packs.get(&pack).copied();
+        let (info, next) = {
+            let t = self.table.lock();
+            let next = t
+                .packs
+                .range(pack + 1..)
+                .next()
+                .filter(|(_, p)| p.state == PackState::Remote)
+                .map(|(id, p)| (*id, p.size));
+            (t.packs.get(&pack).copied(), next)
+        };
         match info {
-            Some(p) if p.state.is_offsite() => self.fetcher.fetch_blob(pack, p.size, loc, verify),
+            Some(p) if p.state.is_offsite() => {
+                self.fetcher.fetch_blob(pack, p.size, next, loc, verify)
+            }
             Some(p) => Err(Error::Corrupt(format!(
                 "pack {pack} is not off-site yet ({:?}) and its local copy is unreadable",
                 p.state
