@@ -108,6 +108,7 @@ fn sync_json(r: &SyncReport) -> serde_json::Value {
         "pending_packs": r.pending_packs,
         "elapsed_s": r.elapsed.as_secs_f64(),
         "last_error": r.last_error,
+        "interrupted": r.interrupted,
     })
 }
 

@@ -247,8 +247,13 @@ fn sync(path: &Path, timeout: Option<Duration>, json: bool) -> Result<()> {
             r["elapsed_s"].as_f64().unwrap_or(0.0)
         );
     } else {
+        let why = if r["interrupted"].as_bool() == Some(true) {
+            "interrupted (the daemon is stopping)"
+        } else {
+            "timeout"
+        };
         println!(
-            "timeout: {} of {} packs still waiting for upload{}",
+            "{why}: {} of {} packs still waiting for upload{}",
             r["pending_packs"],
             r["packs"],
             match r["last_error"].as_str() {

@@ -9,10 +9,13 @@
 //! fetched for a read is verified before it is cached, and a cached range that fails to verify
 //! (read-ahead bytes, a damaged cache file) is dropped and fetched again.
 //!
-//! Read-ahead: a read that continues where the previous one in the same pack ended (or starts
-//! at the pack's first blob) is sequential; each sequential read keeps a window ahead of it in
-//! flight, doubling from 4 MiB up to the configured `tiering.readahead`, fetched in pieces of at
-//! most 4 MiB in parallel. Readers that need bytes a piece is still fetching wait for it rather
+//! Read-ahead: a read near where the previous one in the same pack ended (within two pieces:
+//! the kernel's read-ahead reaches us on several FUSE threads, a little out of order) is
+//! sequential. A sequential miss fetches a whole 4 MiB piece from the blob on, and keeps a
+//! window ahead of the reader in flight, doubling from 4 MiB up to `tiering.readahead`, fetched
+//! in pieces of at most 4 MiB in parallel; when the window runs past the end of the pack it
+//! continues into the next pack if that one is off-site only too. Readers that need bytes a
+//! piece is still fetching wait for it rather
 //! than asking the store twice.
 
 use std::collections::{BTreeMap, HashMap};
@@ -167,7 +170,7 @@ impl Fetcher {
             dir: dir.to_path_buf(),
             backend,
             rt,
-            readahead: readahead.max(FIRST_WINDOW),
+            readahead,
             packs: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(1),
             cached: AtomicU64::new(0),
@@ -329,21 +332,31 @@ impl Fetcher {
                 f.wait();
                 continue;
             }
-            // Fetch this blob now, and start read-ahead behind it.
+            // Fetch this blob now (a sequential reader gets a whole piece from it: its next
+            // blobs are there), and start read-ahead behind it.
+            let sequential = want.start.abs_diff(p.next_seq) <= 2 * PIECE;
+            let range = if sequential {
+                want.start..(want.start + PIECE).min(size).max(want.end)
+            } else {
+                want.clone()
+            };
             let flight = Arc::new(Flight {
-                range: want.clone(),
+                range: range.clone(),
                 done: Mutex::new(false),
                 cv: Condvar::new(),
             });
             p.inflight.push(flight.clone());
+            if sequential {
+                p.ahead_end = p.ahead_end.max(range.end);
+            }
             let (file, generation) = (p.file.clone(), p.generation);
             self.read_ahead(&mut g, pack, &want, next);
             drop(g);
-            let result = self.get(pack, want.clone()).and_then(|bytes| {
-                let plain = verify(&bytes)?;
+            let result = self.get(pack, range.clone()).and_then(|bytes| {
+                let plain = verify(&bytes[..loc.len as usize])?;
                 // A failed cache write only costs a later refetch.
-                if file.write_all_at(&bytes, want.start).is_ok() {
-                    self.mark_present(pack, generation, want.clone());
+                if file.write_all_at(&bytes, range.start).is_ok() {
+                    self.mark_present(pack, generation, range.clone());
                 }
                 Ok(plain)
             });
@@ -371,7 +384,7 @@ impl Fetcher {
             return;
         }
         p.next_seq = p.next_seq.max(want.end);
-        p.window = (p.window * 2).clamp(FIRST_WINDOW, self.readahead);
+        p.window = (p.window * 2).clamp(FIRST_WINDOW.min(self.readahead), self.readahead);
         let window = p.window;
         let reach = want.end + window;
         let target = reach.min(p.size);

@@ -6,7 +6,7 @@
 //!   off-site only. Up to `tiering.upload_concurrency` packs go up at once, each paced by the
 //!   bandwidth limiter ([`rate`]), each marked uploaded only after the store confirmed the
 //!   exact bytes (the backend verifies checksum, size and ETag). Failures back off
-//!   exponentially (1 s → 60 s, with jitter) and are retried for ever: the queue survives
+//!   exponentially (1 s → 60 s, jittered) and are retried for ever: the queue survives
 //!   restarts and outages.
 //! - **Evictor.** Cache usage = whole local packs + the fetch cache. Above the high watermark
 //!   of `cache.max_size` it drops least-recently-used *uploaded* packs and fetched ranges until
@@ -21,7 +21,7 @@ pub mod rate;
 
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -190,6 +190,8 @@ pub struct SyncReport {
     pub pending_packs: u64,
     pub elapsed: Duration,
     pub last_error: Option<String>,
+    /// The daemon began shutting down before the sync finished.
+    pub interrupted: bool,
 }
 
 pub struct Tiering {
@@ -207,6 +209,8 @@ pub struct Tiering {
     stopping: AtomicBool,
     /// No upload starts before this (backoff after failures).
     retry_at: Mutex<Option<Instant>>,
+    /// Upload failures since the last success (the backoff exponent).
+    fail_streak: AtomicU32,
     /// Held by an eviction round, so two never pick the same victims.
     evicting: Mutex<()>,
     last_error: Mutex<Option<(SystemTime, String)>>,
@@ -249,6 +253,7 @@ impl Tiering {
             stopping: AtomicBool::new(false),
             retry_at: Mutex::new(None),
             evicting: Mutex::new(()),
+            fail_streak: AtomicU32::new(0),
             last_error: Mutex::new(None),
             fetcher,
             counters: Counters::default(),
@@ -413,7 +418,10 @@ impl Tiering {
                 let result = me.upload(id, size).await;
                 me.table.lock().uploading.remove(&id);
                 match result {
-                    Ok(()) => *me.retry_at.lock() = None,
+                    Ok(()) => {
+                        *me.retry_at.lock() = None;
+                        me.fail_streak.store(0, Ordering::Relaxed);
+                    }
                     Err(e) => me.upload_failed(id, e),
                 }
                 drop(permit);
@@ -431,17 +439,20 @@ impl Tiering {
         self.counters
             .upload_failures
             .fetch_add(1, Ordering::Relaxed);
-        let failures = self.counters.upload_failures.load(Ordering::Relaxed);
-        let mut retry = self.retry_at.lock();
-        // Exponential with full jitter, from 1 s; any success resets it.
-        let prev = retry.map_or(Duration::ZERO, |r| {
-            r.saturating_duration_since(Instant::now())
-        });
-        let base = (prev * 2).clamp(Duration::from_secs(1), MAX_BACKOFF);
+        // Exponential from 1 s up to MAX_BACKOFF, each wait drawn from its upper half so that
+        // appliances restarted together do not retry in step; any success resets it.
+        let streak = self.fail_streak.fetch_add(1, Ordering::Relaxed).min(16);
+        let base = Duration::from_secs(1u64 << streak).min(MAX_BACKOFF);
         let wait = base.mul_f64(0.5 + rand::random::<f64>() / 2.0);
-        *retry = Some(Instant::now() + wait);
+        let mut retry = self.retry_at.lock();
+        let at = Instant::now() + wait;
+        *retry = Some(retry.map_or(at, |r| r.max(at)));
         let msg = format!("uploading pack {id}: {e}");
-        tracing::warn!(failures, retry_in_s = wait.as_secs_f64(), "{msg}");
+        tracing::warn!(
+            consecutive_failures = streak + 1,
+            retry_in_s = wait.as_secs_f64(),
+            "{msg}"
+        );
         *self.last_error.lock() = Some((SystemTime::now(), msg));
     }
 
@@ -614,6 +625,7 @@ impl Tiering {
                     pending_packs: pending,
                     elapsed: started.elapsed(),
                     last_error: self.last_error.lock().as_ref().map(|(_, m)| m.clone()),
+                    interrupted: stopped && pending > 0,
                 });
             }
             let wait = deadline.map_or(Duration::from_secs(1), |d| {

@@ -471,8 +471,8 @@ fn s3_cache_pressure_slows_writers_and_keeps_the_cache_bounded() {
     stop.store(true, Ordering::Relaxed);
     sampler.join().unwrap();
     let peak = peak.load(Ordering::Relaxed);
-    // Margin: the pack being written plus one sealed while a writer waited (see TIERING.md).
-    let margin = 2 * pack;
+    // Margin: up to one pack beyond max_size (docs/TIERING.md, "Backpressure").
+    let margin = pack;
     eprintln!(
         "cache pressure: wrote {} MiB through a {} MiB cache, peak local pack data {:.1} MiB",
         total >> 20,
@@ -623,18 +623,21 @@ fn s3_truncated_or_corrupted_object_is_an_error_not_data() {
             Bytes::from(b)
         }),
     ];
+    // One daemon throughout: whatever a failed read left in the fetch cache must not be
+    // served once the store has the good object again.
+    v.start();
     for (what, bytes) in damaged {
         rt.block_on(store.put(&key, bytes)).unwrap();
-        v.start();
         let err = std::fs::read(v.path("victim.bin")).expect_err(what);
         assert_eq!(err.raw_os_error(), Some(libc::EIO), "{what}: {err}");
-        v.stop();
         let log = std::fs::read_to_string(v.log_path()).unwrap();
-        assert!(log.contains("unreadable chunk"), "{what}: {}", v.log_tail());
+        assert!(
+            log.matches("unreadable chunk").count() > 0,
+            "{what}: {}",
+            v.log_tail()
+        );
     }
-    // The good object back: the file reads whole (nothing bad was cached).
     rt.block_on(store.put(&key, good)).unwrap();
-    v.start();
     assert!(std::fs::read(v.path("victim.bin")).unwrap() == data);
     v.stop();
 }
