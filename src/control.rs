@@ -109,6 +109,8 @@ fn sync_json(r: &SyncReport) -> serde_json::Value {
         "elapsed_s": r.elapsed.as_secs_f64(),
         "last_error": r.last_error,
         "interrupted": r.interrupted,
+        "metadata_pending": r.metadata_pending,
+        "consistency_point": r.consistency_point,
     })
 }
 
@@ -129,6 +131,12 @@ pub fn status_json(s: &TieringStatus) -> serde_json::Value {
         "get_requests": s.get_requests,
         "throttled_writes": s.throttled_writes,
         "bandwidth_limit": s.bandwidth_limit,
+        "consistency_point": s.consistency_point,
+        "journal_position": s.journal_position,
+        "meta_segments": s.meta_segments,
+        "meta_bytes": s.meta_bytes,
+        "checkpoints": s.checkpoints,
+        "fenced_by": s.fenced_by,
         "last_error": s.last_error.as_ref().map(|(_, m)| m),
     })
 }

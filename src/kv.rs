@@ -51,6 +51,10 @@ impl Batch {
     pub fn len(&self) -> usize {
         self.ops.len()
     }
+    /// The operations in order: (key, Some(value)) for a put, (key, None) for a delete.
+    pub fn ops(&self) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
+        self.ops.iter().map(|(k, v)| (k.as_slice(), v.as_deref()))
+    }
 }
 
 /// The key just past every key that starts with `prefix` (None if there is no such key).

@@ -38,6 +38,24 @@ enum Cmd {
     Serve {
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Claim the volume's lease in the bucket even though another appliance holds it: for
+        /// the replacement of a failed appliance, after `tiergate recover`.
+        #[arg(long)]
+        take_over: bool,
+    },
+    /// Rebuild a lost appliance's volume from the bucket and the passphrase, into the empty
+    /// `volume.path` of the config. Then `tiergate serve --take-over`.
+    Recover {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Tiering state of the running daemon: cache, upload queue, consistency point, errors.
+    Status {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print the daemon's answer as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Print space and dedup figures of a volume that is not being served.
     Stats {
@@ -119,7 +137,9 @@ fn main() {
                 }
             }
         }
-        Cmd::Serve { config } => serve(config.as_deref()),
+        Cmd::Serve { config, take_over } => serve(config.as_deref(), take_over),
+        Cmd::Recover { config } => recover(&config),
+        Cmd::Status { config, json } => status(&config, json),
         Cmd::Stats { config } => stats(&config),
         Cmd::Probe { config } => probe(&config),
         Cmd::User { cmd } => user(cmd),
@@ -237,14 +257,29 @@ fn sync(path: &Path, timeout: Option<Duration>, json: bool) -> Result<()> {
     let complete = r["complete"].as_bool().unwrap_or(false);
     if json {
         println!("{r}");
-    } else if complete && r["packs"].as_u64() == Some(0) {
-        println!("off-site: everything written before the sync (nothing was waiting)");
     } else if complete {
         println!(
-            "off-site: everything written before the sync ({} packs, {} shipped in {:.1} s)",
+            "off-site: everything written before the sync, data and metadata (consistency \
+             point {}; waited for {} packs, {}, {:.1} s)",
+            r["consistency_point"],
             r["packs"],
             mib(r["bytes"].as_u64().unwrap_or(0)),
             r["elapsed_s"].as_f64().unwrap_or(0.0)
+        );
+    } else if r["pending_packs"].as_u64() == Some(0) {
+        println!(
+            "{}: the data is off-site but the metadata naming it is not yet (consistency point \
+             {}){}",
+            if r["interrupted"].as_bool() == Some(true) {
+                "interrupted (the daemon is stopping)"
+            } else {
+                "timeout"
+            },
+            r["consistency_point"],
+            match r["last_error"].as_str() {
+                Some(e) => format!("; last error: {e}"),
+                None => String::new(),
+            }
         );
     } else {
         let why = if r["interrupted"].as_bool() == Some(true) {
@@ -265,6 +300,108 @@ fn sync(path: &Path, timeout: Option<Duration>, json: bool) -> Result<()> {
     if !complete {
         std::process::exit(2);
     }
+    Ok(())
+}
+
+fn status(path: &Path, json: bool) -> Result<()> {
+    let cfg = Config::load(path)?;
+    let r = tiergate::control::call(&cfg.volume.path, "status")?;
+    if json {
+        println!("{r}");
+        return Ok(());
+    }
+    let u = |k: &str| r[k].as_u64().unwrap_or(0);
+    println!("store:              {}", r["store"].as_str().unwrap_or("?"));
+    if let Some(f) = r["fenced_by"].as_str() {
+        println!("LEASE HELD BY:      {f} (nothing is uploaded)");
+    }
+    println!(
+        "cache:              {} of {}",
+        mib(u("cache_used")),
+        mib(u("cache_max"))
+    );
+    println!(
+        "upload queue:       {} in {} packs ({} uploading)",
+        mib(u("queued_bytes")),
+        u("queued_packs"),
+        u("uploading_packs")
+    );
+    println!(
+        "uploaded:           {} in {} packs, {} PUT requests, {} failures",
+        mib(u("uploaded_bytes")),
+        u("uploaded_packs"),
+        u("put_requests"),
+        u("upload_failures")
+    );
+    println!(
+        "fetched:            {} in {} GET requests",
+        mib(u("fetched_bytes")),
+        u("get_requests")
+    );
+    let cp = u("consistency_point");
+    let pos = u("journal_position");
+    println!(
+        "consistency point:  {}",
+        if cp == 0 {
+            "none yet (the bucket cannot rebuild this volume until the first checkpoint)".into()
+        } else if cp >= pos {
+            format!("{cp} (everything is off-site)")
+        } else {
+            format!("{cp} ({} changes not yet off-site)", pos - cp)
+        }
+    );
+    println!(
+        "metadata shipped:   {} in {} segments, {} checkpoints",
+        mib(u("meta_bytes")),
+        u("meta_segments"),
+        u("checkpoints")
+    );
+    if let Some(e) = r["last_error"].as_str() {
+        println!("last error:         {e}");
+    }
+    Ok(())
+}
+
+fn recover(path: &Path) -> Result<()> {
+    let cfg = Config::load(path)?;
+    let pass = cfg.passphrase()?;
+    let bars =
+        std::cell::RefCell::new(std::collections::HashMap::<String, indicatif::ProgressBar>::new());
+    let progress = |step: &str, done: u64, total: u64| {
+        let mut bars = bars.borrow_mut();
+        let bar = bars.entry(step.to_string()).or_insert_with(|| {
+            let b = indicatif::ProgressBar::new(total);
+            b.set_style(
+                indicatif::ProgressStyle::with_template("{msg:>20} [{bar:40}] {pos}/{len} {eta}")
+                    .expect("progress template")
+                    .progress_chars("=> "),
+            );
+            b.set_message(step.to_string());
+            b
+        });
+        bar.set_position(done);
+        if done >= total {
+            bar.finish();
+        }
+    };
+    let r = tiergate::recover::recover(&cfg, &pass.0, &progress)
+        .with_context(|| format!("recovering into {}", cfg.volume.path.display()))?;
+    println!(
+        "recovered volume {} to consistency point {}: {} records from the checkpoint, {} journal \
+         entries from {} segments, {} packs off-site; downloaded {} in {:.1} s",
+        r.volume_id,
+        r.consistency_point,
+        r.checkpoint_records,
+        r.entries,
+        r.segments,
+        r.packs,
+        mib(r.downloaded_bytes),
+        r.elapsed.as_secs_f64()
+    );
+    println!(
+        "next: tiergate serve --config {} --take-over",
+        path.display()
+    );
     Ok(())
 }
 
@@ -346,7 +483,7 @@ fn demo_config() -> Result<PathBuf> {
     Ok(cfg_path)
 }
 
-fn serve(config: Option<&Path>) -> Result<()> {
+fn serve(config: Option<&Path>, take_over: bool) -> Result<()> {
     let cfg_path = match config {
         Some(p) => p.to_path_buf(),
         None => demo_config()?,
@@ -369,7 +506,7 @@ fn serve(config: Option<&Path>) -> Result<()> {
 
     let vol = open(&cfg)?;
     tracing::info!(volume = %vol.info().volume_id, path = %cfg.volume.path.display(), "volume open");
-    let tiering = start_tiering(&vol, &cfg)?;
+    let tiering = start_tiering(&vol, &cfg, take_over)?;
     let ticker = {
         let vol = vol.clone();
         std::thread::Builder::new()
@@ -467,11 +604,34 @@ fn serve(config: Option<&Path>) -> Result<()> {
 /// Connects the off-site store (probing it in the background: a failure is logged with what
 /// to fix, and the daemon serves anyway, queueing uploads until the store works), starts the uploader,
 /// evictor and fetcher, and the control socket.
-fn start_tiering(vol: &Arc<Volume>, cfg: &Config) -> Result<Arc<Tiering>> {
+fn start_tiering(vol: &Arc<Volume>, cfg: &Config, take_over: bool) -> Result<Arc<Tiering>> {
     let backend = tiergate::backend::from_config(cfg)?;
     let opts = TieringOptions::from_config(cfg)?;
-    let tiering = Tiering::start(vol.clone(), backend.clone(), opts)?;
+    let tiering = Tiering::start(vol.clone(), backend.clone(), opts, take_over)?;
     let rt = tiering.handle();
+    // Two appliances must never write one volume: refuse to start if another holds the lease.
+    // An unreachable store is not a reason to refuse; uploads wait until the lease is ours.
+    let claim = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(15), tiering.claim_lease()).await
+    });
+    match claim {
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) => {
+            let holder = tiering.status().fenced_by.unwrap_or_default();
+            tiering.stop();
+            anyhow::bail!(
+                "this volume's bucket prefix is in use by {holder}. Two appliances must not \
+                 write one volume; if that appliance is gone for good (it failed and this one \
+                 was rebuilt with `tiergate recover`), start with --take-over"
+            );
+        }
+        Ok(Err(e)) => {
+            tracing::warn!("cannot check the volume's lease yet ({e}); uploads wait until it can")
+        }
+        Err(_) => tracing::warn!(
+            "the store did not answer the lease check within 15 s; uploads wait until it does"
+        ),
+    }
     // In the background: an unreachable store must not delay the mount.
     rt.spawn(async move {
         match tiergate::backend::probe(backend.as_ref()).await {

@@ -36,6 +36,7 @@ use crate::blob;
 use crate::chunker::{self, ChunkerParams};
 use crate::crypto::{self, ChunkId, KdfParams, Keys};
 use crate::error::{Error, Result};
+use crate::journal::JournaledKv;
 use crate::kv::{prefix_end, Batch, KvStore, SledStore};
 use crate::meta::{
     self, ChunkRecord, Extent, FileKind, Inode, PackRecord, PackState, Stats, Timestamp, ROOT_INO,
@@ -59,11 +60,11 @@ const DECODE_STRIPES: usize = 64;
 /// A pack nobody appended to for this long is sealed.
 pub const PACK_IDLE_SEAL: Duration = Duration::from_secs(30);
 
-const VOLUME_FILE: &str = "volume.toml";
-const KEY_FILE: &str = "key";
+pub const VOLUME_FILE: &str = "volume.toml";
+pub const KEY_FILE: &str = "key";
 const LOCK_FILE: &str = "lock";
-const META_DIR: &str = "meta";
-const PACK_DIR: &str = "packs";
+pub const META_DIR: &str = "meta";
+pub const PACK_DIR: &str = "packs";
 const VOLUME_FORMAT: u32 = 1;
 
 /// The volume's own record, written once at creation (plaintext: it holds no secret).
@@ -287,7 +288,7 @@ pub trait Tier: Send + Sync {
 pub struct Volume {
     dir: PathBuf,
     info: VolumeInfo,
-    kv: Box<dyn KvStore>,
+    kv: JournaledKv<SledStore>,
     keys: Keys,
     opts: VolumeOptions,
     packs: PackStore,
@@ -323,13 +324,13 @@ fn check_name(name: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn fsync_dir(dir: &Path) -> Result<()> {
+pub fn fsync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io(format!("syncing directory {}", dir.display()), e))
 }
 
-fn write_file_durably(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+pub fn write_file_durably(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
     let ctx = |what: &str| format!("{what} {}", tmp.display());
@@ -467,7 +468,7 @@ impl Volume {
                 open_len: AtomicU64::new(0),
             },
             info,
-            kv: Box::new(kv),
+            kv: JournaledKv::new(kv)?,
             keys: master.subkeys(),
             opts,
             ns: Mutex::new(()),
@@ -2586,6 +2587,21 @@ impl Volume {
     /// Unregisters it (at shutdown: it holds the volume, so this breaks the cycle).
     pub fn clear_tier(&self) {
         *self.tier.write() = None;
+    }
+
+    /// The metadata journal (shipped off-site by tiering).
+    pub fn journal(&self) -> &JournaledKv<SledStore> {
+        &self.kv
+    }
+
+    /// The volume's keys (tiering encrypts metadata objects with the metadata key).
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Packs with an id below this may be named by the metadata (the open one included).
+    pub fn next_pack_id(&self) -> u64 {
+        self.packs.next_pack.load(Ordering::SeqCst)
     }
 
     /// The pack table, in pack id order.

@@ -17,6 +17,7 @@
 //! - **Sync** ([`Tiering::sync`]): everything committed before the call is off-site.
 
 pub mod fetch;
+pub mod metasync;
 pub mod rate;
 
 use std::collections::{BTreeMap, HashSet};
@@ -154,6 +155,10 @@ pub struct Counters {
     pub evicted_bytes: AtomicU64,
     /// Writes that had to wait for uploads (backpressure).
     pub throttled_writes: AtomicU64,
+    /// Journal segments shipped, and metadata bytes (segments + checkpoints) uploaded.
+    pub meta_segments: AtomicU64,
+    pub meta_bytes: AtomicU64,
+    pub checkpoints: AtomicU64,
 }
 
 /// A snapshot of the tiering state.
@@ -175,6 +180,15 @@ pub struct TieringStatus {
     pub get_requests: u64,
     pub throttled_writes: u64,
     pub bandwidth_limit: Option<u64>,
+    /// The newest metadata journal position that is off-site and recoverable (0: none yet),
+    /// and the newest position there is.
+    pub consistency_point: u64,
+    pub journal_position: u64,
+    pub meta_segments: u64,
+    pub meta_bytes: u64,
+    pub checkpoints: u64,
+    /// Another appliance holds the volume's lease: nothing is uploaded.
+    pub fenced_by: Option<String>,
     /// The last upload error and when it happened (cleared by the next success).
     pub last_error: Option<(SystemTime, String)>,
 }
@@ -188,6 +202,10 @@ pub struct SyncReport {
     pub bytes: u64,
     /// Packs of this sync still waiting when it gave up.
     pub pending_packs: u64,
+    /// The metadata journal had not reached the sync's position off-site yet.
+    pub metadata_pending: bool,
+    /// The consistency point when the sync returned.
+    pub consistency_point: u64,
     pub elapsed: Duration,
     pub last_error: Option<String>,
     /// The daemon began shutting down before the sync finished.
@@ -217,6 +235,15 @@ pub struct Tiering {
     limiter: RateLimiter,
     fetcher: Arc<Fetcher>,
     pub counters: Counters,
+    wake_meta: tokio::sync::Notify,
+    /// This appliance's id (the lease names it).
+    appliance: String,
+    /// `serve --take-over`: claim the lease even if another appliance holds it.
+    take_over: bool,
+    /// The lease is ours: uploads may start.
+    leased: AtomicBool,
+    /// The lease holder that stopped us, if another appliance holds it.
+    fenced_by: Mutex<Option<metasync::Lease>>,
 }
 
 impl Tiering {
@@ -225,6 +252,7 @@ impl Tiering {
         vol: Arc<Volume>,
         backend: Arc<dyn Backend>,
         opts: TieringOptions,
+        take_over: bool,
     ) -> Result<Arc<Tiering>> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -257,6 +285,11 @@ impl Tiering {
             last_error: Mutex::new(None),
             fetcher,
             counters: Counters::default(),
+            wake_meta: tokio::sync::Notify::new(),
+            appliance: metasync::appliance_id(vol.dir())?,
+            take_over,
+            leased: AtomicBool::new(false),
+            fenced_by: Mutex::new(None),
         });
         // Registered before the scan, so a pack sealed in between is seen by one of the two.
         vol.set_tier(t.clone());
@@ -266,6 +299,8 @@ impl Tiering {
             t.handle.spawn(async move { tt.upload_loop().await });
             let tt = t.clone();
             t.handle.spawn(async move { tt.evict_loop().await });
+            let tt = t.clone();
+            t.handle.spawn(async move { tt.meta_loop().await });
         }
         let st = t.status();
         tracing::info!(
@@ -285,6 +320,7 @@ impl Tiering {
         self.stopping.store(true, Ordering::SeqCst);
         self.wake_uploader.notify_waiters();
         self.wake_evictor.notify_waiters();
+        self.wake_meta.notify_waiters();
         self.vol.clear_tier();
         {
             let _t = self.table.lock();
@@ -364,6 +400,16 @@ impl Tiering {
             get_requests: f.get_requests.load(Ordering::Relaxed),
             throttled_writes: c.throttled_writes.load(Ordering::Relaxed),
             bandwidth_limit: self.limiter.current_limit(),
+            consistency_point: self.consistency_point().unwrap_or(0),
+            journal_position: self.vol.journal().last_seq(),
+            meta_segments: c.meta_segments.load(Ordering::Relaxed),
+            meta_bytes: c.meta_bytes.load(Ordering::Relaxed),
+            checkpoints: c.checkpoints.load(Ordering::Relaxed),
+            fenced_by: self
+                .fenced_by
+                .lock()
+                .as_ref()
+                .map(|l| format!("appliance {} on {}", l.appliance, l.host)),
             last_error: self.last_error.lock().clone(),
         }
     }
@@ -377,6 +423,15 @@ impl Tiering {
             let Ok(permit) = slots.clone().acquire_owned().await else {
                 return;
             };
+            if !self.leased.load(Ordering::SeqCst) {
+                // Until the lease is ours another appliance may be writing these pack ids.
+                drop(permit);
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = self.wake_uploader.notified() => {}
+                }
+                continue;
+            }
             if let Some(wait) = self.backoff_left() {
                 drop(permit);
                 tokio::select! {
@@ -508,6 +563,7 @@ impl Tiering {
             .fetch_add(size, Ordering::Relaxed);
         tracing::debug!(pack = id, size, parts = receipt.parts, "pack uploaded");
         self.wake_evictor.notify_one();
+        self.wake_meta.notify_one();
         Ok(())
     }
 
@@ -604,28 +660,36 @@ impl Tiering {
             let bytes = ids.iter().map(|id| t.packs[id].size).sum();
             (ids, bytes)
         };
+        // Every change made so far: the metadata naming the data must be off-site too.
+        let target = self.vol.journal().last_seq();
         // A sync is someone waiting: retry now rather than after the backoff.
         *self.retry_at.lock() = None;
         self.wake_uploader.notify_one();
         let deadline = timeout.map(|d| started + d);
-        let mut t = self.table.lock();
         loop {
+            self.wake_meta.notify_one();
+            let cp = self.consistency_point().unwrap_or(0);
+            let meta_done = self.has_checkpoint().unwrap_or(false) && cp >= target;
+            let mut t = self.table.lock();
             let pending = targets
                 .iter()
                 .filter(|id| matches!(t.packs.get(id), Some(p) if p.state == PackState::Sealed))
                 .count() as u64;
             let stopped = self.stopping.load(Ordering::SeqCst);
             let timed_out = deadline.is_some_and(|d| Instant::now() >= d);
-            if pending == 0 || stopped || timed_out {
+            let complete = pending == 0 && meta_done;
+            if complete || stopped || timed_out {
                 drop(t);
                 return Ok(SyncReport {
-                    complete: pending == 0,
+                    complete,
                     packs: targets.len() as u64,
                     bytes,
                     pending_packs: pending,
+                    metadata_pending: !meta_done,
+                    consistency_point: cp,
                     elapsed: started.elapsed(),
                     last_error: self.last_error.lock().as_ref().map(|(_, m)| m.clone()),
-                    interrupted: stopped && pending > 0,
+                    interrupted: stopped && !complete,
                 });
             }
             let wait = deadline.map_or(Duration::from_secs(1), |d| {

@@ -1,0 +1,319 @@
+//! Shipping the metadata off-site: the volume and key objects, the lease, journal segments and
+//! checkpoints (formats in [`crate::journal`]).
+//!
+//! A journal segment ending at position S is uploaded only once every pack that the metadata up
+//! to S may name is off-site (all packs with an id below the volume's next pack id, read after
+//! the entries). So the consistency point, the last position shipped, always describes a state
+//! whose data is entirely in the bucket: a recovery to it never meets a missing pack.
+//!
+//! Recovery needs a checkpoint (the volume's state before journaling began is only there), so
+//! the first one is taken as soon as the shipper has caught up, and a new one whenever the
+//! segments shipped since the last one pass [`CHECKPOINT_AFTER_BYTES`]; segments and checkpoints
+//! the newest checkpoint makes unnecessary are then deleted.
+//!
+//! The lease object names the appliance that writes the volume's prefix. Nothing is uploaded
+//! (packs included: two appliances would write different packs under the same ids) until this
+//! appliance holds it; one that finds another appliance's lease stops and says so.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use super::Tiering;
+use crate::backend::list_all;
+use crate::error::{Error, Result};
+use crate::journal::{self, Checkpoint};
+use crate::kv::Batch;
+
+/// Largest journal segment, before compression.
+const SEGMENT_MAX: usize = 8 << 20;
+/// A new checkpoint once this many segment bytes were shipped since the last one.
+pub const CHECKPOINT_AFTER_BYTES: u64 = 64 << 20;
+/// How often the shipper looks for new entries when nobody wakes it.
+const SHIP_INTERVAL: Duration = Duration::from_secs(5);
+
+pub const VOLUME_OBJECT: &str = "volume.toml";
+pub const KEY_OBJECT: &str = "keys/master";
+pub const LEASE_OBJECT: &str = "lease";
+/// Local file naming this appliance (random, made at first start).
+pub const APPLIANCE_ID_FILE: &str = "appliance-id";
+
+const CKPT_START: &str = "journal.checkpoint_start";
+const CKPT_END: &str = "journal.checkpoint_end";
+/// 1 once a checkpoint is off-site (before that, nothing is recoverable from the bucket).
+const HAVE_CKPT: &str = "journal.have_checkpoint";
+const SINCE_CKPT: &str = "journal.bytes_since_checkpoint";
+
+/// Who holds the lease of a volume's prefix.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Lease {
+    pub appliance: String,
+    pub host: String,
+    pub since_unix: u64,
+}
+
+/// The id of this appliance (one per volume directory), made on first use.
+pub fn appliance_id(volume_dir: &std::path::Path) -> Result<String> {
+    let path = volume_dir.join(APPLIANCE_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
+        _ => {
+            let id = hex::encode(rand::random::<[u8; 12]>());
+            crate::volume::write_file_durably(&path, format!("{id}\n").as_bytes(), 0o644)?;
+            Ok(id)
+        }
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn local_u64(t: &Tiering, name: &str) -> Result<u64> {
+    use crate::kv::KvStore;
+    Ok(match t.vol.journal().get(&journal::local_key(name))? {
+        Some(v) => u64::from_le_bytes(v.as_slice().try_into().unwrap_or([0; 8])),
+        None => 0,
+    })
+}
+
+fn set_local(t: &Tiering, pairs: &[(&str, u64)]) -> Result<()> {
+    let mut b = Batch::default();
+    for (name, v) in pairs {
+        b.put(journal::local_key(name), v.to_le_bytes().to_vec());
+    }
+    t.vol.journal().apply_local(b)?;
+    use crate::kv::KvStore;
+    t.vol.journal().flush()
+}
+
+impl Tiering {
+    /// Takes (or confirms) the lease of the volume's prefix. `Ok(false)`: another appliance
+    /// holds it and `take_over` was not given.
+    pub async fn claim_lease(&self) -> Result<bool> {
+        let me = self.appliance.clone();
+        match self.backend.get(LEASE_OBJECT).await {
+            Ok(bytes) => {
+                let held: Lease = serde_json::from_slice(&bytes)
+                    .map_err(|e| Error::Corrupt(format!("lease object of this volume: {e}")))?;
+                if held.appliance != me && !self.take_over {
+                    *self.fenced_by.lock() = Some(held);
+                    return Ok(false);
+                }
+                if held.appliance != me {
+                    tracing::warn!(previous = %held.appliance, host = %held.host,
+                        "taking over the volume from another appliance (--take-over)");
+                }
+            }
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e.into()),
+        }
+        let lease = Lease {
+            appliance: me,
+            host: host_name(),
+            since_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        };
+        let body = serde_json::to_vec_pretty(&lease).expect("lease to JSON");
+        self.backend.put(LEASE_OBJECT, Bytes::from(body)).await?;
+        *self.fenced_by.lock() = None;
+        self.leased.store(true, Ordering::SeqCst);
+        Ok(true)
+    }
+
+    /// Whether the lease is still ours (checked before every metadata upload).
+    async fn lease_still_ours(&self) -> Result<bool> {
+        let bytes = self.backend.get(LEASE_OBJECT).await?;
+        let held: Lease = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Corrupt(format!("lease object of this volume: {e}")))?;
+        if held.appliance == self.appliance {
+            return Ok(true);
+        }
+        tracing::error!(appliance = %held.appliance, host = %held.host,
+            "another appliance took over this volume: this one stops uploading");
+        self.leased.store(false, Ordering::SeqCst);
+        *self.fenced_by.lock() = Some(held);
+        Ok(false)
+    }
+
+    /// The volume config and the wrapped master key, uploaded when missing or different.
+    async fn ship_volume_objects(&self) -> Result<()> {
+        let dir = self.vol.dir();
+        for (key, file) in [
+            (VOLUME_OBJECT, crate::volume::VOLUME_FILE),
+            (KEY_OBJECT, crate::volume::KEY_FILE),
+        ] {
+            let path = dir.join(file);
+            let local = std::fs::read(&path)
+                .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+            let same = match self.backend.get(key).await {
+                Ok(remote) => remote.as_ref() == local.as_slice(),
+                Err(e) if e.is_not_found() => false,
+                Err(e) => return Err(e.into()),
+            };
+            if !same {
+                self.backend.put(key, Bytes::from(local)).await?;
+                tracing::info!(object = key, "volume object uploaded");
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn meta_loop(self: Arc<Self>) {
+        let mut objects_shipped = false;
+        while !self.stopping.load(Ordering::SeqCst) {
+            let step = async {
+                if !self.leased.load(Ordering::SeqCst) && !self.claim_lease().await? {
+                    return Ok(false);
+                }
+                if !objects_shipped {
+                    self.ship_volume_objects().await?;
+                    objects_shipped = true;
+                }
+                self.ship_journal().await
+            };
+            match step.await {
+                Ok(_) => {}
+                Err(e) => {
+                    let msg = format!("shipping metadata: {e}");
+                    tracing::warn!("{msg}");
+                    *self.last_error.lock() = Some((SystemTime::now(), msg));
+                }
+            }
+            if let Some(l) = self.fenced_by.lock().clone() {
+                tracing::error!(appliance = %l.appliance, host = %l.host, since = l.since_unix,
+                    "the volume's lease is held by another appliance: nothing is uploaded \
+                     (restart with --take-over on the appliance that replaces it)");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(SHIP_INTERVAL) => {}
+                _ = self.wake_meta.notified() => {}
+            }
+        }
+    }
+
+    /// Ships every journal segment whose packs are off-site, then a checkpoint if one is due.
+    /// Returns whether it caught up with the journal.
+    pub(super) async fn ship_journal(&self) -> Result<bool> {
+        loop {
+            let j = self.vol.journal();
+            let cp = j.consistency_point()?;
+            if j.last_seq() <= cp {
+                self.maybe_checkpoint().await?;
+                return Ok(true);
+            }
+            let entries = j.entries_after(cp, SEGMENT_MAX)?;
+            let Some(&(last, _)) = entries.last() else {
+                return Ok(true);
+            };
+            // Read after the entries: every pack they can name has a smaller id.
+            let horizon = self.vol.next_pack_id();
+            let waiting = self
+                .vol
+                .pack_table()?
+                .into_iter()
+                .filter(|(id, r)| *id < horizon && !r.state.is_offsite())
+                .count();
+            if waiting > 0 {
+                tracing::debug!(
+                    waiting,
+                    last,
+                    "journal segment waits for packs to go off-site"
+                );
+                return Ok(false);
+            }
+            if !self.lease_still_ours().await? {
+                return Ok(false);
+            }
+            let first = entries[0].0;
+            let obj = journal::seal_segment(self.vol.keys(), &entries);
+            let size = obj.len() as u64;
+            self.backend
+                .put(&journal::segment_key(first, last), Bytes::from(obj))
+                .await?;
+            let vol = self.vol.clone();
+            tokio::task::spawn_blocking(move || vol.journal().shipped_through(last))
+                .await
+                .map_err(|e| Error::Store(format!("journal bookkeeping: {e}")))??;
+            let since = local_u64(self, SINCE_CKPT)? + size;
+            set_local(self, &[(SINCE_CKPT, since)])?;
+            self.counters.meta_segments.fetch_add(1, Ordering::Relaxed);
+            self.counters.meta_bytes.fetch_add(size, Ordering::Relaxed);
+            tracing::debug!(first, last, size, "journal segment off-site");
+            let _t = self.table.lock();
+            self.progress.notify_all();
+        }
+    }
+
+    /// Whether a checkpoint is off-site (before the first, the bucket cannot rebuild a volume).
+    pub fn has_checkpoint(&self) -> Result<bool> {
+        Ok(local_u64(self, HAVE_CKPT)? > 0)
+    }
+
+    /// The newest position that is off-site *and* recoverable (0 until the first checkpoint).
+    pub fn consistency_point(&self) -> Result<u64> {
+        if local_u64(self, HAVE_CKPT)? == 0 {
+            return Ok(0);
+        }
+        self.vol.journal().consistency_point()
+    }
+
+    async fn maybe_checkpoint(&self) -> Result<()> {
+        let have = local_u64(self, HAVE_CKPT)? > 0;
+        if have && local_u64(self, SINCE_CKPT)? < CHECKPOINT_AFTER_BYTES {
+            return Ok(());
+        }
+        let vol = self.vol.clone();
+        let ck = tokio::task::spawn_blocking(move || Checkpoint::take(vol.journal()))
+            .await
+            .map_err(|e| Error::Store(format!("checkpoint: {e}")))??;
+        // The entries up to its end (written while it was read) must be off-site first.
+        if self.vol.journal().consistency_point()? < ck.end {
+            return Ok(()); // the next round ships them and tries again
+        }
+        if !self.lease_still_ours().await? {
+            return Ok(());
+        }
+        let obj = ck.seal(self.vol.keys());
+        let size = obj.len() as u64;
+        let key = journal::checkpoint_key(ck.start, ck.end);
+        self.backend.put(&key, Bytes::from(obj)).await?;
+        set_local(
+            self,
+            &[
+                (CKPT_START, ck.start),
+                (CKPT_END, ck.end),
+                (HAVE_CKPT, 1),
+                (SINCE_CKPT, 0),
+            ],
+        )?;
+        self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+        self.counters.meta_bytes.fetch_add(size, Ordering::Relaxed);
+        tracing::info!(
+            start = ck.start,
+            end = ck.end,
+            size,
+            records = ck.pairs.len(),
+            "metadata checkpoint off-site"
+        );
+        // Older checkpoints, and segments wholly before this one's start, are now unneeded.
+        for o in list_all(self.backend.as_ref(), journal::CHECKPOINT_PREFIX, 1000).await? {
+            if o.key != key {
+                self.backend.delete(&o.key).await?;
+            }
+        }
+        for o in list_all(self.backend.as_ref(), journal::JOURNAL_PREFIX, 1000).await? {
+            if matches!(journal::parse_key_range(&o.key), Some((_, last)) if last <= ck.start) {
+                self.backend.delete(&o.key).await?;
+            }
+        }
+        let _t = self.table.lock();
+        self.progress.notify_all();
+        Ok(())
+    }
+}
