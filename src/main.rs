@@ -249,6 +249,21 @@ fn mib(bytes: u64) -> String {
 
 fn sync(path: &Path, timeout: Option<Duration>, json: bool) -> Result<()> {
     let cfg = Config::load(path)?;
+    // With the writeback cache the kernel holds written pages and file times for a while:
+    // hand them to the daemon first, so the sync covers what users see on the mount.
+    if let Some(mp) = &cfg.fuse.mountpoint {
+        if let Ok(dir) = std::fs::File::open(mp) {
+            use std::os::fd::AsRawFd;
+            // SAFETY: syncfs on an open directory descriptor.
+            if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+                tracing::warn!(
+                    "syncfs {}: {}",
+                    mp.display(),
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
     let req = match timeout {
         Some(t) => format!("sync {}", t.as_secs_f64()),
         None => "sync".into(),
@@ -594,6 +609,21 @@ fn serve(config: Option<&Path>, take_over: bool) -> Result<()> {
         }
     }
     let done = vol.shutdown().context("final commit");
+    // Leave as much off-site as a short wait allows, unless the store is failing anyway.
+    if done.is_ok() && tiering.status().last_error.is_none() {
+        match tiering.sync(Some(Duration::from_secs(10))) {
+            Ok(r) if r.complete => tracing::info!(
+                consistency_point = r.consistency_point,
+                "everything is off-site"
+            ),
+            Ok(r) => tracing::warn!(
+                pending_packs = r.pending_packs,
+                metadata_pending = r.metadata_pending,
+                "stopping with data not yet off-site; it is uploaded at the next start"
+            ),
+            Err(e) => tracing::warn!("final off-site sync: {e}"),
+        }
+    }
     tiering.stop();
     done?;
     drop(ticker);

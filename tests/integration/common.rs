@@ -62,6 +62,11 @@ impl TestVolume {
 
     /// Starts `tiergate serve` and waits until the mount answers.
     pub fn start(&mut self) {
+        self.start_with(&[]);
+    }
+
+    /// Starts `tiergate serve ARGS...` and waits until the mount answers.
+    pub fn start_with(&mut self, args: &[&str]) {
         assert!(self.daemon.is_none());
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -71,6 +76,7 @@ impl TestVolume {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tiergate"))
             .args(["serve", "--config"])
             .arg(&self.config)
+            .args(args)
             .env(
                 "RUST_LOG",
                 std::env::var("TIERGATE_TEST_LOG").unwrap_or_else(|_| "info".into()),

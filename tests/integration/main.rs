@@ -6,5 +6,6 @@ mod common;
 mod core;
 mod durability;
 mod mount;
+mod recovery;
 mod tiering;
 mod webdav;

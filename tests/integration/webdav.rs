@@ -162,7 +162,7 @@ impl Dav {
         self.req("GET", path, &[], b"")
     }
 
-    fn put(&self, path: &str, body: &[u8]) -> Resp {
+    pub(crate) fn put(&self, path: &str, body: &[u8]) -> Resp {
         self.req("PUT", path, &[], body)
     }
 }
