@@ -646,3 +646,40 @@ fn s3_truncated_or_corrupted_object_is_an_error_not_data() {
     assert!(std::fs::read(v.path("victim.bin")).unwrap() == data);
     v.stop();
 }
+
+#[test]
+fn s3_damaged_local_copy_of_an_uploaded_pack_is_served_from_off_site() {
+    let s3 = shared_s3();
+    let prefix = unique_prefix("localdamage");
+    let mut v = TestVolume::new(&format!("pack_size_mib = 8\n{}", s3_section(&s3, &prefix)));
+    v.start();
+    let data = random_bytes(4242, 5 << 20);
+    std::fs::write(v.path("kept.bin"), &data).unwrap();
+    sync_ok(&v, "120");
+    v.stop();
+    // Still cached locally (uploaded, not evicted): damage the local copy in the middle.
+    let states = pack_states(&v);
+    assert!(
+        states.iter().all(|(_, s, _)| *s == PackState::Uploaded),
+        "{states:?}"
+    );
+    let (id, _, size) = states[0];
+    let path = v
+        .vol_dir()
+        .join("packs")
+        .join(tiergate::pack::pack_file_name(id));
+    let mut bytes = std::fs::read(&path).unwrap();
+    assert_eq!(bytes.len() as u64, size);
+    bytes[(size / 2) as usize] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    v.start();
+    assert!(std::fs::read(v.path("kept.bin")).unwrap() == data);
+    let log = std::fs::read_to_string(v.log_path()).unwrap();
+    assert!(
+        log.contains("local copy unreadable"),
+        "the damage should be logged:\n{}",
+        v.log_tail()
+    );
+    assert!(num(&status(&v), "get_requests") > 0);
+    v.stop();
+}
