@@ -141,12 +141,23 @@ pub fn recover(cfg: &Config, passphrase: &str, progress: Progress<'_>) -> Result
         if (f, l) != (*first, *last) {
             return Err(Error::Corrupt(format!("{key}: its header says {f}-{l}")));
         }
+        // Consecutive entries go in one batch (a later operation on a key wins, as in order).
+        let mut merged = Batch::default();
         for (seq, e) in list {
             if seq > ckpt_start {
-                kv.apply(journal::decode_entry(&e)?)?;
+                for (k, v) in journal::decode_entry(&e)?.ops() {
+                    match v {
+                        Some(v) => merged.put(k, v),
+                        None => merged.delete(k),
+                    }
+                }
                 entries += 1;
+                if merged.len() >= 20_000 {
+                    kv.apply(std::mem::take(&mut merged))?;
+                }
             }
         }
+        kv.apply(merged)?;
         progress("journal segments", n as u64 + 1, segs.len() as u64);
     }
 
