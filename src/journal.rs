@@ -55,6 +55,8 @@ pub fn local_key(name: &str) -> Vec<u8> {
 
 /// Local key: the newest journal position that is off-site (segments and the packs they name).
 pub const CONSISTENCY_POINT: &str = "journal.consistency_point";
+/// Local key: when the consistency point last advanced (Unix seconds).
+pub const CONSISTENCY_POINT_TIME: &str = "journal.consistency_point_unix";
 
 fn is_journaled(key: &[u8]) -> bool {
     !matches!(key.first(), Some(&TAG_JOURNAL) | Some(&TAG_LOCAL))
@@ -130,6 +132,9 @@ pub struct JournaledKv<S: KvStore> {
     /// The last sequence number given out; held while a batch is applied, so entries are
     /// numbered in the order their changes were applied.
     seq: Mutex<u64>,
+    /// When the oldest change not yet shipped was made (None: everything is shipped, as far as
+    /// this process knows; after a restart the first shipping round sets it right).
+    oldest_unshipped: Mutex<Option<std::time::SystemTime>>,
 }
 
 impl<S: KvStore> JournaledKv<S> {
@@ -142,6 +147,7 @@ impl<S: KvStore> JournaledKv<S> {
         Ok(JournaledKv {
             inner,
             seq: Mutex::new(last_entry.max(shipped)),
+            oldest_unshipped: Mutex::new((last_entry > shipped).then(std::time::SystemTime::now)),
         })
     }
 
@@ -176,8 +182,21 @@ impl<S: KvStore> JournaledKv<S> {
     pub fn shipped_through(&self, seq: u64) -> Result<()> {
         let mut b = Batch::default();
         b.put(local_key(CONSISTENCY_POINT), seq.to_le_bytes().to_vec());
+        let now = std::time::SystemTime::now();
+        let unix = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        b.put(
+            local_key(CONSISTENCY_POINT_TIME),
+            unix.to_le_bytes().to_vec(),
+        );
         self.inner.apply(b)?;
         self.inner.flush()?;
+        {
+            let mut oldest = self.oldest_unshipped.lock();
+            // Changes after `seq` are younger than this shipping round: count from now.
+            *oldest = (self.last_seq() > seq).then_some(now);
+        }
         loop {
             let page = self
                 .inner
@@ -191,6 +210,16 @@ impl<S: KvStore> JournaledKv<S> {
             }
             self.inner.apply(b)?;
         }
+    }
+
+    /// When the consistency point was last advanced (Unix seconds; 0: never).
+    pub fn consistency_point_time(&self) -> Result<u64> {
+        read_u64(&self.inner, CONSISTENCY_POINT_TIME)
+    }
+
+    /// When the oldest change that is not yet off-site was made.
+    pub fn oldest_unshipped(&self) -> Option<std::time::SystemTime> {
+        *self.oldest_unshipped.lock()
     }
 
     /// The consistency point: the newest position whose changes are all off-site.
@@ -238,6 +267,10 @@ impl<S: KvStore> KvStore for JournaledKv<S> {
         batch.put(journal_key(*seq + 1), entry);
         self.inner.apply(batch)?;
         *seq += 1;
+        drop(seq);
+        self.oldest_unshipped
+            .lock()
+            .get_or_insert_with(std::time::SystemTime::now);
         Ok(())
     }
     fn flush(&self) -> Result<()> {

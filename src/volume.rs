@@ -2589,6 +2589,11 @@ impl Volume {
         *self.tier.write() = None;
     }
 
+    /// Open file and directory handles (front-end activity, for the status page).
+    pub fn open_handles(&self) -> usize {
+        self.handles.lock().len()
+    }
+
     /// The metadata journal (shipped off-site by tiering).
     pub fn journal(&self) -> &JournaledKv<SledStore> {
         &self.kv

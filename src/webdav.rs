@@ -1343,6 +1343,9 @@ fn basic_credentials(h: &http::HeaderMap) -> Option<(String, String)> {
 }
 
 /// The share: dav-server over the volume, with authentication and TLS in front.
+/// WebDAV requests served since the daemon started (for the status page).
+pub static REQUESTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 pub struct Share {
     dav: DavHandler,
     users: Option<Arc<Users>>,
@@ -1470,6 +1473,7 @@ impl Share {
     }
 
     async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        REQUESTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let method = req.method().clone();
         let uri = req.uri().path().to_string();
         let resp = self.route(req, peer).await;

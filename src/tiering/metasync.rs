@@ -136,6 +136,13 @@ impl Tiering {
         }
         tracing::error!(appliance = %held.appliance, host = %held.host,
             "another appliance took over this volume: this one stops uploading");
+        crate::status::event(
+            "error",
+            format!(
+                "appliance {} on {} took over this volume: nothing more is uploaded from here",
+                held.appliance, held.host
+            ),
+        );
         self.leased.store(false, Ordering::SeqCst);
         *self.fenced_by.lock() = Some(held);
         Ok(false)
@@ -300,6 +307,13 @@ impl Tiering {
             size,
             records = ck.pairs.len(),
             "metadata checkpoint off-site"
+        );
+        crate::status::event(
+            "info",
+            format!(
+                "metadata checkpoint off-site ({} records, {size} bytes)",
+                ck.pairs.len()
+            ),
         );
         // Older checkpoints, and segments wholly before this one's start, are now unneeded.
         for o in list_all(self.backend.as_ref(), journal::CHECKPOINT_PREFIX, 1000).await? {

@@ -229,6 +229,8 @@ pub struct Tiering {
     retry_at: Mutex<Option<Instant>>,
     /// Upload failures since the last success (the backoff exponent).
     fail_streak: AtomicU32,
+    /// Cache limit, high and low watermark in bytes (changeable at run time).
+    limits: Mutex<(u64, u64, u64)>,
     /// Held by an eviction round, so two never pick the same victims.
     evicting: Mutex<()>,
     last_error: Mutex<Option<(SystemTime, String)>>,
@@ -267,6 +269,7 @@ impl Tiering {
             handle.clone(),
             opts.readahead,
         )?);
+        let limits = (opts.cache_max, opts.high_watermark, opts.low_watermark);
         let t = Arc::new(Tiering {
             vol: vol.clone(),
             backend,
@@ -281,6 +284,7 @@ impl Tiering {
             stopping: AtomicBool::new(false),
             retry_at: Mutex::new(None),
             evicting: Mutex::new(()),
+            limits: Mutex::new(limits),
             fail_streak: AtomicU32::new(0),
             last_error: Mutex::new(None),
             fetcher,
@@ -329,6 +333,17 @@ impl Tiering {
         if let Some(rt) = self.rt.lock().take() {
             rt.shutdown_timeout(Duration::from_secs(5));
         }
+    }
+
+    /// Changes the cache size at run time (the management API); the watermarks keep their
+    /// percentages. Eviction follows at once if usage is now above the high watermark.
+    pub fn set_cache_max(&self, bytes: u64) {
+        let (max, high, low) = *self.limits.lock();
+        let scale = |w: u64| (w as u128 * bytes as u128 / max.max(1) as u128) as u64;
+        *self.limits.lock() = (bytes, scale(high), scale(low));
+        tracing::info!(cache_max = bytes, "cache size changed");
+        crate::status::event("info", format!("cache size set to {bytes} bytes"));
+        self.wake_evictor.notify_one();
     }
 
     /// The runtime tiering runs on (the control socket runs there too).
@@ -386,7 +401,7 @@ impl Tiering {
         let f = &self.fetcher.counters;
         TieringStatus {
             store: self.backend.describe(),
-            cache_max: self.opts.cache_max,
+            cache_max: self.limits.lock().0,
             cache_used: queued + cached_whole + open + self.fetcher.cached_bytes(),
             queued_bytes: queued + open,
             queued_packs,
@@ -475,7 +490,13 @@ impl Tiering {
                 match result {
                     Ok(()) => {
                         *me.retry_at.lock() = None;
-                        me.fail_streak.store(0, Ordering::Relaxed);
+                        let failed = me.fail_streak.swap(0, Ordering::Relaxed);
+                        if failed > 0 {
+                            crate::status::event(
+                                "info",
+                                format!("uploads work again after {failed} failed attempts"),
+                            );
+                        }
                     }
                     Err(e) => me.upload_failed(id, e),
                 }
@@ -503,6 +524,13 @@ impl Tiering {
         let at = Instant::now() + wait;
         *retry = Some(retry.map_or(at, |r| r.max(at)));
         let msg = format!("uploading pack {id}: {e}");
+        // One event per distinct failure, not one per retry.
+        let same = self.last_error.lock().as_ref().is_some_and(|(_, m)| {
+            m.split_once(": ").map(|x| x.1) == msg.split_once(": ").map(|x| x.1)
+        });
+        if !same {
+            crate::status::event("warning", format!("{msg} (retrying)"));
+        }
         tracing::warn!(
             consecutive_failures = streak + 1,
             retry_in_s = wait.as_secs_f64(),
@@ -575,11 +603,11 @@ impl Tiering {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 _ = self.wake_evictor.notified() => {}
             }
-            if self.cache_used() <= self.opts.high_watermark {
+            if self.cache_used() <= self.limits.lock().1 {
                 continue;
             }
             let me = self.clone();
-            let low = self.opts.low_watermark;
+            let low = self.limits.lock().2;
             match tokio::task::spawn_blocking(move || me.evict_down_to(low)).await {
                 Ok(Err(e)) => tracing::error!("eviction: {e}"),
                 Err(e) => tracing::error!("eviction task: {e}"),
@@ -754,12 +782,12 @@ impl Tier for Tiering {
         // Everything local and not yet off-site: queued packs, the open pack, and data still
         // in memory (it lands in packs whatever happens next).
         let pending = |t: &Table| t.queued + vol.open_pack_bytes() + vol.uncommitted_bytes();
-        let limit = self.opts.high_watermark;
+        let (_, limit, low) = *self.limits.lock();
         // Make room now rather than at the evictor's next round: a fast writer could otherwise
         // push usage well past the limit in between.
         let evictable = self.table.lock().cached_whole + self.fetcher.cached_bytes();
         if evictable > 0 && self.cache_used() > limit {
-            if let Err(e) = self.evict_down_to(self.opts.low_watermark) {
+            if let Err(e) = self.evict_down_to(low) {
                 tracing::error!("eviction: {e}");
             }
         }

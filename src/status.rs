@@ -1,0 +1,331 @@
+//! The appliance's state in one document: what the status page shows, `GET /api/v1/status`
+//! returns, `/metrics` exports and `tiergate status` prints. Schema: docs/STATUS.md.
+//!
+//! [`Reporter`] assembles it from the volume, tiering and front-end counters, and keeps a small
+//! in-memory history (one sample every [`SAMPLE_EVERY`], [`HISTORY_LEN`] samples: 12 hours) of
+//! upload and fetch rates and dirty bytes for the page's plots.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use crate::tiering::Tiering;
+use crate::volume::Volume;
+
+pub const SCHEMA_VERSION: u32 = 1;
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(30);
+pub const HISTORY_LEN: usize = 1440;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub schema: u32,
+    pub version: &'static str,
+    pub uptime_s: u64,
+    pub now_unix: u64,
+    pub volume: VolumeInfo,
+    pub offsite: Offsite,
+    pub cache: Cache,
+    pub upload: Upload,
+    pub fetch: Fetch,
+    pub space: Space,
+    pub store: Store,
+    pub frontends: Frontends,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VolumeInfo {
+    pub id: String,
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Offsite {
+    /// Newest metadata journal position that is off-site and recoverable; 0: none yet.
+    pub consistency_point: u64,
+    /// Newest journal position (changes made so far).
+    pub journal_position: u64,
+    /// Changes not yet off-site.
+    pub pending_changes: u64,
+    /// When the consistency point last advanced (Unix seconds; 0: never).
+    pub consistency_point_unix: u64,
+    /// How long the oldest change not yet off-site has been waiting; 0 when all is off-site.
+    pub oldest_pending_s: u64,
+    /// Whether the bucket can rebuild this volume (a checkpoint is off-site).
+    pub recoverable: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Cache {
+    pub max_bytes: u64,
+    pub used_bytes: u64,
+    pub used_percent: f64,
+    /// Local data not yet off-site (queued packs, the open pack, data in memory).
+    pub dirty_bytes: u64,
+    /// `dirty_bytes` as a percentage of `max_bytes` (like AWS Storage Gateway's
+    /// CachePercentDirty).
+    pub dirty_percent: f64,
+    pub evicted_bytes: u64,
+    /// Writes that waited for uploads because the cache was full of data not yet off-site.
+    pub throttled_writes: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Upload {
+    pub queued_bytes: u64,
+    pub queued_packs: u64,
+    pub uploading_packs: u64,
+    pub uploaded_bytes: u64,
+    pub uploaded_packs: u64,
+    pub put_requests: u64,
+    pub failures: u64,
+    /// Bytes per second over the last sample interval, and since the daemon started.
+    pub rate_bps: f64,
+    pub average_rate_bps: f64,
+    /// The bandwidth limit in force now (bytes per second); null: unlimited.
+    pub limit_bps: Option<u64>,
+    pub metadata_bytes: u64,
+    pub metadata_segments: u64,
+    pub checkpoints: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Fetch {
+    pub fetched_bytes: u64,
+    pub get_requests: u64,
+    pub rate_bps: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Space {
+    /// File data as users see it.
+    pub logical_bytes: u64,
+    /// Distinct chunks before compression.
+    pub unique_bytes: u64,
+    /// Distinct chunks as stored (compressed, encrypted).
+    pub stored_bytes: u64,
+    /// logical / unique, and unique / stored (1.0 when empty).
+    pub dedup_ratio: f64,
+    pub compression_ratio: f64,
+    pub metadata_bytes: u64,
+    /// The tenant's quota, when one is configured (not yet: retention work).
+    pub quota_bytes: Option<u64>,
+    pub quota_used_percent: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Store {
+    pub description: String,
+    /// No upload error since the last success.
+    pub healthy: bool,
+    pub last_error: Option<String>,
+    pub last_error_unix: Option<u64>,
+    /// Another appliance holds the volume's lease: nothing is uploaded.
+    pub lease_held_by: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Frontends {
+    pub open_handles: u64,
+    pub webdav_requests: u64,
+}
+
+/// One point of the history.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Sample {
+    pub t_unix: u64,
+    pub upload_bps: f64,
+    pub fetch_bps: f64,
+    pub dirty_bytes: u64,
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn ratio(a: u64, b: u64) -> f64 {
+    if a == 0 || b == 0 {
+        1.0
+    } else {
+        a as f64 / b as f64
+    }
+}
+
+pub struct Reporter {
+    vol: Arc<Volume>,
+    tiering: Arc<Tiering>,
+    started: Instant,
+    history: Mutex<VecDeque<Sample>>,
+    /// (when, uploaded bytes, fetched bytes) at the previous sample.
+    last: Mutex<(Instant, u64, u64)>,
+}
+
+impl Reporter {
+    pub fn new(vol: Arc<Volume>, tiering: Arc<Tiering>) -> Arc<Reporter> {
+        Arc::new(Reporter {
+            vol,
+            tiering,
+            started: Instant::now(),
+            history: Mutex::new(VecDeque::with_capacity(HISTORY_LEN)),
+            last: Mutex::new((Instant::now(), 0, 0)),
+        })
+    }
+
+    pub fn status(&self) -> Status {
+        let t = self.tiering.status();
+        let vs = self.vol.stats().ok();
+        let st = vs.as_ref().map(|s| s.stats).unwrap_or_default();
+        let j = self.vol.journal();
+        let dirty = t.queued_bytes + self.vol.uncommitted_bytes();
+        let pct = |a: u64, b: u64| {
+            if b == 0 {
+                0.0
+            } else {
+                a as f64 * 100.0 / b as f64
+            }
+        };
+        let uptime = self.started.elapsed();
+        let (rate_up, rate_fetch) = self
+            .history
+            .lock()
+            .back()
+            .map_or((0.0, 0.0), |s| (s.upload_bps, s.fetch_bps));
+        let now = SystemTime::now();
+        Status {
+            schema: SCHEMA_VERSION,
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_s: uptime.as_secs(),
+            now_unix: unix(now),
+            volume: VolumeInfo {
+                id: self.vol.info().volume_id.clone(),
+                path: self.vol.dir().display().to_string(),
+            },
+            offsite: Offsite {
+                consistency_point: t.consistency_point,
+                journal_position: t.journal_position,
+                pending_changes: t.journal_position.saturating_sub(t.consistency_point),
+                consistency_point_unix: j.consistency_point_time().unwrap_or(0),
+                oldest_pending_s: j
+                    .oldest_unshipped()
+                    .and_then(|o| now.duration_since(o).ok())
+                    .map_or(0, |d| d.as_secs()),
+                recoverable: t.consistency_point > 0,
+            },
+            cache: Cache {
+                max_bytes: t.cache_max,
+                used_bytes: t.cache_used,
+                used_percent: pct(t.cache_used, t.cache_max),
+                dirty_bytes: dirty,
+                dirty_percent: pct(dirty, t.cache_max),
+                evicted_bytes: t.evicted_bytes,
+                throttled_writes: t.throttled_writes,
+            },
+            upload: Upload {
+                queued_bytes: t.queued_bytes,
+                queued_packs: t.queued_packs,
+                uploading_packs: t.uploading_packs,
+                uploaded_bytes: t.uploaded_bytes,
+                uploaded_packs: t.uploaded_packs,
+                put_requests: t.put_requests,
+                failures: t.upload_failures,
+                rate_bps: rate_up,
+                average_rate_bps: t.uploaded_bytes as f64 / uptime.as_secs_f64().max(1.0),
+                limit_bps: t.bandwidth_limit,
+                metadata_bytes: t.meta_bytes,
+                metadata_segments: t.meta_segments,
+                checkpoints: t.checkpoints,
+            },
+            fetch: Fetch {
+                fetched_bytes: t.fetched_bytes,
+                get_requests: t.get_requests,
+                rate_bps: rate_fetch,
+            },
+            space: Space {
+                logical_bytes: st.logical_bytes,
+                unique_bytes: st.unique_bytes,
+                stored_bytes: st.stored_bytes,
+                dedup_ratio: ratio(st.logical_bytes, st.unique_bytes),
+                compression_ratio: ratio(st.unique_bytes, st.stored_bytes),
+                metadata_bytes: vs.as_ref().map_or(0, |s| s.metadata_bytes),
+                quota_bytes: None,
+                quota_used_percent: None,
+            },
+            store: Store {
+                description: t.store.clone(),
+                healthy: t.last_error.is_none() && t.fenced_by.is_none(),
+                last_error: t.last_error.as_ref().map(|(_, m)| m.clone()),
+                last_error_unix: t.last_error.as_ref().map(|(at, _)| unix(*at)),
+                lease_held_by: t.fenced_by.clone(),
+            },
+            frontends: Frontends {
+                open_handles: self.vol.open_handles() as u64,
+                webdav_requests: crate::webdav::REQUESTS.load(Ordering::Relaxed),
+            },
+        }
+    }
+
+    /// Takes one history sample (the daemon calls this every [`SAMPLE_EVERY`]).
+    pub fn sample(&self) {
+        let t = self.tiering.status();
+        let now = Instant::now();
+        let mut last = self.last.lock();
+        let secs = now.duration_since(last.0).as_secs_f64().max(0.001);
+        let s = Sample {
+            t_unix: unix(SystemTime::now()),
+            upload_bps: t.uploaded_bytes.saturating_sub(last.1) as f64 / secs,
+            fetch_bps: t.fetched_bytes.saturating_sub(last.2) as f64 / secs,
+            dirty_bytes: t.queued_bytes + self.vol.uncommitted_bytes(),
+        };
+        *last = (now, t.uploaded_bytes, t.fetched_bytes);
+        let mut h = self.history.lock();
+        if h.len() == HISTORY_LEN {
+            h.pop_front();
+        }
+        h.push_back(s);
+    }
+
+    pub fn history(&self) -> Vec<Sample> {
+        self.history.lock().iter().copied().collect()
+    }
+
+    pub fn tiering(&self) -> &Arc<Tiering> {
+        &self.tiering
+    }
+
+    pub fn volume(&self) -> &Arc<Volume> {
+        &self.vol
+    }
+}
+
+/// Something an admin may want to know about, kept in memory (newest last).
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    pub at_unix: u64,
+    /// "info", "warning" or "error".
+    pub level: &'static str,
+    pub message: String,
+}
+
+const EVENTS_KEPT: usize = 200;
+static EVENTS: Mutex<VecDeque<Event>> = Mutex::new(VecDeque::new());
+
+/// Records an event for the status page and the management API (the caller logs it too).
+pub fn event(level: &'static str, message: impl Into<String>) {
+    let mut e = EVENTS.lock();
+    if e.len() == EVENTS_KEPT {
+        e.pop_front();
+    }
+    e.push_back(Event {
+        at_unix: unix(SystemTime::now()),
+        level,
+        message: message.into(),
+    });
+}
+
+/// The recent events, oldest first.
+pub fn recent_events() -> Vec<Event> {
+    EVENTS.lock().iter().cloned().collect()
+}
