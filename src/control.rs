@@ -3,7 +3,8 @@
 //!
 //! A Unix socket `control.sock` in the volume directory, mode 0600 (whoever may run the daemon
 //! may control it; nobody else). One request per connection: a single line (`sync [SECONDS]`,
-//! `evict`, `status`), answered with a single line of JSON and the connection closed.
+//! `evict`, `status` (tiering counters), `report` (the whole status document of
+//! src/status.rs)), answered with a single line of JSON and the connection closed.
 //! Unknown or malformed requests get `{"error": "..."}`.
 
 use std::io::{BufRead, BufReader, Write};
@@ -16,7 +17,8 @@ use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 use crate::error::{Error, Result};
-use crate::tiering::{SyncReport, Tiering, TieringStatus};
+use crate::status::Reporter;
+use crate::tiering::{SyncReport, TieringStatus};
 
 pub const SOCKET_NAME: &str = "control.sock";
 /// Longest request line accepted.
@@ -27,7 +29,11 @@ pub fn socket_path(volume_dir: &Path) -> PathBuf {
 }
 
 /// Listens on the control socket of `tiering`'s volume until the runtime stops.
-pub fn serve(rt: &tokio::runtime::Handle, volume_dir: &Path, tiering: Arc<Tiering>) -> Result<()> {
+pub fn serve(
+    rt: &tokio::runtime::Handle,
+    volume_dir: &Path,
+    reporter: Arc<Reporter>,
+) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let path = socket_path(volume_dir);
     // We hold the volume lock, so a socket left here is from a daemon that died.
@@ -44,9 +50,9 @@ pub fn serve(rt: &tokio::runtime::Handle, volume_dir: &Path, tiering: Arc<Tierin
             let Ok((conn, _)) = listener.accept().await else {
                 continue;
             };
-            let t = tiering.clone();
+            let r = reporter.clone();
             tokio::spawn(async move {
-                if let Err(e) = handle(conn, t).await {
+                if let Err(e) = handle(conn, r).await {
                     tracing::debug!("control connection: {e}");
                 }
             });
@@ -55,12 +61,12 @@ pub fn serve(rt: &tokio::runtime::Handle, volume_dir: &Path, tiering: Arc<Tierin
     Ok(())
 }
 
-async fn handle(conn: tokio::net::UnixStream, t: Arc<Tiering>) -> std::io::Result<()> {
+async fn handle(conn: tokio::net::UnixStream, r: Arc<Reporter>) -> std::io::Result<()> {
     let (rd, mut wr) = conn.into_split();
     let mut line = String::new();
     let mut rd = tokio::io::BufReader::new(rd).take(MAX_REQUEST as u64);
     rd.read_line(&mut line).await?;
-    let reply = match request(&line, t).await {
+    let reply = match request(&line, r).await {
         Ok(v) => v,
         Err(e) => json!({ "error": e.to_string() }),
     };
@@ -68,7 +74,8 @@ async fn handle(conn: tokio::net::UnixStream, t: Arc<Tiering>) -> std::io::Resul
     wr.shutdown().await
 }
 
-async fn request(line: &str, t: Arc<Tiering>) -> Result<serde_json::Value> {
+async fn request(line: &str, r: Arc<Reporter>) -> Result<serde_json::Value> {
+    let t = r.tiering().clone();
     let words: Vec<&str> = line.split_whitespace().collect();
     match words.as_slice() {
         ["sync"] | ["sync", _] => {
@@ -93,8 +100,10 @@ async fn request(line: &str, t: Arc<Tiering>) -> Result<serde_json::Value> {
             Ok(json!({ "evicted_bytes": freed }))
         }
         ["status"] => Ok(status_json(&t.status())),
+        ["report"] => serde_json::to_value(r.status())
+            .map_err(|e| Error::Invalid(format!("status document: {e}"))),
         _ => Err(Error::Invalid(format!(
-            "unknown request {:?} (expected sync [SECONDS], evict or status)",
+            "unknown request {:?} (expected sync [SECONDS], evict, status or report)",
             line.trim()
         ))),
     }

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use tiergate::config::{self, Config};
 use tiergate::crypto::KdfParams;
 use tiergate::fuse::{self, FuseOptions};
+use tiergate::status::Reporter;
 use tiergate::tiering::{Tiering, TieringOptions};
 use tiergate::volume::{Volume, VolumeOptions};
 
@@ -91,6 +92,30 @@ enum Cmd {
         #[command(subcommand)]
         cmd: UserCmd,
     },
+    /// The volume's key (offline: the daemon must be stopped).
+    Key {
+        #[command(subcommand)]
+        cmd: KeyCmd,
+    },
+    /// The chunk index (offline: the daemon must be stopped).
+    Index {
+        #[command(subcommand)]
+        cmd: IndexCmd,
+    },
+    /// Check that every file's data is indexed and stored, locally or off-site; repair a damaged
+    /// local copy from a verified off-site one (offline: the daemon must be stopped). Exit
+    /// status 0: no damage (after repairs); 1: damage, listed per file, or an error.
+    Verify {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Also ask the store: every off-site pack exists with its recorded size (with --deep,
+        /// the off-site copies of cached packs are read too).
+        #[arg(long)]
+        remote: bool,
+        /// Read and decode every chunk the files reference (authentication and content hash).
+        #[arg(long)]
+        deep: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -149,6 +174,17 @@ fn main() {
             json,
         } => sync(&config, timeout, json),
         Cmd::Evict { config } => evict(&config),
+        Cmd::Key {
+            cmd: KeyCmd::Change { config },
+        } => key_change(&config),
+        Cmd::Index {
+            cmd: IndexCmd::Rebuild { config },
+        } => index_rebuild(&config),
+        Cmd::Verify {
+            config,
+            remote,
+            deep,
+        } => verify(&config, remote, deep),
     };
     if let Err(e) = r {
         eprintln!("tiergate: {e:#}");
@@ -320,58 +356,83 @@ fn sync(path: &Path, timeout: Option<Duration>, json: bool) -> Result<()> {
 
 fn status(path: &Path, json: bool) -> Result<()> {
     let cfg = Config::load(path)?;
-    let r = tiergate::control::call(&cfg.volume.path, "status")?;
+    let r = tiergate::control::call(&cfg.volume.path, "report")?;
     if json {
         println!("{r}");
         return Ok(());
     }
-    let u = |k: &str| r[k].as_u64().unwrap_or(0);
-    println!("store:              {}", r["store"].as_str().unwrap_or("?"));
-    if let Some(f) = r["fenced_by"].as_str() {
-        println!("LEASE HELD BY:      {f} (nothing is uploaded)");
+    let u = |sec: &str, k: &str| r[sec][k].as_u64().unwrap_or(0);
+    let f = |sec: &str, k: &str| r[sec][k].as_f64().unwrap_or(0.0);
+    let rate = |bps: f64| format!("{:.1} MiB/s", bps / (1 << 20) as f64);
+    println!(
+        "volume:             {} (tiergate {}, up {} s)",
+        r["volume"]["id"].as_str().unwrap_or("?"),
+        r["version"].as_str().unwrap_or("?"),
+        r["uptime_s"]
+    );
+    println!(
+        "store:              {}",
+        r["store"]["description"].as_str().unwrap_or("?")
+    );
+    if let Some(h) = r["store"]["lease_held_by"].as_str() {
+        println!("LEASE HELD BY:      {h}: nothing is uploaded from here");
     }
-    println!(
-        "cache:              {} of {}",
-        mib(u("cache_used")),
-        mib(u("cache_max"))
+    let (cp, pending) = (
+        u("offsite", "consistency_point"),
+        u("offsite", "pending_changes"),
     );
     println!(
-        "upload queue:       {} in {} packs ({} uploading)",
-        mib(u("queued_bytes")),
-        u("queued_packs"),
-        u("uploading_packs")
-    );
-    println!(
-        "uploaded:           {} in {} packs, {} PUT requests, {} failures",
-        mib(u("uploaded_bytes")),
-        u("uploaded_packs"),
-        u("put_requests"),
-        u("upload_failures")
-    );
-    println!(
-        "fetched:            {} in {} GET requests",
-        mib(u("fetched_bytes")),
-        u("get_requests")
-    );
-    let cp = u("consistency_point");
-    let pos = u("journal_position");
-    println!(
-        "consistency point:  {}",
-        if cp == 0 {
-            "none yet (the bucket cannot rebuild this volume until the first checkpoint)".into()
-        } else if cp >= pos {
-            format!("{cp} (everything is off-site)")
+        "off-site:           {}",
+        if r["offsite"]["recoverable"].as_bool() != Some(true) {
+            "not yet recoverable from the bucket (no checkpoint off-site yet)".to_string()
+        } else if pending == 0 {
+            format!("everything is off-site (consistency point {cp})")
         } else {
-            format!("{cp} ({} changes not yet off-site)", pos - cp)
+            format!(
+                "{pending} changes waiting (consistency point {cp}; oldest waiting {} s)",
+                u("offsite", "oldest_pending_s")
+            )
         }
     );
     println!(
-        "metadata shipped:   {} in {} segments, {} checkpoints",
-        mib(u("meta_bytes")),
-        u("meta_segments"),
-        u("checkpoints")
+        "cache:              {} of {} used ({:.1}%); dirty {} ({:.1}%)",
+        mib(u("cache", "used_bytes")),
+        mib(u("cache", "max_bytes")),
+        f("cache", "used_percent"),
+        mib(u("cache", "dirty_bytes")),
+        f("cache", "dirty_percent")
     );
-    if let Some(e) = r["last_error"].as_str() {
+    println!(
+        "uploads:            {} queued in {} packs; {} uploaded; now {}, average {}; limit {}",
+        mib(u("upload", "queued_bytes")),
+        u("upload", "queued_packs"),
+        mib(u("upload", "uploaded_bytes")),
+        rate(f("upload", "rate_bps")),
+        rate(f("upload", "average_rate_bps")),
+        match r["upload"]["limit_bps"].as_u64() {
+            Some(l) => rate(l as f64),
+            None => "unlimited".into(),
+        }
+    );
+    println!(
+        "fetches:            {} in {} GET requests; now {}",
+        mib(u("fetch", "fetched_bytes")),
+        u("fetch", "get_requests"),
+        rate(f("fetch", "rate_bps"))
+    );
+    println!(
+        "space:              {} logical, {} stored; dedup {:.2}x, compression {:.2}x",
+        mib(u("space", "logical_bytes")),
+        mib(u("space", "stored_bytes")),
+        f("space", "dedup_ratio"),
+        f("space", "compression_ratio")
+    );
+    println!(
+        "front-ends:         {} open handles, {} WebDAV requests",
+        u("frontends", "open_handles"),
+        u("frontends", "webdav_requests")
+    );
+    if let Some(e) = r["store"]["last_error"].as_str() {
         println!("last error:         {e}");
     }
     Ok(())
@@ -521,7 +582,8 @@ fn serve(config: Option<&Path>, take_over: bool) -> Result<()> {
 
     let vol = open(&cfg)?;
     tracing::info!(volume = %vol.info().volume_id, path = %cfg.volume.path.display(), "volume open");
-    let tiering = start_tiering(&vol, &cfg, take_over)?;
+    let reporter = start_tiering(&vol, &cfg, take_over)?;
+    let tiering = reporter.tiering().clone();
     let ticker = {
         let vol = vol.clone();
         std::thread::Builder::new()
@@ -634,7 +696,7 @@ fn serve(config: Option<&Path>, take_over: bool) -> Result<()> {
 /// Connects the off-site store (probing it in the background: a failure is logged with what
 /// to fix, and the daemon serves anyway, queueing uploads until the store works), starts the uploader,
 /// evictor and fetcher, and the control socket.
-fn start_tiering(vol: &Arc<Volume>, cfg: &Config, take_over: bool) -> Result<Arc<Tiering>> {
+fn start_tiering(vol: &Arc<Volume>, cfg: &Config, take_over: bool) -> Result<Arc<Reporter>> {
     let backend = tiergate::backend::from_config(cfg)?;
     let opts = TieringOptions::from_config(cfg)?;
     let tiering = Tiering::start(vol.clone(), backend.clone(), opts, take_over)?;
@@ -669,8 +731,9 @@ fn start_tiering(vol: &Arc<Volume>, cfg: &Config, take_over: bool) -> Result<Arc
             Err(e) => tracing::error!("store probe failed; uploads are retried until it works: {e}"),
         }
     });
-    tiergate::control::serve(&rt, vol.dir(), tiering.clone())?;
-    Ok(tiering)
+    let reporter = Reporter::new(vol.clone(), tiering.clone());
+    tiergate::control::serve(&rt, vol.dir(), reporter.clone())?;
+    Ok(reporter)
 }
 
 /// Starts the WebDAV share; returns its runtime and the switch that stops it.
@@ -699,4 +762,142 @@ fn start_webdav(
     );
     rt.spawn(share.run(listener, stopped));
     Ok((rt, stop))
+}
+
+#[derive(Subcommand)]
+enum KeyCmd {
+    /// Wrap the master key with a new passphrase: the key file, and the store's key object (so a
+    /// recovery needs the new one). No data is re-encrypted. The current passphrase comes from
+    /// the config; the new one from standard input (first line), or asked for twice at a
+    /// terminal. Exit status 0: done; 1: nothing changed; 2: changed locally, the store's key
+    /// object is updated when the daemon next starts.
+    Change {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum IndexCmd {
+    /// Rebuild the chunk index from the pack footers (local files, and the store for packs
+    /// only off-site) and the files' extents. Exit status 1 if referenced chunks are in no pack.
+    Rebuild {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+/// The store of a config, for the offline commands.
+fn offline_store(cfg: &Config) -> Result<tiergate::repair::Store> {
+    Ok(tiergate::repair::Store::new(
+        tiergate::backend::from_config(cfg)?,
+    )?)
+}
+
+fn key_change(path: &Path) -> Result<()> {
+    let cfg = Config::load(path)?;
+    let old = cfg.passphrase()?;
+    let vol = open(&cfg)?;
+    let new = if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        let p = rpassword::prompt_password("new passphrase: ")?;
+        if rpassword::prompt_password("again: ")? != p {
+            anyhow::bail!("the passphrases differ; nothing was changed");
+        }
+        p
+    } else {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        line.trim_end_matches(['\r', '\n']).to_string()
+    };
+    let store = offline_store(&cfg)?;
+    let r =
+        tiergate::repair::change_passphrase(&vol, &store, &old.0, &new, KdfParams::interactive())?;
+    drop(vol);
+    println!(
+        "passphrase changed for volume {}: {} now opens with the new passphrase (the data is \
+         unchanged)",
+        cfg.volume.path.display(),
+        r.key_file.display()
+    );
+    match &cfg.volume.passphrase_file {
+        Some(f) => println!(
+            "now put the new passphrase in {} (the daemon reads it from there)",
+            f.display()
+        ),
+        None => println!(
+            "now put the new passphrase in {} for the daemon",
+            tiergate::config::PASSPHRASE_ENV
+        ),
+    }
+    match r.upload {
+        Ok(()) => {
+            println!(
+                "the store's key object ({}) is updated: a recovery needs the new passphrase",
+                r.store
+            );
+            Ok(())
+        }
+        Err(e) => {
+            println!(
+                "could not upload the key object to {}: {e}\nthe daemon uploads it at its next \
+                 start; until then a recovery from the store needs the OLD passphrase",
+                r.store
+            );
+            std::process::exit(2);
+        }
+    }
+}
+
+fn index_rebuild(path: &Path) -> Result<()> {
+    let cfg = Config::load(path)?;
+    let vol = open(&cfg)?;
+    let store = offline_store(&cfg)?;
+    let r = tiergate::repair::rebuild_index(&vol, &store).with_context(|| {
+        format!(
+            "rebuilding the chunk index of {}",
+            cfg.volume.path.display()
+        )
+    })?;
+    drop(vol);
+    println!("{r}");
+    if !r.is_complete() {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+fn verify(path: &Path, remote: bool, deep: bool) -> Result<()> {
+    let cfg = Config::load(path)?;
+    let vol = open(&cfg)?;
+    let store = offline_store(&cfg)?;
+    let bars =
+        std::cell::RefCell::new(std::collections::HashMap::<String, indicatif::ProgressBar>::new());
+    let progress = |step: &str, done: u64, total: u64| {
+        let mut bars = bars.borrow_mut();
+        let bar = bars.entry(step.to_string()).or_insert_with(|| {
+            let b = indicatif::ProgressBar::new(total);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg:>24} [{bar:40}] {bytes}/{total_bytes} {eta}",
+                )
+                .expect("progress template")
+                .progress_chars("=> "),
+            );
+            b.set_message(step.to_string());
+            b
+        });
+        bar.set_position(done);
+        if done >= total {
+            bar.finish();
+        }
+    };
+    let opts = tiergate::repair::VerifyOptions { remote, deep };
+    let r = tiergate::repair::verify(&vol, &store, opts, &progress)
+        .with_context(|| format!("verifying {}", cfg.volume.path.display()))?;
+    drop(vol);
+    println!("{r}");
+    if !r.is_clean() {
+        std::process::exit(1);
+    }
+    Ok(())
 }
