@@ -683,3 +683,57 @@ fn s3_damaged_local_copy_of_an_uploaded_pack_is_served_from_off_site() {
     assert!(num(&status(&v), "get_requests") > 0);
     v.stop();
 }
+
+#[test]
+fn eviction_drops_least_recently_used_packs_first() {
+    // The local directory store: this is about the cache, not the network.
+    let mut v = TestVolume::new(
+        "pack_size_mib = 4\n[cache]\nmax_size = \"64MiB\"\n[webdav]\nenabled = false\n",
+    );
+    let ids_of = |v: &TestVolume| -> Vec<u64> { pack_states(v).iter().map(|p| p.0).collect() };
+    v.start();
+    let a = random_bytes(61, 12 << 20);
+    std::fs::write(v.path("a.bin"), &a).unwrap();
+    sync_ok(&v, "60");
+    v.stop();
+    let a_packs = ids_of(&v);
+    v.start();
+    std::fs::write(v.path("b.bin"), random_bytes(62, 12 << 20)).unwrap();
+    sync_ok(&v, "60");
+    v.stop();
+    let b_packs: Vec<u64> = ids_of(&v)
+        .into_iter()
+        .filter(|id| !a_packs.contains(id))
+        .collect();
+    // After a restart nothing has been used; then a.bin is read (its packs become recent)
+    // and c.bin pushes the cache over its high watermark.
+    v.start();
+    assert!(std::fs::read(v.path("a.bin")).unwrap() == a);
+    std::fs::write(v.path("c.bin"), random_bytes(63, 36 << 20)).unwrap();
+    sync_ok(&v, "60");
+    std::thread::sleep(Duration::from_secs(2));
+    v.stop();
+    let states = pack_states(&v);
+    let state = |id: &u64| states.iter().find(|p| p.0 == *id).unwrap().1;
+    let evicted_b = b_packs
+        .iter()
+        .filter(|id| state(id) == PackState::Remote)
+        .count();
+    let evicted_a = a_packs
+        .iter()
+        .filter(|id| state(id) == PackState::Remote)
+        .count();
+    eprintln!(
+        "LRU: evicted {evicted_b}/{} packs of b.bin (idle), {evicted_a}/{} of a.bin (read)",
+        b_packs.len(),
+        a_packs.len()
+    );
+    assert!(
+        evicted_b > 0,
+        "nothing of the idle file was evicted: {states:?}"
+    );
+    assert!(
+        evicted_a == 0 || evicted_b == b_packs.len(),
+        "a recently read pack went before an idle one: {states:?}"
+    );
+}
