@@ -212,7 +212,7 @@ impl Reporter {
                     .oldest_unshipped()
                     .and_then(|o| now.duration_since(o).ok())
                     .map_or(0, |d| d.as_secs()),
-                recoverable: t.consistency_point > 0,
+                recoverable: t.recoverable,
             },
             cache: Cache {
                 max_bytes: t.cache_max,

@@ -100,7 +100,7 @@ impl Tiering {
             Ok(bytes) => {
                 let held: Lease = serde_json::from_slice(&bytes)
                     .map_err(|e| Error::Corrupt(format!("lease object of this volume: {e}")))?;
-                if held.appliance != me && !self.take_over {
+                if held.appliance != me && !self.take_over.load(Ordering::SeqCst) {
                     *self.fenced_by.lock() = Some(held);
                     return Ok(false);
                 }
@@ -123,11 +123,14 @@ impl Tiering {
         self.backend.put(LEASE_OBJECT, Bytes::from(body)).await?;
         *self.fenced_by.lock() = None;
         self.leased.store(true, Ordering::SeqCst);
+        // A take-over is for the first claim only: if yet another appliance takes the volume
+        // later, this one must stop, not take it back.
+        self.take_over.store(false, Ordering::SeqCst);
         Ok(true)
     }
 
-    /// Whether the lease is still ours (checked before every metadata upload).
-    async fn lease_still_ours(&self) -> Result<bool> {
+    /// Whether the lease is still ours (checked before every upload, packs included).
+    pub(super) async fn lease_still_ours(&self) -> Result<bool> {
         let bytes = self.backend.get(LEASE_OBJECT).await?;
         let held: Lease = serde_json::from_slice(&bytes)
             .map_err(|e| Error::Corrupt(format!("lease object of this volume: {e}")))?;
@@ -185,7 +188,15 @@ impl Tiering {
                 self.ship_journal().await
             };
             match step.await {
-                Ok(_) => {}
+                Ok(_) => {
+                    let mut last = self.last_error.lock();
+                    if last
+                        .as_ref()
+                        .is_some_and(|(_, m)| m.starts_with("shipping metadata"))
+                    {
+                        *last = None;
+                    }
+                }
                 Err(e) => {
                     let msg = format!("shipping metadata: {e}");
                     tracing::warn!("{msg}");
@@ -237,6 +248,15 @@ impl Tiering {
             if !self.lease_still_ours().await? {
                 return Ok(false);
             }
+            // The entries must be durable here before the bucket has them: otherwise a crash
+            // could make this appliance reuse their positions for other changes.
+            let vol = self.vol.clone();
+            tokio::task::spawn_blocking(move || {
+                use crate::kv::KvStore;
+                vol.journal().flush()
+            })
+            .await
+            .map_err(|e| Error::Store(format!("journal flush: {e}")))??;
             let first = entries[0].0;
             let obj = journal::seal_segment(self.vol.keys(), &entries);
             let size = obj.len() as u64;

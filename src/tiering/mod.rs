@@ -189,6 +189,8 @@ pub struct TieringStatus {
     pub checkpoints: u64,
     /// Another appliance holds the volume's lease: nothing is uploaded.
     pub fenced_by: Option<String>,
+    /// A checkpoint is off-site: the bucket can rebuild this volume.
+    pub recoverable: bool,
     /// The last upload error and when it happened (cleared by the next success).
     pub last_error: Option<(SystemTime, String)>,
 }
@@ -240,8 +242,8 @@ pub struct Tiering {
     wake_meta: tokio::sync::Notify,
     /// This appliance's id (the lease names it).
     appliance: String,
-    /// `serve --take-over`: claim the lease even if another appliance holds it.
-    take_over: bool,
+    /// `serve --take-over`: claim the lease even if another appliance holds it (once).
+    take_over: AtomicBool,
     /// The lease is ours: uploads may start.
     leased: AtomicBool,
     /// The lease holder that stopped us, if another appliance holds it.
@@ -291,7 +293,7 @@ impl Tiering {
             counters: Counters::default(),
             wake_meta: tokio::sync::Notify::new(),
             appliance: metasync::appliance_id(vol.dir())?,
-            take_over,
+            take_over: AtomicBool::new(take_over),
             leased: AtomicBool::new(false),
             fenced_by: Mutex::new(None),
         });
@@ -416,6 +418,7 @@ impl Tiering {
             throttled_writes: c.throttled_writes.load(Ordering::Relaxed),
             bandwidth_limit: self.limiter.current_limit(),
             consistency_point: self.consistency_point().unwrap_or(0),
+            recoverable: self.has_checkpoint().unwrap_or(false),
             journal_position: self.vol.journal().last_seq(),
             meta_segments: c.meta_segments.load(Ordering::Relaxed),
             meta_bytes: c.meta_bytes.load(Ordering::Relaxed),
@@ -541,6 +544,12 @@ impl Tiering {
 
     async fn upload(&self, id: u64, size: u64) -> Result<()> {
         self.limiter.acquire(size).await;
+        // Pack ids are only unique per appliance: never write one under another's lease.
+        if !self.lease_still_ours().await? {
+            return Err(Error::Invalid(
+                "another appliance holds this volume's lease".into(),
+            ));
+        }
         let path = self.vol.pack_file(id);
         let key = layout::pack_key(id);
         let receipt = match self.backend.put_file(&key, &path).await {
