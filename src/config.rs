@@ -33,6 +33,9 @@ pub struct Config {
     /// Uploads to the object store: concurrency, bandwidth, read-ahead of evicted data.
     #[serde(default)]
     pub tiering: TieringConfig,
+    /// The status page, JSON API, metrics, management API and heartbeat (src/web.rs).
+    #[serde(default)]
+    pub web: WebConfig,
 }
 
 /// Where objects go when no S3 store is configured (src/backend/local.rs).
@@ -526,6 +529,131 @@ impl TieringConfig {
     }
 }
 
+/// `[web]`: the status page, JSON API, Prometheus metrics, health endpoints, the management API
+/// and the heartbeat push (src/web.rs, docs/STATUS.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebConfig {
+    /// Serve the status page and the APIs at all. The heartbeat, and settings saved earlier
+    /// through the management API, apply either way.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// `IP:port` to listen on; port 0 picks a free port (logged at start). The status pages are
+    /// read-only but show the volume's path and id and the store's description to whoever can
+    /// reach this address.
+    #[serde(default = "default_web_listen")]
+    pub listen: std::net::SocketAddr,
+    /// File whose first line is the bearer token of the management API (at least 16
+    /// characters). Absent: the management API answers 404.
+    pub management_token_file: Option<PathBuf>,
+    /// `http://` or `https://` URL the status document is POSTed to every
+    /// `heartbeat_interval_secs`. Absent: no heartbeat.
+    pub heartbeat_url: Option<String>,
+    /// Seconds between heartbeats (5..=86400).
+    #[serde(default = "default_heartbeat_interval")]
+    pub heartbeat_interval_secs: u64,
+    /// File whose first line is sent as `Authorization: Bearer ...` with each heartbeat.
+    pub heartbeat_token_file: Option<PathBuf>,
+}
+
+fn default_web_listen() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 8081))
+}
+fn default_heartbeat_interval() -> u64 {
+    60
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            enabled: true,
+            listen: default_web_listen(),
+            management_token_file: None,
+            heartbeat_url: None,
+            heartbeat_interval_secs: default_heartbeat_interval(),
+            heartbeat_token_file: None,
+        }
+    }
+}
+
+impl WebConfig {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Invalid(format!("web.{m}")));
+        if !(5..=86400).contains(&self.heartbeat_interval_secs) {
+            return bad(format!(
+                "heartbeat_interval_secs = {} is outside 5..=86400",
+                self.heartbeat_interval_secs
+            ));
+        }
+        match &self.heartbeat_url {
+            Some(url) => {
+                let uri: Option<http::Uri> = url.parse().ok();
+                let scheme_ok = uri
+                    .as_ref()
+                    .and_then(|u| u.scheme_str())
+                    .is_some_and(|s| s == "http" || s == "https");
+                if !scheme_ok || uri.as_ref().and_then(|u| u.host()).is_none() {
+                    return bad(format!(
+                        "heartbeat_url = {url:?} is not an http:// or https:// URL with a host"
+                    ));
+                }
+                if uri
+                    .as_ref()
+                    .and_then(|u| u.authority())
+                    .is_some_and(|a| a.as_str().contains('@'))
+                {
+                    return bad(format!(
+                        "heartbeat_url = {url:?} carries credentials: put the token in \
+                         web.heartbeat_token_file instead"
+                    ));
+                }
+            }
+            None if self.heartbeat_token_file.is_some() => {
+                return bad("heartbeat_token_file is set but heartbeat_url is not".into());
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// The management token: the first line of `management_token_file`, if one is configured.
+    pub fn management_token(&self) -> Result<Option<Secret>> {
+        self.management_token_file
+            .as_deref()
+            .map(|f| read_token(f, "web.management_token_file", 16))
+            .transpose()
+    }
+
+    /// The heartbeat's bearer token: the first line of `heartbeat_token_file`, if configured.
+    pub fn heartbeat_token(&self) -> Result<Option<Secret>> {
+        self.heartbeat_token_file
+            .as_deref()
+            .map(|f| read_token(f, "web.heartbeat_token_file", 1))
+            .transpose()
+    }
+}
+
+/// The first line of a token file, trimmed; refused when shorter than `min` characters or not
+/// a valid HTTP header value.
+fn read_token(file: &Path, key: &str, min: usize) -> Result<Secret> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| Error::io(format!("reading {key} {}", file.display()), e))?;
+    let line = text.lines().next().unwrap_or("").trim();
+    if line.chars().count() < min {
+        return Err(Error::Invalid(format!(
+            "{key} {}: the token (first line) must have at least {min} characters",
+            file.display()
+        )));
+    }
+    if !line.bytes().all(|c| c.is_ascii_graphic()) {
+        return Err(Error::Invalid(format!(
+            "{key} {}: the token (first line) must be printable ASCII without spaces",
+            file.display()
+        )));
+    }
+    Ok(Secret(line.to_string()))
+}
+
 /// A secret string (an S3 secret key); `Debug` never shows it.
 #[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
@@ -728,6 +856,16 @@ impl Config {
         for p in [&mut w.tls_cert, &mut w.tls_key].into_iter().flatten() {
             *p = base.join(&*p);
         }
+        let web = &mut cfg.web;
+        for p in [
+            &mut web.management_token_file,
+            &mut web.heartbeat_token_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *p = base.join(&*p);
+        }
         Ok(cfg)
     }
 
@@ -792,6 +930,17 @@ impl Config {
         }
         self.cache.validate(v.pack_size_mib)?;
         self.tiering.validate()?;
+        self.web.validate()?;
+        if self.web.enabled
+            && self.webdav.enabled
+            && self.web.listen == w.listen
+            && self.web.listen.port() != 0
+        {
+            return Err(Error::Invalid(format!(
+                "web.listen and webdav.listen are both {}: give them different ports",
+                w.listen
+            )));
+        }
         self.chunking
             .params()
             .validate()
@@ -1248,6 +1397,130 @@ mod tests {
         assert_eq!(t.schedule.len(), 1);
         assert_eq!(t.schedule[0].days, "mon-fri");
         assert_eq!(t.schedule[0].limit, ByteSize(20 << 20));
+    }
+
+    #[test]
+    fn web_section_defaults_and_rules() {
+        let base = "[volume]\npath = \"x\"\n";
+        let cfg = Config::parse(base).unwrap();
+        let w = &cfg.web;
+        assert!(w.enabled);
+        assert_eq!(w.listen, "127.0.0.1:8081".parse().unwrap());
+        assert_eq!(w.heartbeat_interval_secs, 60);
+        assert!(w.management_token().unwrap().is_none());
+        assert!(w.heartbeat_token().unwrap().is_none());
+        for (extra, needle) in [
+            (
+                "heartbeat_interval_secs = 4",
+                "web.heartbeat_interval_secs = 4 is outside 5..=86400",
+            ),
+            ("heartbeat_interval_secs = 86401", "outside 5..=86400"),
+            (
+                "heartbeat_url = \"ftp://h/x\"",
+                "web.heartbeat_url = \"ftp://h/x\"",
+            ),
+            (
+                "heartbeat_url = \"monitor.example.net\"",
+                "http:// or https://",
+            ),
+            ("heartbeat_url = \"http://\"", "web.heartbeat_url"),
+            (
+                "heartbeat_url = \"https://u:p@mon.example.net/\"",
+                "carries credentials",
+            ),
+            (
+                "heartbeat_token_file = \"t\"",
+                "heartbeat_token_file is set but heartbeat_url is not",
+            ),
+            ("listen = \"localhost:80\"", "listen"),
+            ("token_file = \"t\"", "token_file"),
+        ] {
+            let err = Config::parse(&format!("{base}[web]\n{extra}\n")).unwrap_err();
+            assert!(err.to_string().contains(needle), "{extra}: {err}");
+        }
+        for extra in [
+            "heartbeat_url = \"http://127.0.0.1:9000/hb\"\nheartbeat_interval_secs = 5",
+            "heartbeat_url = \"https://mon.example.net/x?site=1\"\nheartbeat_interval_secs = 86400",
+            "enabled = false\nlisten = \"0.0.0.0:0\"",
+        ] {
+            Config::parse(&format!("{base}[web]\n{extra}\n"))
+                .unwrap_or_else(|e| panic!("{extra}: {e}"));
+        }
+        // The status server and the share cannot share a port (port 0 is two free ports).
+        let err =
+            Config::parse(&format!("{base}[webdav]\nlisten = \"127.0.0.1:8081\"\n")).unwrap_err();
+        assert!(err.to_string().contains("different ports"), "{err}");
+        Config::parse(&format!(
+            "{base}[webdav]\nlisten = \"127.0.0.1:0\"\n[web]\nlisten = \"127.0.0.1:0\"\n"
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn web_tokens_come_from_files_relative_to_the_config_and_stay_hidden() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+        write("mgmt", "0123456789abcdef-management\nsecond line ignored\n");
+        write("hb", "  heartbeat-secret  \n");
+        write(
+            "c.toml",
+            "[volume]\npath = \"v\"\n[web]\nmanagement_token_file = \"mgmt\"\n\
+             heartbeat_url = \"http://127.0.0.1:1/\"\nheartbeat_token_file = \"hb\"\n",
+        );
+        let cfg = Config::load(&dir.path().join("c.toml")).unwrap();
+        let w = &cfg.web;
+        assert_eq!(
+            w.management_token_file.as_deref(),
+            Some(&*dir.path().join("mgmt"))
+        );
+        assert_eq!(
+            w.management_token().unwrap().unwrap().0,
+            "0123456789abcdef-management"
+        );
+        assert_eq!(w.heartbeat_token().unwrap().unwrap().0, "heartbeat-secret");
+        let shown = format!("{:?} {:?}", w.management_token(), w.heartbeat_token());
+        assert!(!shown.contains("management") && !shown.contains("heartbeat-secret"));
+        for (text, needle) in [
+            ("short\n", "at least 16 characters"),
+            ("\n", "at least 16 characters"),
+            ("0123456789 abcdef\n", "printable ASCII"),
+        ] {
+            write("mgmt", text);
+            let err = w.management_token().unwrap_err().to_string();
+            assert!(err.contains(needle), "{text:?}: {err}");
+            assert!(err.contains("web.management_token_file"), "{err}");
+        }
+        std::fs::remove_file(dir.path().join("mgmt")).unwrap();
+        let err = w.management_token().unwrap_err().to_string();
+        assert!(err.contains("mgmt"), "{err}");
+    }
+
+    #[test]
+    fn example_web_section_parses_uncommented() {
+        let cfg = Config::parse(EXAMPLE).unwrap();
+        assert!(cfg.web.enabled);
+        assert!(cfg.web.listen.ip().is_loopback());
+        let mut text = String::new();
+        let mut in_web = false;
+        for line in EXAMPLE.lines() {
+            in_web = match line {
+                "[web]" => true,
+                l if l.starts_with('[') => false,
+                _ => in_web,
+            };
+            match line.strip_prefix("# ") {
+                Some(l) if in_web && l.split_once(" = ").is_some_and(|(k, _)| !k.contains(' ')) => {
+                    text.push_str(l)
+                }
+                _ => text.push_str(line),
+            }
+            text.push('\n');
+        }
+        let cfg = Config::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let w = &cfg.web;
+        assert!(w.management_token_file.is_some() && w.heartbeat_token_file.is_some());
+        assert_eq!(w.heartbeat_interval_secs, 60);
+        assert!(w.heartbeat_url.as_deref().unwrap().starts_with("https://"));
     }
 
     #[test]
