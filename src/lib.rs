@@ -24,6 +24,7 @@ pub mod kv;
 pub mod meta;
 pub mod pack;
 pub mod recover;
+pub mod repair;
 pub mod status;
 pub mod tiering;
 pub mod volume;

@@ -7,5 +7,6 @@ mod core;
 mod durability;
 mod mount;
 mod recovery;
+mod repair;
 mod tiering;
 mod webdav;
