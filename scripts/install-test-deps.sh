@@ -5,7 +5,8 @@
 #   Debian packages  fuse3 (fusermount3, /etc/fuse.conf), attr (getfattr/setfattr),
 #                    acl and libacl1-dev (pjdfstest's ACL support builds against libacl),
 #                    litmus (the WebDAV conformance suite), rclone (a real WebDAV client),
-#                    openssl (test certificates)
+#                    openssl (test certificates), chromium (headless, for the status page
+#                    test; installed only when /usr/bin/chromium is missing)
 #   dummy user       `tests` (with group `tests`): pjdfstest switches to it and to `nobody`
 #   cargo install    pjdfstest 0.2.2 and fsx 0.3.2, pinned, with --locked, into ~/.cargo/bin
 #   garage 2.5.0     the S3 server of the backend tests, via scripts/garage.sh install (cargo
@@ -38,6 +39,10 @@ for p in "${APT_PACKAGES[@]}"; do
         missing+=("$p")
     fi
 done
+# Chromium by its binary: any install that provides /usr/bin/chromium will do.
+if [ ! -x /usr/bin/chromium ]; then
+    missing+=(chromium)
+fi
 if [ "${#missing[@]}" -gt 0 ]; then
     note "apt-get install ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -49,7 +54,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
     fi
     did+=("apt: ${missing[*]}")
 else
-    note "apt packages present: ${APT_PACKAGES[*]}"
+    note "apt packages present: ${APT_PACKAGES[*]} chromium"
 fi
 
 # --- FUSE device -----------------------------------------------------------------------------

@@ -8,5 +8,6 @@ mod durability;
 mod mount;
 mod recovery;
 mod repair;
+mod statuspage;
 mod tiering;
 mod webdav;
