@@ -10,4 +10,5 @@ mod recovery;
 mod repair;
 mod statuspage;
 mod tiering;
+mod web;
 mod webdav;
