@@ -28,6 +28,7 @@ pub mod repair;
 pub mod status;
 pub mod tiering;
 pub mod volume;
+pub mod web;
 pub mod webdav;
 
 pub use error::{Error, Result};

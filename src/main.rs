@@ -584,6 +584,7 @@ fn serve(config: Option<&Path>, take_over: bool) -> Result<()> {
     tracing::info!(volume = %vol.info().volume_id, path = %cfg.volume.path.display(), "volume open");
     let reporter = start_tiering(&vol, &cfg, take_over)?;
     let tiering = reporter.tiering().clone();
+    let web = start_web(&reporter, &cfg)?;
     let ticker = {
         let vol = vol.clone();
         std::thread::Builder::new()
@@ -670,6 +671,11 @@ fn serve(config: Option<&Path>, take_over: bool) -> Result<()> {
             }
         }
     }
+    {
+        let (app, stop) = web;
+        app.stop();
+        let _ = stop.send(true);
+    }
     let done = vol.shutdown().context("final commit");
     // Leave as much off-site as a short wait allows, unless the store is failing anyway.
     if done.is_ok() && tiering.status().last_error.is_none() {
@@ -734,6 +740,60 @@ fn start_tiering(vol: &Arc<Volume>, cfg: &Config, take_over: bool) -> Result<Arc
     let reporter = Reporter::new(vol.clone(), tiering.clone());
     tiergate::control::serve(&rt, vol.dir(), reporter.clone())?;
     Ok(reporter)
+}
+
+/// Starts the status page, JSON API, metrics and management API on the tiering runtime;
+/// returns the app and the switch that stops its listener.
+fn start_web(
+    reporter: &Arc<Reporter>,
+    cfg: &Config,
+) -> Result<(Arc<tiergate::web::WebApp>, tokio::sync::watch::Sender<bool>)> {
+    use tiergate::repair;
+    let rt = reporter.tiering().handle();
+    // Settings saved through the management API, the history and the heartbeat apply even
+    // when the page itself is switched off.
+    let mut app = tiergate::web::WebApp::new(reporter.clone(), &cfg.web, &cfg.volume.path)
+        .context("status server")?;
+    // The management API's verify: the metadata-level check of `tiergate verify --remote`
+    // (every referenced chunk indexed, in a pack that exists locally or in the store), run
+    // on a thread of its own (it drives the store through a runtime of its own).
+    let backend = tiergate::backend::from_config(cfg)?;
+    let vol = reporter.volume().clone();
+    Arc::get_mut(&mut app).expect("a new app").verify = Some(Arc::new(move || {
+        let (vol, backend) = (vol.clone(), backend.clone());
+        std::thread::spawn(move || -> tiergate::Result<serde_json::Value> {
+            let store = repair::Store::new(backend)?;
+            let opts = repair::VerifyOptions {
+                remote: true,
+                deep: false,
+            };
+            let r = repair::verify(&vol, &store, opts, &|_, _, _| {})?;
+            Ok(serde_json::json!({
+                "clean": r.is_clean(),
+                "files": r.files,
+                "chunks": r.chunks,
+                "damaged_files": r.damaged.iter().map(|d| d.paths.join(", ")).collect::<Vec<_>>(),
+                "pack_problems": r.pack_problems,
+                "elapsed_s": r.elapsed.as_secs_f64(),
+                "report": r.to_string(),
+            }))
+        })
+        .join()
+        .map_err(|_| tiergate::Error::Invalid("verify thread panicked".into()))?
+    }));
+    tiergate::web::spawn_background(&app, &rt);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    if cfg.web.enabled {
+        // Without its status page the appliance still stores backups: say so loudly, go on.
+        match rt.block_on(tiergate::web::bind(&cfg.web)) {
+            Ok((listener, addr)) => {
+                tracing::info!("web status page on http://{addr}/");
+                rt.spawn(tiergate::web::run(listener, app.clone(), stopped));
+            }
+            Err(e) => tracing::error!("status page not started: {e:#}"),
+        }
+    }
+    Ok((app, stop))
 }
 
 /// Starts the WebDAV share; returns its runtime and the switch that stops it.

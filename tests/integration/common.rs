@@ -28,10 +28,16 @@ impl TestVolume {
         std::fs::create_dir(&mnt).unwrap();
         std::fs::write(dir.path().join("passphrase"), format!("{PASSPHRASE}\n")).unwrap();
         let config = dir.path().join("tiergate.toml");
+        // Tests run daemons side by side: the status server takes any free port.
+        let web = if extra.contains("[web]") {
+            ""
+        } else {
+            "[web]\nlisten = \"127.0.0.1:0\"\n"
+        };
         std::fs::write(
             &config,
             format!(
-                "[volume]\npath = \"vol\"\npassphrase_file = \"passphrase\"\n{extra}\n\
+                "[volume]\npath = \"vol\"\npassphrase_file = \"passphrase\"\n{extra}\n{web}\
                  [fuse]\nmountpoint = \"mnt\"\nallow_other = true\n"
             ),
         )

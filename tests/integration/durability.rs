@@ -207,17 +207,26 @@ fn corrupted_pack_byte_is_detected_not_served() {
         .map(|e| e.unwrap().path())
         .collect();
     assert_eq!(packs.len(), 1);
+    // The embedded store (the local backend) may hold the pack too by now: a damaged local
+    // copy alone would be served from there (tiering tests cover that), so damage both.
+    let name = packs[0].file_name().unwrap().to_owned();
+    let mut copies = vec![packs[0].clone()];
+    let offsite = v.vol_dir().join("backend").join("packs").join(&name);
+    if offsite.exists() {
+        copies.push(offsite);
+    }
     // Inside the first blob: past the pack header and the first record header.
     let at = tiergate::pack::HEADER_LEN + tiergate::pack::RECORD_HEADER_LEN + 1000;
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&packs[0])
-        .unwrap();
-    let mut b = [0u8];
-    f.read_exact_at(&mut b, at).unwrap();
-    f.write_all_at(&[b[0] ^ 0x40], at).unwrap();
-    drop(f);
+    for copy in &copies {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(copy)
+            .unwrap();
+        let mut b = [0u8];
+        f.read_exact_at(&mut b, at).unwrap();
+        f.write_all_at(&[b[0] ^ 0x40], at).unwrap();
+    }
     v.start();
     let err = fs::read(v.path("victim")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
