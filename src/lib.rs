@@ -22,6 +22,7 @@ pub mod fuse;
 pub mod journal;
 pub mod kv;
 pub mod meta;
+pub mod notify;
 pub mod pack;
 pub mod recover;
 pub mod repair;
