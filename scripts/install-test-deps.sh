@@ -5,8 +5,10 @@
 #   Debian packages  fuse3 (fusermount3, /etc/fuse.conf), attr (getfattr/setfattr),
 #                    acl and libacl1-dev (pjdfstest's ACL support builds against libacl),
 #                    litmus (the WebDAV conformance suite), rclone (a real WebDAV client),
-#                    openssl (test certificates), chromium (headless, for the status page
-#                    test; installed only when /usr/bin/chromium is missing)
+#                    restic, borgbackup, duplicity, rsync, tar (the backup clients of
+#                    tests/suites/clients.sh), openssl (test certificates), chromium
+#                    (headless, for the status page test; installed only when
+#                    /usr/bin/chromium is missing)
 #   dummy user       `tests` (with group `tests`): pjdfstest switches to it and to `nobody`
 #   cargo install    pjdfstest 0.2.2 and fsx 0.3.2, pinned, with --locked, into ~/.cargo/bin
 #   garage 2.5.0     the S3 server of the backend tests, via scripts/garage.sh install (cargo
@@ -15,7 +17,7 @@ set -euo pipefail
 
 PJDFSTEST_VERSION=0.2.2
 FSX_VERSION=0.3.2
-APT_PACKAGES=(fuse3 attr acl libacl1-dev litmus rclone openssl)
+APT_PACKAGES=(fuse3 attr acl libacl1-dev litmus rclone restic borgbackup duplicity rsync tar openssl)
 
 did=()
 note() {

@@ -12,6 +12,8 @@
 #   cargo-test   cargo test --release --no-fail-fast: unit tests, and integration tests that mount FUSE themselves
 #   mount        a fresh volume in a temporary directory, `tiergate serve`, wait for the mount
 #   litmus       tests/suites/litmus.sh against the WebDAV share of that daemon (address from its log)
+#   clients      tests/suites/clients.sh: restic, borg, duplicity, rclone, tar and rsync back up a
+#                generated tree into the mount or the share; each restore compared with it
 #   pjdfstest    tests/suites/pjdfstest.sh against the mount (allowlist: pjdfstest-known-failures.txt)
 #   fsx          tests/suites/fsx.sh against the mount
 #   unmount      SIGTERM; tiergate must unmount and exit 0
@@ -229,6 +231,25 @@ if [ "$mounted" = 1 ]; then
         s="$(sum_field "$LOGDIR/litmus.log" '^litmus: [0-9]+ passed' skipped)"
         count_step litmus "$rc" "$p" "$f" "$s" \
             "$(grep -E '^litmus: [0-9]+ passed' "$LOGDIR/litmus.log" | tail -n 1 | sed 's/^litmus: //') ($webdav_url)"
+    fi
+fi
+
+if [ "$mounted" = 1 ]; then
+    # Real backup clients, like litmus before pjdfstest fills the volume; the suite removes what
+    # it wrote.
+    if [ -z "$webdav_url" ]; then
+        echo "clients: no 'webdav listening on' line in tiergate-serve.log" >"$LOGDIR/clients.log"
+        LAST_SECS=0
+        count_step clients 1 0 1 0 "no WebDAV address in the daemon's log"
+    else
+        rc=0
+        step clients bash tests/suites/clients.sh "$TIERGATE_MNT" "$webdav_url" "$LOGDIR/clients" ||
+            rc=$?
+        p="$(sum_field "$LOGDIR/clients.log" '^clients: [0-9]+ passed' passed)"
+        f="$(sum_field "$LOGDIR/clients.log" '^clients: [0-9]+ passed' failed)"
+        s="$(sum_field "$LOGDIR/clients.log" '^clients: [0-9]+ passed' skipped)"
+        count_step clients "$rc" "$p" "$f" "$s" \
+            "$(grep -E '^clients: [0-9]+ passed' "$LOGDIR/clients.log" | tail -n 1 | sed 's/^clients: //')"
     fi
 fi
 
