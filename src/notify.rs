@@ -224,14 +224,14 @@ mod tests {
         std::env::set_var(NOTIFY_SOCKET_ENV, &path);
         let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
         let c = calls.clone();
-        let t = spawn_watchdog(move || {
-            match c.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+        let t = spawn_watchdog(
+            move || match c.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
                 0 | 1 => Some(Ok(())),
                 2 => Some(Err("volume does not answer".into())),
                 3 => Some(Ok(())),
                 _ => None,
-            }
-        })
+            },
+        )
         .unwrap()
         .expect("watchdog configured");
         t.join().unwrap();
@@ -241,7 +241,10 @@ mod tests {
         }
         sock.set_nonblocking(true).unwrap();
         let mut buf = [0u8; 64];
-        assert!(sock.recv(&mut buf).is_err(), "no keep-alive while unhealthy");
+        assert!(
+            sock.recv(&mut buf).is_err(),
+            "no keep-alive while unhealthy"
+        );
 
         std::env::remove_var(NOTIFY_SOCKET_ENV);
         std::env::remove_var(WATCHDOG_USEC_ENV);
