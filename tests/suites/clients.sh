@@ -250,16 +250,17 @@ client_duplicity() {
 
 client_rclone() {
     need rclone || return 1
-    local remote=":webdav:$(basename "$remote_dir")/rclone" out="$scratch/rclone-out"
+    local remote out="$scratch/rclone-out"
+    remote=":webdav:$(basename "$remote_dir")/rclone"
     # Debian's rclone 1.60 fails to start when AWS_CA_BUNDLE is set, even for a WebDAV remote.
-    local rc=(env -u AWS_CA_BUNDLE rclone --config /dev/null --webdav-url "$url" --links)
+    local rcl=(env -u AWS_CA_BUNDLE rclone --config /dev/null --webdav-url "$url" --links)
     fail_msg="rclone copy up failed"
-    run "${rc[@]}" copy --create-empty-src-dirs "$src" "$remote" || return 1
+    run "${rcl[@]}" copy --create-empty-src-dirs "$src" "$remote" || return 1
     # The share offers no hash rclone knows, so plain check would compare sizes only.
     fail_msg="rclone check --download failed"
-    run "${rc[@]}" check --download "$src" "$remote" || return 1
+    run "${rcl[@]}" check --download "$src" "$remote" || return 1
     fail_msg="rclone copy back failed"
-    run "${rc[@]}" copy --create-empty-src-dirs "$remote" "$out" || return 1
+    run "${rcl[@]}" copy --create-empty-src-dirs "$remote" "$out" || return 1
     # rclone keeps neither modes nor (over WebDAV without a vendor) mtimes: content only.
     compare rclone "$out" content || return 1
     ok_msg="copy $nfiles files up, check --download ok, copy back identical (content)"
@@ -284,8 +285,12 @@ client_rsync() {
     run rsync -a "$src/" "$dst/" || return 1
     compare rsync-mount "$dst" full || return 1
     fail_msg="rsync checksum dry run failed"
-    run rsync -a --checksum --dry-run --itemize-changes "$src/" "$dst/" || return 1
-    if [ -n "$(rsync -a --checksum --dry-run --itemize-changes "$src/" "$dst/" 2>&1)" ]; then
+    local dry=(rsync -a --checksum --dry-run --itemize-changes "$src/" "$dst/")
+    printf '+ %s\n' "${dry[*]}" >>"$clog"
+    timeout --kill-after=10 "$cmd_timeout" "${dry[@]}" >"$scratch/rsync-changes" 2>>"$clog" ||
+        return 1
+    cat "$scratch/rsync-changes" >>"$clog"
+    if [ -s "$scratch/rsync-changes" ]; then
         fail_msg="rsync --checksum finds differences after the copy (see $clog)"
         return 1
     fi
@@ -312,7 +317,10 @@ for c in $clients; do
     # A subshell per client: its environment variables stay its own.
     (
         set +e
-        if "client_$c"; then
+        if ! declare -F "client_$c" >/dev/null; then
+            echo "FAIL no such client (known: restic borg duplicity rclone tar rsync)" \
+                >"$scratch/$c.result"
+        elif "client_$c"; then
             echo "OK $ok_msg" >"$scratch/$c.result"
         else
             echo "FAIL $fail_msg" >"$scratch/$c.result"
