@@ -1,6 +1,7 @@
 //! The integration suite: one test binary (fewer, faster builds) with a module per area.
 //! Tests that mount need root (or fusermount3) and /dev/fuse; `scripts/test.sh` provides both.
 
+mod appliance;
 mod backend;
 mod common;
 mod core;
