@@ -580,11 +580,12 @@ fn serve(config: Option<&Path>, take_over: bool) -> Result<()> {
     sigs.add(nix::sys::signal::Signal::SIGTERM);
     sigs.thread_block()?;
 
+    tiergate::notify::status("opening the volume");
     let vol = open(&cfg)?;
     tracing::info!(volume = %vol.info().volume_id, path = %cfg.volume.path.display(), "volume open");
     let reporter = start_tiering(&vol, &cfg, take_over)?;
     let tiering = reporter.tiering().clone();
-    let web = start_web(&reporter, &cfg)?;
+    let (web, web_url) = start_web(&reporter, &cfg)?;
     let ticker = {
         let vol = vol.clone();
         std::thread::Builder::new()
@@ -603,10 +604,11 @@ fn serve(config: Option<&Path>, take_over: bool) -> Result<()> {
     // The WebDAV share starts before the mount, so its address is in the log by the time the
     // mount appears. It runs on its own small tokio runtime; blocking core calls go to that
     // runtime's blocking pool.
-    let webdav = if cfg.webdav.enabled {
-        Some(start_webdav(&vol, &cfg)?)
+    let (webdav, webdav_url) = if cfg.webdav.enabled {
+        let (rt, stop, url) = start_webdav(&vol, &cfg)?;
+        (Some((rt, stop)), Some(url))
     } else {
-        None
+        (None, None)
     };
 
     let mut session = None;
@@ -633,6 +635,27 @@ fn serve(config: Option<&Path>, take_over: bool) -> Result<()> {
     if session.is_none() && cfg.fuse.mountpoint.is_some() && webdav.is_none() {
         tracing::warn!("no front-end is running; press Ctrl-C to stop");
     }
+    // Tell systemd (Type=notify) we serve, and keep its watchdog fed while the volume answers.
+    let mut serving = Vec::new();
+    match (&session, &cfg.fuse.mountpoint) {
+        (Some(_), Some(mp)) => serving.push(format!("mounted at {}", mp.display())),
+        _ => serving.push("not mounted".to_string()),
+    }
+    serving.push(format!("webdav {}", webdav_url.as_deref().unwrap_or("off")));
+    serving.push(format!(
+        "status page {}",
+        web_url.as_deref().unwrap_or("off")
+    ));
+    tiergate::notify::ready(&serving.join(", "));
+    let watched = Arc::downgrade(&vol);
+    tiergate::notify::spawn_watchdog(move || {
+        let vol = watched.upgrade()?;
+        Some(
+            vol.getattr(tiergate::meta::ROOT_INO)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        )
+    })?;
 
     // Wait for SIGINT/SIGTERM, or for the mount to go away (someone ran umount).
     loop {
@@ -644,11 +667,13 @@ fn serve(config: Option<&Path>, take_over: bool) -> Result<()> {
         let sig = unsafe { libc::sigtimedwait(sigs.as_ref(), std::ptr::null_mut(), &ts) };
         if sig > 0 {
             tracing::info!("signal {sig}: shutting down");
+            tiergate::notify::stopping();
             break;
         }
         if let Some(s) = &session {
             if s.guard.is_finished() {
                 tracing::info!("mount went away: shutting down");
+                tiergate::notify::stopping();
                 break;
             }
         }
@@ -657,6 +682,7 @@ fn serve(config: Option<&Path>, take_over: bool) -> Result<()> {
         let _ = stop.send(true);
         rt.shutdown_timeout(Duration::from_secs(10));
     }
+    tiergate::notify::status("stopping: unmounting");
     if let Some(s) = session {
         if let Err(e) = s.umount_and_join() {
             // Busy (a shell or an open file inside): detach it from the namespace instead. The
@@ -676,9 +702,11 @@ fn serve(config: Option<&Path>, take_over: bool) -> Result<()> {
         app.stop();
         let _ = stop.send(true);
     }
+    tiergate::notify::status("stopping: sealing and committing");
     let done = vol.shutdown().context("final commit");
     // Leave as much off-site as a short wait allows, unless the store is failing anyway.
     if done.is_ok() && tiering.status().last_error.is_none() {
+        tiergate::notify::status("stopping: final off-site sync (up to 10 s)");
         match tiering.sync(Some(Duration::from_secs(10))) {
             Ok(r) if r.complete => tracing::info!(
                 consistency_point = r.consistency_point,
@@ -742,12 +770,12 @@ fn start_tiering(vol: &Arc<Volume>, cfg: &Config, take_over: bool) -> Result<Arc
     Ok(reporter)
 }
 
+/// The status server's app and the switch that stops its listener.
+type WebServer = (Arc<tiergate::web::WebApp>, tokio::sync::watch::Sender<bool>);
+
 /// Starts the status page, JSON API, metrics and management API on the tiering runtime;
-/// returns the app and the switch that stops its listener.
-fn start_web(
-    reporter: &Arc<Reporter>,
-    cfg: &Config,
-) -> Result<(Arc<tiergate::web::WebApp>, tokio::sync::watch::Sender<bool>)> {
+/// returns the app and the switch that stops its listener, and the page's URL if it listens.
+fn start_web(reporter: &Arc<Reporter>, cfg: &Config) -> Result<(WebServer, Option<String>)> {
     use tiergate::repair;
     let rt = reporter.tiering().handle();
     // Settings saved through the management API, the history and the heartbeat apply even
@@ -783,24 +811,30 @@ fn start_web(
     }));
     tiergate::web::spawn_background(&app, &rt);
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut url = None;
     if cfg.web.enabled {
         // Without its status page the appliance still stores backups: say so loudly, go on.
         match rt.block_on(tiergate::web::bind(&cfg.web)) {
             Ok((listener, addr)) => {
                 tracing::info!("web status page on http://{addr}/");
+                url = Some(format!("http://{addr}/"));
                 rt.spawn(tiergate::web::run(listener, app.clone(), stopped));
             }
             Err(e) => tracing::error!("status page not started: {e:#}"),
         }
     }
-    Ok((app, stop))
+    Ok(((app, stop), url))
 }
 
-/// Starts the WebDAV share; returns its runtime and the switch that stops it.
+/// Starts the WebDAV share; returns its runtime, the switch that stops it, and its URL.
 fn start_webdav(
     vol: &Arc<Volume>,
     cfg: &Config,
-) -> Result<(tokio::runtime::Runtime, tokio::sync::watch::Sender<bool>)> {
+) -> Result<(
+    tokio::runtime::Runtime,
+    tokio::sync::watch::Sender<bool>,
+    String,
+)> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("webdav")
@@ -820,8 +854,9 @@ fn start_webdav(
             ""
         }
     );
+    let url = format!("{}://{addr}/", share.scheme());
     rt.spawn(share.run(listener, stopped));
-    Ok((rt, stop))
+    Ok((rt, stop, url))
 }
 
 #[derive(Subcommand)]
