@@ -251,3 +251,69 @@ pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
     rng.fill_bytes(&mut v);
     v
 }
+
+/// Runs `tiergate ARGS... --config CONFIG` and returns its output.
+pub fn tiergate(args: &[&str], config: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tiergate"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// A command's status and output, for assertion messages.
+pub fn text(o: &std::process::Output) -> String {
+    format!(
+        "status {}\nstdout: {}\nstderr: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// An S3 endpoint and credentials (the shared test server, or a private one).
+#[derive(Clone, Debug)]
+pub struct S3 {
+    pub endpoint: String,
+    pub region: String,
+    pub bucket: String,
+    pub key_id: String,
+    pub secret: String,
+}
+
+/// The Garage server of this test run (`TIERGATE_TEST_S3_*`, exported by scripts/garage.sh).
+pub fn shared_s3() -> S3 {
+    let var = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| {
+            panic!(
+                "{name} is not set: the S3 tests need the Garage server that the test command \
+                 starts. Run `bash scripts/test.sh`, or `source scripts/garage.sh start` and then \
+                 `cargo test --release` in the same shell."
+            )
+        })
+    };
+    S3 {
+        endpoint: var("TIERGATE_TEST_S3_ENDPOINT"),
+        region: var("TIERGATE_TEST_S3_REGION"),
+        bucket: var("TIERGATE_TEST_S3_BUCKET"),
+        key_id: var("TIERGATE_TEST_S3_ACCESS_KEY_ID"),
+        secret: var("TIERGATE_TEST_S3_SECRET_ACCESS_KEY"),
+    }
+}
+
+/// A bucket prefix of its own for one test.
+pub fn unique_prefix(test: &str) -> String {
+    format!("{test}-{}", hex::encode(rand::random::<[u8; 4]>()))
+}
+
+/// The `[s3]` section for `s3` under `prefix`, with short timeouts so failures show quickly.
+pub fn s3_section(s3: &S3, prefix: &str) -> String {
+    format!(
+        "[s3]\nendpoint = \"{}\"\nregion = \"{}\"\nbucket = \"{}\"\nprefix = \"{prefix}\"\n\
+         path_style = true\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\n\
+         connect_timeout_secs = 2\nrequest_timeout_secs = 30\nmax_attempts = 2\n",
+        s3.endpoint, s3.region, s3.bucket, s3.key_id, s3.secret
+    )
+}

@@ -8,54 +8,13 @@ use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{random_bytes, TestVolume};
+use crate::common::{random_bytes, shared_s3, text, tiergate, unique_prefix, TestVolume};
 use crate::webdav::share;
 
 fn s3_section(prefix: &str) -> String {
-    let var = |name: &str| {
-        std::env::var(name).unwrap_or_else(|_| {
-            panic!(
-                "{name} is not set: the recovery tests need the Garage server that the test \
-                 command starts (bash scripts/test.sh, or source scripts/garage.sh start)"
-            )
-        })
-    };
-    format!(
-        "[s3]\nendpoint = \"{}\"\nregion = \"{}\"\nbucket = \"{}\"\nprefix = \"{prefix}\"\n\
-         path_style = true\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\n\
-         connect_timeout_secs = 2\nrequest_timeout_secs = 30\nmax_attempts = 2\n",
-        var("TIERGATE_TEST_S3_ENDPOINT"),
-        var("TIERGATE_TEST_S3_REGION"),
-        var("TIERGATE_TEST_S3_BUCKET"),
-        var("TIERGATE_TEST_S3_ACCESS_KEY_ID"),
-        var("TIERGATE_TEST_S3_SECRET_ACCESS_KEY"),
-    )
-}
-
-fn unique_prefix(test: &str) -> String {
-    format!("{test}-{}", hex::encode(rand::random::<[u8; 4]>()))
-}
-
-fn tiergate(args: &[&str], config: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tiergate"))
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {}\nstdout: {}\nstderr: {}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    crate::common::s3_section(&shared_s3(), prefix)
 }
 
 fn sync_ok(v: &TestVolume) -> String {

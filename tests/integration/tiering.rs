@@ -8,7 +8,7 @@
 //! its own through `scripts/garage.sh`, so it can stop and restart it.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,51 +20,10 @@ use tiergate::config::{S3Config, Secret};
 use tiergate::meta::PackState;
 use tiergate::volume::{Volume, VolumeOptions};
 
-use crate::common::{random_bytes, TestVolume, PASSPHRASE};
+use crate::common::{
+    random_bytes, s3_section, shared_s3, text, tiergate, unique_prefix, TestVolume, PASSPHRASE, S3,
+};
 use crate::webdav::share;
-
-/// An S3 endpoint and credentials (the shared test server, or a private one).
-#[derive(Clone, Debug)]
-struct S3 {
-    endpoint: String,
-    region: String,
-    bucket: String,
-    key_id: String,
-    secret: String,
-}
-
-fn shared_s3() -> S3 {
-    let var = |name: &str| {
-        std::env::var(name).unwrap_or_else(|_| {
-            panic!(
-                "{name} is not set: the tiering tests need the Garage server that the test \
-                 command starts. Run `bash scripts/test.sh`, or `source scripts/garage.sh start` \
-                 and then `cargo test --release` in the same shell."
-            )
-        })
-    };
-    S3 {
-        endpoint: var("TIERGATE_TEST_S3_ENDPOINT"),
-        region: var("TIERGATE_TEST_S3_REGION"),
-        bucket: var("TIERGATE_TEST_S3_BUCKET"),
-        key_id: var("TIERGATE_TEST_S3_ACCESS_KEY_ID"),
-        secret: var("TIERGATE_TEST_S3_SECRET_ACCESS_KEY"),
-    }
-}
-
-fn unique_prefix(test: &str) -> String {
-    format!("{test}-{}", hex::encode(rand::random::<[u8; 4]>()))
-}
-
-/// The `[s3]` section for `s3` under `prefix`, with short timeouts so failures show quickly.
-fn s3_section(s3: &S3, prefix: &str) -> String {
-    format!(
-        "[s3]\nendpoint = \"{}\"\nregion = \"{}\"\nbucket = \"{}\"\nprefix = \"{prefix}\"\n\
-         path_style = true\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\n\
-         connect_timeout_secs = 2\nrequest_timeout_secs = 30\nmax_attempts = 2\n",
-        s3.endpoint, s3.region, s3.bucket, s3.key_id, s3.secret
-    )
-}
 
 /// The same store, for the test to look at what tiergate put there.
 fn backend_of(s3: &S3, prefix: &str) -> S3Backend {
@@ -81,25 +40,6 @@ fn rt() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
-}
-
-fn tiergate(args: &[&str], config: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tiergate"))
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {}\nstdout: {}\nstderr: {}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// `tiergate sync`, asserting success; returns its output.
