@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::journal::{self, Checkpoint};
 use crate::kv::{Batch, KvStore, SledStore};
 use crate::meta::{self, PackRecord, PackState};
-use crate::tiering::metasync::{KEY_OBJECT, VOLUME_OBJECT};
+use crate::tiering::metasync::{self, KEY_OBJECT, VOLUME_OBJECT};
 use crate::volume::{self, Volume, VolumeInfo};
 
 /// What a recovery did.
@@ -203,9 +203,9 @@ pub fn recover(cfg: &Config, passphrase: &str, progress: Progress<'_>) -> Result
     // segments already cover everything up to it.
     for (name, value) in [
         (journal::CONSISTENCY_POINT, consistency_point),
-        ("journal.checkpoint_start", ckpt_start),
-        ("journal.checkpoint_end", ckpt_end),
-        ("journal.have_checkpoint", 1),
+        (metasync::CKPT_START, ckpt_start),
+        (metasync::CKPT_END, ckpt_end),
+        (metasync::HAVE_CKPT, 1),
     ] {
         b.put(journal::local_key(name), value.to_le_bytes().to_vec());
     }

@@ -40,10 +40,10 @@ pub const LEASE_OBJECT: &str = "lease";
 /// Local file naming this appliance (random, made at first start).
 pub const APPLIANCE_ID_FILE: &str = "appliance-id";
 
-const CKPT_START: &str = "journal.checkpoint_start";
-const CKPT_END: &str = "journal.checkpoint_end";
+pub const CKPT_START: &str = "journal.checkpoint_start";
+pub const CKPT_END: &str = "journal.checkpoint_end";
 /// 1 once a checkpoint is off-site (before that, nothing is recoverable from the bucket).
-const HAVE_CKPT: &str = "journal.have_checkpoint";
+pub const HAVE_CKPT: &str = "journal.have_checkpoint";
 const SINCE_CKPT: &str = "journal.bytes_since_checkpoint";
 
 /// Who holds the lease of a volume's prefix.
