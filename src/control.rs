@@ -100,8 +100,16 @@ async fn request(line: &str, r: Arc<Reporter>) -> Result<serde_json::Value> {
             Ok(json!({ "evicted_bytes": freed }))
         }
         ["status"] => Ok(status_json(&t.status())),
-        ["report"] => serde_json::to_value(r.status())
-            .map_err(|e| Error::Invalid(format!("status document: {e}"))),
+        ["report"] => {
+            let s = tokio::task::spawn_blocking(move || {
+                let mut s = r.status();
+                crate::web::fill_quota(&mut s, crate::web::saved_quota(r.volume().dir()));
+                s
+            })
+            .await
+            .map_err(|e| Error::Invalid(format!("status task: {e}")))?;
+            serde_json::to_value(s).map_err(|e| Error::Invalid(format!("status document: {e}")))
+        }
         _ => Err(Error::Invalid(format!(
             "unknown request {:?} (expected sync [SECONDS], evict, status or report)",
             line.trim()

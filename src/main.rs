@@ -427,6 +427,14 @@ fn status(path: &Path, json: bool) -> Result<()> {
         f("space", "dedup_ratio"),
         f("space", "compression_ratio")
     );
+    if let Some(q) = r["space"]["quota_bytes"].as_u64() {
+        println!(
+            "quota:              {} of {} used ({:.1}%; reported, not enforced yet)",
+            mib(u("space", "stored_bytes")),
+            mib(q),
+            f("space", "quota_used_percent")
+        );
+    }
     println!(
         "front-ends:         {} open handles, {} WebDAV requests",
         u("frontends", "open_handles"),

@@ -235,6 +235,21 @@ fn message(e: &Error) -> String {
     }
 }
 
+/// Puts the tenant's quota (kept by the management API) into a status document.
+pub fn fill_quota(s: &mut Status, quota: Option<u64>) {
+    s.space.quota_bytes = quota;
+    s.space.quota_used_percent =
+        quota.map(|q| s.space.stored_bytes as f64 * 100.0 / q.max(1) as f64);
+}
+
+/// The quota saved by the management API for the volume in `volume_dir` (None: no quota, or
+/// the file cannot be read).
+pub fn saved_quota(volume_dir: &Path) -> Option<u64> {
+    Managed::load(&volume_dir.join(MANAGED_FILE))
+        .ok()
+        .and_then(|m| m.quota_bytes)
+}
+
 // ------------------------------------------------------------------------ the application
 
 /// Everything the status server serves, and the background tasks that feed it.
@@ -313,10 +328,7 @@ impl WebApp {
     /// call from a blocking context.
     pub fn status(&self) -> Status {
         let mut s = self.reporter.status();
-        let quota = self.managed.lock().quota_bytes;
-        s.space.quota_bytes = quota;
-        s.space.quota_used_percent =
-            quota.map(|q| s.space.stored_bytes as f64 * 100.0 / q.max(1) as f64);
+        fill_quota(&mut s, self.managed.lock().quota_bytes);
         s
     }
 
