@@ -1059,10 +1059,17 @@ mod tests {
                     assert!(cfg.s3.is_none());
                     assert_eq!(cfg.backend_dir(), Path::new("/mnt/nas/tiergate-objects"));
                 }
+                "managed.toml" => {
+                    assert!(cfg.web.management_token_file.unwrap().is_absolute());
+                    assert!(cfg.web.heartbeat_url.unwrap().starts_with("https://"));
+                    assert!(!cfg.web.listen.ip().is_loopback());
+                    assert_eq!(cfg.tiering.schedule.len(), 1);
+                    assert_eq!(cfg.s3.unwrap().key_prefix(), "tenant-0042/");
+                }
                 other => panic!("add a check for config/examples/{other}"),
             }
         }
-        assert_eq!(seen, 3);
+        assert_eq!(seen, 4);
         // The main example: no [s3], so the local store in the volume directory.
         let cfg = Config::parse(EXAMPLE).unwrap();
         assert!(cfg.s3.is_none());

@@ -445,7 +445,12 @@ fn same(raw: &str, v: &Value) -> bool {
     match v {
         Value::Null => raw == "null",
         Value::Bool(b) => raw == b.to_string(),
-        Value::Number(n) => raw.parse::<f64>().ok() == n.as_f64(),
+        // serde_json's default float parsing can be one ulp off the correctly rounded value
+        // the browser got: equal to 12 significant digits is the same number.
+        Value::Number(n) => match (raw.parse::<f64>(), n.as_f64()) {
+            (Ok(a), Some(b)) => a == b || (a - b).abs() <= 1e-12 * a.abs().max(b.abs()),
+            _ => false,
+        },
         Value::String(s) => raw == s,
         _ => false,
     }
