@@ -21,33 +21,8 @@ use tiergate::backend::{self, layout, list_all, Backend, ErrorKind, ObjectLock};
 use tiergate::config::{S3Config, Secret};
 use tiergate::pack::{self, PackWriter};
 
-/// The Garage server of this test run.
-struct Garage {
-    endpoint: String,
-    region: String,
-    bucket: String,
-    key_id: String,
-    secret: String,
-}
-
-fn garage() -> Garage {
-    let var = |name: &str| {
-        std::env::var(name).unwrap_or_else(|_| {
-            panic!(
-                "{name} is not set: the S3 tests need the Garage server that the test command \
-                 starts. Run `bash scripts/test.sh`, or `source scripts/garage.sh start` and then \
-                 `cargo test --release` in the same shell."
-            )
-        })
-    };
-    Garage {
-        endpoint: var("TIERGATE_TEST_S3_ENDPOINT"),
-        region: var("TIERGATE_TEST_S3_REGION"),
-        bucket: var("TIERGATE_TEST_S3_BUCKET"),
-        key_id: var("TIERGATE_TEST_S3_ACCESS_KEY_ID"),
-        secret: var("TIERGATE_TEST_S3_SECRET_ACCESS_KEY"),
-    }
-}
+// The Garage server of this test run: TIERGATE_TEST_S3_* (common.rs).
+use crate::common::{shared_s3 as garage, S3 as Garage};
 
 /// A config for the Garage bucket under a prefix of its own, so tests do not see each other.
 fn s3_config(g: &Garage, test: &str) -> S3Config {
