@@ -1,0 +1,273 @@
+#!/bin/bash
+# Boot test of the tiergate appliance image: boots target/image/tiergate-appliance.qcow2 under
+# QEMU (KVM when /dev/kvm works, else TCG software emulation) with a seed disk, reaches the
+# status page, the WebDAV share and the SMB share through host port forwards on 127.0.0.1,
+# writes a file over each and reads both back over both, checks the status page's counters,
+# the firewall, the NFS export and the no-password rules, then powers the VM off.
+#
+#   image/boot-test.sh [--tcg] [IMAGE]
+#
+# Not part of scripts/test.sh (a boot takes minutes under TCG). Needs qemu-system-x86,
+# qemu-utils, smbclient, curl, python3, ssh, mtools and dosfstools (installed when missing).
+# The image itself is not modified: the VM runs on a throw-away overlay.
+# Output: a PASS/FAIL line per check and a summary; the exit status is 1 if any check failed.
+# Logs (the VM's serial console, the guest journal) stay in target/image/boot-test/.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/.." && pwd)
+accel=auto
+if [[ ${1:-} == --tcg ]]; then accel=tcg; shift; fi
+image=${1:-$repo/target/image/tiergate-appliance.qcow2}
+work=$repo/target/image/boot-test
+boot_timeout=${BOOT_TIMEOUT:-900}
+
+[[ -f $image ]] || { echo "no image at $image: run image/build.sh first" >&2; exit 1; }
+
+need=()
+for t in qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils smbclient:smbclient curl:curl \
+    ssh:openssh-client mcopy:mtools mkfs.vfat:dosfstools python3:python3; do
+    command -v "${t%%:*}" >/dev/null || need+=("${t#*:}")
+done
+if ((${#need[@]})); then
+    apt-get update -q && apt-get install -y -q --no-install-recommends "${need[@]}"
+fi
+
+rm -rf "$work"
+mkdir -p "$work"
+cd "$work"
+
+# --- results -------------------------------------------------------------------------------
+fails=0
+results=()
+pass() { results+=("PASS  $*"); echo "PASS  $*"; }
+fail() { results+=("FAIL  $*"); echo "FAIL  $*"; fails=$((fails + 1)); }
+check() { # check DESCRIPTION COMMAND...
+    local d=$1; shift
+    if "$@" >>"$work/checks.log" 2>&1; then pass "$d"; else fail "$d"; fi
+}
+
+# --- host ports: free ones on 127.0.0.1 ------------------------------------------------------
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+p_web=$(free_port) p_dav=$(free_port) p_smb=$(free_port) p_ssh=$(free_port) p_rpc=$(free_port)
+
+# --- the seed ------------------------------------------------------------------------------
+password=$(python3 -c 'import secrets; print(secrets.token_urlsafe(18))')
+passphrase=$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')
+ssh-keygen -q -t ed25519 -N '' -C boot-test -f "$work/id_ed25519"
+cat >"$work/tiergate-seed.toml" <<EOF
+hostname = "tg-boot-test"
+timezone = "Europe/Berlin"
+[volume]
+passphrase = "$passphrase"
+[shares]
+user = "backup-test"
+password = "$password"
+smb = true
+# 10.0.2.0/24: QEMU's user network; 127.0.0.1: the guest's own check below.
+nfs_clients = ["10.0.2.0/24", "127.0.0.1"]
+[webdav]
+listen = "0.0.0.0:8080"
+tls = true
+[web]
+listen = "0.0.0.0:8081"
+[ssh]
+authorized_keys = ["$(cat "$work/id_ed25519.pub")"]
+EOF
+"$here/make-seed.sh" "$work/tiergate-seed.toml" "$work/seed.img" >/dev/null
+
+# The VM's disk: an overlay on the image, 2 GiB larger, so the root file system must grow.
+vsize=$(qemu-img info --output=json "$image" | python3 -c 'import json,sys; print(json.load(sys.stdin)["virtual-size"])')
+qemu-img create -q -f qcow2 -F qcow2 -b "$image" "$work/disk.qcow2" $((vsize + 2 * 1024 * 1024 * 1024))
+
+# --- boot ----------------------------------------------------------------------------------
+if [[ $accel == auto ]]; then
+    # A QEMU that starts with KVM runs until the timeout kills it (124); without KVM it fails.
+    rc=0
+    timeout 3 qemu-system-x86_64 -accel kvm -machine none -nodefaults -display none \
+        -monitor none -S </dev/null >/dev/null 2>&1 || rc=$?
+    if [[ $rc == 124 ]]; then accel=kvm; else accel=tcg; fi
+fi
+if [[ $accel == kvm ]]; then cpu=(-accel kvm -cpu host); else cpu=(-accel tcg -cpu max); fi
+fwd="hostfwd=tcp:127.0.0.1:$p_web-:8081,hostfwd=tcp:127.0.0.1:$p_dav-:8080"
+fwd+=",hostfwd=tcp:127.0.0.1:$p_smb-:445,hostfwd=tcp:127.0.0.1:$p_ssh-:22"
+fwd+=",hostfwd=tcp:127.0.0.1:$p_rpc-:111"
+echo "booting $image with $accel; ports on 127.0.0.1: status $p_web, webdav $p_dav, smb $p_smb, ssh $p_ssh, rpcbind (must be closed) $p_rpc"
+
+t0=$(date +%s.%N)
+qemu-system-x86_64 "${cpu[@]}" -machine q35 -m 1536 -smp 2 -nodefaults -display none \
+    -drive "file=$work/disk.qcow2,if=virtio,format=qcow2" \
+    -drive "file=$work/seed.img,if=virtio,format=raw,readonly=on" \
+    -netdev "user,id=n0,$fwd" -device virtio-net-pci,netdev=n0 \
+    -device virtio-rng-pci \
+    -serial "file:$work/console.log" -monitor "unix:$work/monitor.sock,server,nowait" \
+    -pidfile "$work/qemu.pid" &
+qemu_pid=$!
+stop_vm() {
+    if kill -0 "$qemu_pid" 2>/dev/null; then
+        kill "$qemu_pid" 2>/dev/null || true
+        wait "$qemu_pid" 2>/dev/null || true
+    fi
+}
+trap stop_vm EXIT
+
+# --- ready ---------------------------------------------------------------------------------
+status_url=http://127.0.0.1:$p_web/api/v1/status
+ready=""
+while :; do
+    if curl -fsS -m 5 -o "$work/status0.json" "$status_url" 2>/dev/null; then
+        ready=$(python3 -c "import time; print(f'{time.time() - $t0:.1f}')")
+        break
+    fi
+    kill -0 "$qemu_pid" 2>/dev/null || { fail "QEMU exited early (see $work/console.log)"; break; }
+    if (($(date +%s) - ${t0%.*} > boot_timeout)); then
+        fail "status page not reachable within ${boot_timeout}s"
+        break
+    fi
+    sleep 2
+done
+if [[ -z $ready ]]; then
+    tail -40 "$work/console.log" || true
+    printf '\n%s\n' "${results[@]}"
+    echo "RESULT: FAIL (the appliance did not come up)"
+    exit 1
+fi
+pass "status page reachable through the forwarded port: boot to ready ${ready} s ($accel)"
+
+sshg() {
+    ssh -q -i "$work/id_ed25519" -p "$p_ssh" -o StrictHostKeyChecking=no \
+        -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o ConnectTimeout=10 root@127.0.0.1 "$@"
+}
+jget() { # jget FILE a.b.c
+    python3 -c 'import json,sys
+d = json.load(open(sys.argv[1]))
+for k in sys.argv[2].split("."): d = d[k]
+print(d)' "$1" "$2"
+}
+
+# --- WebDAV ----------------------------------------------------------------------------------
+head -c 3000000 /dev/urandom >"$work/dav.bin"
+head -c 2000000 /dev/urandom >"$work/smb.bin"
+dav=https://127.0.0.1:$p_dav
+cred="backup-test:$password"
+code=$(curl -sk -o /dev/null -w '%{http_code}' "$dav/dav.bin")
+if [[ $code == 401 ]]; then pass "WebDAV refuses a request without credentials (401)"; else fail "WebDAV without credentials answered $code, not 401"; fi
+code=$(curl -sk -o /dev/null -w '%{http_code}' -u "backup-test:wrong-password" "$dav/dav.bin")
+if [[ $code == 401 ]]; then pass "WebDAV refuses a wrong password (401)"; else fail "WebDAV with a wrong password answered $code, not 401"; fi
+code=$(curl -sk -o /dev/null -w '%{http_code}' -u "$cred" -T "$work/dav.bin" "$dav/dav.bin")
+if [[ $code == 201 ]]; then pass "WebDAV PUT of 3000000 bytes over HTTPS (201)"; else fail "WebDAV PUT answered $code"; fi
+
+# --- SMB -------------------------------------------------------------------------------------
+printf 'username = backup-test\npassword = %s\n' "$password" >"$work/smb.auth"
+chmod 600 "$work/smb.auth"
+smb() { smbclient "//127.0.0.1/backup" -p "$p_smb" -A "$work/smb.auth" -m SMB3 "$@"; }
+check "SMB put of 2000000 bytes (smbclient, SMB3)" smb -c "put $work/smb.bin smb.bin"
+check "SMB refuses a guest" bash -c "! smbclient //127.0.0.1/backup -p $p_smb -N -m SMB3 -c ls"
+printf 'username = backup-test\npassword = wrong\n' >"$work/smb-bad.auth"
+check "SMB refuses a wrong password" bash -c "! smbclient //127.0.0.1/backup -p $p_smb -A $work/smb-bad.auth -m SMB3 -c ls"
+
+# --- read back, each file through both protocols -----------------------------------------------
+rm -f "$work"/back-*
+curl -skf -u "$cred" -o "$work/back-dav-dav.bin" "$dav/dav.bin" || true
+curl -skf -u "$cred" -o "$work/back-smb-dav.bin" "$dav/smb.bin" || true
+smb -c "get dav.bin $work/back-dav-smb.bin; get smb.bin $work/back-smb-smb.bin" >>"$work/checks.log" 2>&1 || true
+check "WebDAV file read back over WebDAV, identical" cmp "$work/dav.bin" "$work/back-dav-dav.bin"
+check "WebDAV file read back over SMB, identical" cmp "$work/dav.bin" "$work/back-dav-smb.bin"
+check "SMB file read back over SMB, identical" cmp "$work/smb.bin" "$work/back-smb-smb.bin"
+check "SMB file read back over WebDAV, identical" cmp "$work/smb.bin" "$work/back-smb-dav.bin"
+
+# --- status page counters ----------------------------------------------------------------------
+curl -fsS -m 10 -o "$work/status1.json" "$status_url" || true
+logical=$(jget "$work/status1.json" space.logical_bytes 2>/dev/null || echo 0)
+requests=$(jget "$work/status1.json" frontends.webdav_requests 2>/dev/null || echo 0)
+logical0=$(jget "$work/status0.json" space.logical_bytes 2>/dev/null || echo 0)
+if ((logical - logical0 >= 5000000)); then
+    pass "status page: space.logical_bytes $logical0 -> $logical (both files counted)"
+else
+    fail "status page: space.logical_bytes $logical0 -> $logical, expected +5000000"
+fi
+if ((requests >= 3)); then pass "status page: frontends.webdav_requests = $requests"; else fail "status page: frontends.webdav_requests = $requests"; fi
+store=$(jget "$work/status1.json" store.description 2>/dev/null || echo '?')
+echo "      store: $store; cache used $(jget "$work/status1.json" cache.used_bytes 2>/dev/null || echo '?') bytes"
+check "/metrics serves Prometheus text" bash -c "curl -fsS -m 10 http://127.0.0.1:$p_web/metrics | grep -q '^tiergate_'"
+
+# --- firewall --------------------------------------------------------------------------------
+# rpcbind listens on port 111 in the guest (nfs-common); the firewall must drop it. QEMU accepts
+# the host side of a forward at once, so "closed" means: an RPC NULL call gets no answer.
+rpc_probe() {
+    python3 - "$1" <<'EOF'
+import socket, struct, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10)
+call = struct.pack(">IIIIII", 0x1234, 0, 2, 100000, 2, 0) + b"\0" * 16  # portmap v2 NULL
+s.sendall(struct.pack(">I", 0x80000000 | len(call)) + call)
+try:
+    data = s.recv(100)
+except (socket.timeout, ConnectionError):
+    data = b""
+print("answered" if data else "no answer")
+sys.exit(0 if data else 1)
+EOF
+}
+if rpc_probe "$p_rpc" >>"$work/checks.log" 2>&1; then
+    fail "firewall: rpcbind (111) answers through the forward"
+else
+    pass "firewall: rpcbind (111) gets no answer from the host"
+fi
+if sshg ss -ltnH 'sport = :111' | grep -q LISTEN; then
+    pass "firewall: ... while rpcbind does listen on 111 inside the guest"
+else
+    fail "rpcbind not listening in the guest (the closed-port check proves nothing)"
+fi
+sshg nft list ruleset >"$work/nft.txt" 2>&1 || true
+check "firewall: the guest's drop counter is not zero" grep -Eq 'counter packets [1-9]' "$work/nft.txt"
+open_ports=$(sed -n 's/.*tcp dport { \(.*\) } accept.*/\1/p' "$work/nft.txt")
+if [[ $open_ports == "22, 445, 2049, 8080, 8081" ]]; then pass "firewall: open TCP ports are exactly { $open_ports }"; else fail "firewall: open TCP ports { $open_ports }"; fi
+
+# --- inside the guest ------------------------------------------------------------------------
+services_active() {
+    [[ $(sshg 'systemctl is-active tiergate smbd nfs-server nftables' | grep -cx active) == 4 ]]
+}
+root_locked() { sshg passwd -S root | grep -q '^root L '; }
+no_passwords() { [[ -z $(sshg "awk -F: '\$2 !~ /^[!*]/ {print \$1}' /etc/shadow") ]]; }
+sshd_keys_only() { sshg sshd -T | grep -qx 'passwordauthentication no'; }
+nfs_reads() {
+    local guest host
+    guest=$(sshg 'mkdir -p /mnt/nfs && mount -t nfs4 127.0.0.1:/srv/tiergate /mnt/nfs &&
+        sha256sum /mnt/nfs/dav.bin /mnt/nfs/smb.bin; umount /mnt/nfs' | awk '{print $1}')
+    host=$(sha256sum "$work/dav.bin" "$work/smb.bin" | awk '{print $1}')
+    echo "nfs: $guest / host: $host"
+    [[ -n $guest && $guest == "$host" ]]
+}
+grew() { sshg 'journalctl -b -u tiergate-growroot' | grep -q CHANGED; }
+check "guest: tiergate, smbd, nfs-server, nftables active" services_active
+check "guest: root is locked (passwd -S)" root_locked
+check "guest: no account has a password in /etc/shadow" no_passwords
+check "guest: sshd accepts public keys only" sshd_keys_only
+check "guest: NFSv4 export of the mount (127.0.0.1:/srv/tiergate) reads both files" nfs_reads
+check "guest: the root partition grew to the larger disk" grew
+sshg 'journalctl -b --no-pager' >"$work/journal.txt" 2>&1 || true
+check "guest: no ordering cycle in the boot" bash -c "! grep -qi 'ordering cycle' $work/journal.txt"
+check "guest: first-boot step configured from the seed disk" grep -q 'tiergate-firstboot: configured' "$work/journal.txt"
+sshg 'systemd-analyze' >"$work/analyze.txt" 2>&1 || true
+
+# --- clean power-off -------------------------------------------------------------------------
+t_off=$(date +%s)
+sshg 'systemctl poweroff' >/dev/null 2>&1 || true
+for _ in $(seq 120); do kill -0 "$qemu_pid" 2>/dev/null || break; sleep 1; done
+if kill -0 "$qemu_pid" 2>/dev/null; then
+    fail "VM still running 120 s after poweroff"
+else
+    pass "clean power-off in $(($(date +%s) - t_off)) s"
+fi
+
+echo
+echo "== summary ($accel, image $(basename "$image"))"
+echo "boot to ready: ${ready} s; guest: $(head -1 "$work/analyze.txt" 2>/dev/null)"
+printf '%s\n' "${results[@]}"
+if ((fails)); then
+    echo "RESULT: FAIL ($fails of ${#results[@]} checks failed; logs in $work)"
+    exit 1
+fi
+echo "RESULT: PASS (${#results[@]} checks)"
