@@ -279,7 +279,8 @@ fn take_field<'a>(b: &mut &'a [u8]) -> Option<&'a [u8]> {
 
 /// Value layout: version byte 1, then namespace, prefix, name and the property's XML, each as
 /// (u32 little-endian length, bytes); an absent namespace or prefix is stored empty.
-fn encode_prop(p: &DavProp) -> Vec<u8> {
+#[doc(hidden)]
+pub fn encode_prop(p: &DavProp) -> Vec<u8> {
     let mut v = vec![1u8];
     put_field(&mut v, p.namespace.as_deref().unwrap_or("").as_bytes());
     put_field(&mut v, p.prefix.as_deref().unwrap_or("").as_bytes());
@@ -288,7 +289,10 @@ fn encode_prop(p: &DavProp) -> Vec<u8> {
     v
 }
 
-fn decode_prop(b: &[u8], with_content: bool) -> Option<DavProp> {
+/// The inverse of [`encode_prop`]; `None` for bytes it did not write. (Public, like the lock
+/// table's codec and [`destination_path`], for the fuzz targets in `fuzz/`.)
+#[doc(hidden)]
+pub fn decode_prop(b: &[u8], with_content: bool) -> Option<DavProp> {
     let (&ver, mut rest) = b.split_first()?;
     if ver != 1 {
         return None;
@@ -1010,7 +1014,8 @@ fn opt_hex(v: Option<&[u8]>) -> String {
 
 /// One lock per line, space-separated fields (hex for anything free-form, `-` for none):
 /// `v1 token path principal owner-xml timeout-at timeout shared deep`.
-fn encode_locks(locks: &[DavLock]) -> Vec<u8> {
+#[doc(hidden)]
+pub fn encode_locks(locks: &[DavLock]) -> Vec<u8> {
     let mut out = String::new();
     for l in locks {
         let owner = l.owner.as_ref().and_then(|o| {
@@ -1036,7 +1041,9 @@ fn encode_locks(locks: &[DavLock]) -> Vec<u8> {
     out.into_bytes()
 }
 
-fn decode_locks(b: &[u8]) -> Vec<DavLock> {
+/// The inverse of [`encode_locks`]; unreadable records are dropped with a warning.
+#[doc(hidden)]
+pub fn decode_locks(b: &[u8]) -> Vec<DavLock> {
     let text = String::from_utf8_lossy(b);
     let mut out = Vec::new();
     for line in text.lines() {
@@ -1308,7 +1315,8 @@ fn percent_decode(s: &str) -> Option<Vec<u8>> {
 }
 
 /// The path of a Destination header (absolute URL or absolute path), without its query.
-fn destination_path(v: &str) -> &str {
+#[doc(hidden)]
+pub fn destination_path(v: &str) -> &str {
     let rest = v
         .strip_prefix("http://")
         .or_else(|| v.strip_prefix("https://"))
@@ -1481,7 +1489,25 @@ impl Share {
         resp
     }
 
-    async fn route(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    /// One request through the share without a connection: authentication, the path checks
+    /// and dav-server, as for a request that arrived from `127.0.0.1`. For the fuzz target
+    /// `fuzz/fuzz_targets/webdav_request.rs`, which has no socket.
+    #[doc(hidden)]
+    pub async fn serve_request<B>(&self, req: Request<B>) -> Response<Body>
+    where
+        B: hyper::body::Body,
+        B::Data: Buf + Send + 'static,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        self.route(req, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    async fn route<B>(&self, req: Request<B>, peer: SocketAddr) -> Response<Body>
+    where
+        B: hyper::body::Body,
+        B::Data: Buf + Send + 'static,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
         let mut principal = None;
         if let Some(users) = &self.users {
             let ok = match basic_credentials(req.headers()) {
