@@ -53,7 +53,7 @@ export E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH
 # --- host tools: install only what is missing --------------------------------------------------
 need=()
 for pair in debootstrap:debootstrap qemu-img:qemu-utils sfdisk:fdisk mke2fs:e2fsprogs \
-    losetup:mount chroot:coreutils; do
+    losetup:mount objcopy:binutils; do
     command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
 done
 if ((${#need[@]})); then
@@ -126,10 +126,12 @@ in_root apt-get update -q
 in_root apt-get -y -q upgrade
 in_root apt-get -y -q install "${packages[@]}"
 
-# --- the tiergate binary (built now if missing; cargo may wait for the shared target lock) --------------------------------------------------------------------
+# --- the tiergate binary (built if missing; cargo may wait for the shared target lock) ------
 if [[ ! -x $binary ]]; then
     log "building tiergate (cargo build --release --locked)"
-    (cd "$repo" && cargo build --release --locked)
+    # Without this script's SOURCE_DATE_EPOCH: build scripts that watch it would rebuild the
+    # shared target directory's crates for everyone.
+    (cd "$repo" && env -u SOURCE_DATE_EPOCH -u E2FSPROGS_FAKE_TIME cargo build --release --locked)
 fi
 tg_version=$("$binary" --version)
 tg_commit=$(git -C "$repo" rev-parse HEAD)
@@ -139,7 +141,10 @@ tg_sha=$(sha256sum "$binary" | cut -d' ' -f1)
 
 # --- tiergate and the appliance's files --------------------------------------------------------
 log "installing tiergate $tg_version and the appliance files"
-install -m 0755 "$binary" "$rootfs/usr/bin/tiergate"
+# The release profile keeps debug info (~170 MB); the image gets the binary without it (symbols
+# stay, for backtraces).
+objcopy --strip-debug "$binary" "$rootfs/usr/bin/tiergate"
+chmod 0755 "$rootfs/usr/bin/tiergate"
 install -m 0644 "$repo/systemd/tiergate.service" "$rootfs/usr/lib/systemd/system/tiergate.service"
 install -m 0644 "$repo/systemd/tiergate.tmpfiles" "$rootfs/usr/lib/tmpfiles.d/tiergate.conf"
 # The overlay: first-boot script, unit drop-ins, default firewall, sshd and network settings.
@@ -203,7 +208,8 @@ mkdir -p "$(dirname "$manifest")"
     echo "image: $name"
     echo "tiergate: $tg_version"
     echo "tiergate-commit: $tg_commit$( ((tg_dirty)) && echo ' (with uncommitted changes)')"
-    echo "tiergate-sha256: $tg_sha"
+    echo "tiergate-sha256: $tg_sha (as built; in the image without debug info: $(sha256sum \
+        "$rootfs/usr/bin/tiergate" | cut -d' ' -f1))"
     echo "debian-suite: $suite"
     echo "debian-mirror: $mirror"
     echo "debian-security-mirror: $security_mirror"
@@ -246,7 +252,7 @@ EOF
 # extlinux 6.04 cannot read ext4's 64bit feature; without it ext4 still reaches 16 TiB.
 mke2fs -q -F -t ext4 -L tiergate-root -U "$root_uuid" -O ^64bit \
     -E "offset=$((part_start * 512)),hash_seed=$hash_seed,root_owner=0:0" \
-    -d "$rootfs" "$raw" "$((part_sectors / 8))k"
+    -d "$rootfs" "$raw" "$((part_sectors / 2))k"
 mkdir -p "$mnt"
 loopdev=$(losetup --find --show --offset $((part_start * 512)) --sizelimit $((part_sectors * 512)) "$raw")
 e2fsck -fn "$loopdev" >/dev/null || die "e2fsck found errors in the new file system"
