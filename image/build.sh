@@ -168,6 +168,7 @@ mkdir -p "$rootfs/boot/extlinux"
 cat >"$rootfs/boot/extlinux/extlinux.conf" <<EOF
 # extlinux on the root file system; /vmlinuz and /initrd.img are the symlinks the Debian kernel
 # package keeps pointing at the newest kernel.
+SERIAL 0 115200
 DEFAULT tiergate
 PROMPT 0
 TIMEOUT 0
