@@ -36,6 +36,80 @@ pub struct Config {
     /// The status page, JSON API, metrics, management API and heartbeat (src/web.rs).
     #[serde(default)]
     pub web: WebConfig,
+    /// The tenant quota on stored bytes (enforced by src/volume.rs).
+    #[serde(default)]
+    pub quota: QuotaConfig,
+    /// Garbage collection of unreferenced data, local and off-site (src/gc.rs).
+    #[serde(default)]
+    pub gc: GcConfig,
+}
+
+/// `[quota]`: the limit the provider sells, on stored bytes (after dedup and compression).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaConfig {
+    /// Absent: no quota (statfs then reports the local disk). The management API overrides it.
+    pub limit: Option<ByteSize>,
+    /// The status page warns from this share of the limit on, in percent.
+    #[serde(default = "default_quota_warn")]
+    pub warn_percent: u8,
+}
+
+fn default_quota_warn() -> u8 {
+    90
+}
+
+impl Default for QuotaConfig {
+    fn default() -> Self {
+        QuotaConfig {
+            limit: None,
+            warn_percent: default_quota_warn(),
+        }
+    }
+}
+
+/// `[gc]`: when and how hard garbage collection works (docs/RETENTION.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcConfig {
+    /// Minutes between background passes; 0 = only on demand (`tiergate gc`).
+    #[serde(default = "default_gc_interval")]
+    pub interval_minutes: u64,
+    /// Packs whose live data falls below this share of their size are repacked, in percent;
+    /// wholly dead packs are always dropped.
+    #[serde(default = "default_gc_min_live")]
+    pub min_live_percent: u8,
+    /// A dropped pack stays in the bucket at least this long (and until the metadata that no
+    /// longer names it is off-site), so a recovery running meanwhile never misses it.
+    #[serde(default = "default_gc_grace")]
+    pub grace_minutes: u64,
+    /// Repacking reads and rewrites at most this many bytes per second.
+    #[serde(default = "default_gc_rate")]
+    pub max_rate: ByteSize,
+}
+
+fn default_gc_interval() -> u64 {
+    60
+}
+fn default_gc_min_live() -> u8 {
+    50
+}
+fn default_gc_grace() -> u64 {
+    24 * 60
+}
+fn default_gc_rate() -> ByteSize {
+    ByteSize(64 * MIB)
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        GcConfig {
+            interval_minutes: default_gc_interval(),
+            min_live_percent: default_gc_min_live(),
+            grace_minutes: default_gc_grace(),
+            max_rate: default_gc_rate(),
+        }
+    }
 }
 
 /// Where objects go when no S3 store is configured (src/backend/local.rs).
@@ -930,6 +1004,29 @@ impl Config {
         }
         self.cache.validate(v.pack_size_mib)?;
         self.tiering.validate()?;
+        if self.quota.limit == Some(ByteSize(0)) {
+            return Err(Error::Invalid(
+                "quota.limit = 0: leave the key out for no quota".into(),
+            ));
+        }
+        if !(1..=100).contains(&self.quota.warn_percent) {
+            return Err(Error::Invalid(format!(
+                "quota.warn_percent = {} is outside 1..=100",
+                self.quota.warn_percent
+            )));
+        }
+        if self.gc.min_live_percent > 95 {
+            return Err(Error::Invalid(format!(
+                "gc.min_live_percent = {} is above 95 (every pass would rewrite nearly every pack)",
+                self.gc.min_live_percent
+            )));
+        }
+        if self.gc.max_rate.bytes() < MIB {
+            return Err(Error::Invalid(format!(
+                "gc.max_rate = {} is below 1 MiB per second",
+                self.gc.max_rate
+            )));
+        }
         self.web.validate()?;
         if self.web.enabled
             && self.webdav.enabled

@@ -101,17 +101,19 @@ async fn request(line: &str, r: Arc<Reporter>) -> Result<serde_json::Value> {
         }
         ["status"] => Ok(status_json(&t.status())),
         ["report"] => {
-            let s = tokio::task::spawn_blocking(move || {
-                let mut s = r.status();
-                crate::web::fill_quota(&mut s, crate::web::saved_quota(r.volume().dir()));
-                s
-            })
-            .await
-            .map_err(|e| Error::Invalid(format!("status task: {e}")))?;
+            let s = tokio::task::spawn_blocking(move || r.status())
+                .await
+                .map_err(|e| Error::Invalid(format!("status task: {e}")))?;
             serde_json::to_value(s).map_err(|e| Error::Invalid(format!("status document: {e}")))
         }
+        ["gc"] => {
+            let rep = tokio::task::spawn_blocking(move || t.gc())
+                .await
+                .map_err(|e| Error::Invalid(format!("gc task: {e}")))??;
+            serde_json::to_value(rep).map_err(|e| Error::Invalid(format!("gc report: {e}")))
+        }
         _ => Err(Error::Invalid(format!(
-            "unknown request {:?} (expected sync [SECONDS], evict, status or report)",
+            "unknown request {:?} (expected sync [SECONDS], evict, gc, status or report)",
             line.trim()
         ))),
     }

@@ -87,6 +87,15 @@ enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Collect garbage now (asks the running daemon): drop packs no file needs, rewrite
+    /// sparse ones, delete dropped packs off-site once that is safe (docs/RETENTION.md).
+    Gc {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print the daemon's report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Manage the users of the WebDAV share (its `webdav.users_file`).
     User {
         #[command(subcommand)]
@@ -174,6 +183,7 @@ fn main() {
             json,
         } => sync(&config, timeout, json),
         Cmd::Evict { config } => evict(&config),
+        Cmd::Gc { config, json } => gc(&config, json),
         Cmd::Key {
             cmd: KeyCmd::Change { config },
         } => key_change(&config),
@@ -221,8 +231,11 @@ fn init(path: &Path) -> Result<()> {
 
 fn open(cfg: &Config) -> Result<Arc<Volume>> {
     let pass = cfg.passphrase()?;
-    Volume::open(&cfg.volume.path, &pass.0, volume_options(cfg))
-        .with_context(|| format!("opening volume {}", cfg.volume.path.display()))
+    let vol = Volume::open(&cfg.volume.path, &pass.0, volume_options(cfg))
+        .with_context(|| format!("opening volume {}", cfg.volume.path.display()))?;
+    vol.set_quota(cfg.quota.limit.map(|l| l.bytes()));
+    vol.set_quota_warn_percent(cfg.quota.warn_percent);
+    Ok(vol)
 }
 
 fn stats(path: &Path) -> Result<()> {
@@ -429,10 +442,15 @@ fn status(path: &Path, json: bool) -> Result<()> {
     );
     if let Some(q) = r["space"]["quota_bytes"].as_u64() {
         println!(
-            "quota:              {} of {} used ({:.1}%; reported, not enforced yet)",
-            mib(u("space", "stored_bytes")),
+            "quota:              {} of {} used ({:.1}%){}",
+            mib(u("space", "quota_used_bytes")),
             mib(q),
-            f("space", "quota_used_percent")
+            f("space", "quota_used_percent"),
+            if r["space"]["quota_warning"] == true {
+                "  WARNING: above the soft threshold"
+            } else {
+                ""
+            }
         );
     }
     println!(
@@ -495,6 +513,56 @@ fn evict(path: &Path) -> Result<()> {
     println!(
         "evicted {} from the local cache",
         mib(r["evicted_bytes"].as_u64().unwrap_or(0))
+    );
+    Ok(())
+}
+
+fn gc(path: &Path, json: bool) -> Result<()> {
+    let cfg = Config::load(path)?;
+    let r = tiergate::control::call(&cfg.volume.path, "gc")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    let u = |k: &str| r[k].as_u64().unwrap_or(0);
+    println!(
+        "dropped {} packs ({}; {} freed locally), rewrote {} sparse packs ({} copied)",
+        u("packs_dropped"),
+        mib(u("bytes_dropped")),
+        mib(u("local_bytes_freed")),
+        u("packs_rewritten"),
+        mib(u("bytes_rewritten"))
+    );
+    println!(
+        "off-site: {} objects deleted ({}), {} delete and {} GET requests",
+        u("objects_deleted"),
+        mib(u("bytes_deleted")),
+        u("delete_requests"),
+        u("get_requests")
+    );
+    let waiting = u("waiting_grace") + u("waiting_metadata") + u("waiting_checkpoint");
+    if waiting > 0 {
+        println!(
+            "waiting to leave the store: {waiting} packs ({} in the grace period, {} for metadata \
+             to go off-site, {} for a newer checkpoint)",
+            u("waiting_grace"),
+            u("waiting_metadata"),
+            u("waiting_checkpoint")
+        );
+    }
+    if let Some(why) = r["offsite_skipped"].as_str() {
+        println!("off-site part skipped: {why}");
+    }
+    if u("packs_unreadable") > 0 {
+        println!(
+            "{} packs could not be rewritten (unreadable data; see the log, run `tiergate verify`)",
+            u("packs_unreadable")
+        );
+    }
+    println!(
+        "garbage left in kept packs: {}; took {:.1} s",
+        mib(u("garbage_left_bytes")),
+        r["seconds"].as_f64().unwrap_or(0.0)
     );
     Ok(())
 }

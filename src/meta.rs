@@ -399,12 +399,22 @@ pub enum PackState {
     Uploaded,
     /// Off-site only: the local file was evicted (blobs read since sit in the fetch cache).
     Remote,
+    /// Garbage: no chunk record names it any more (GC dropped it; src/volume/gc.rs). Its local
+    /// file is gone; the off-site object is deleted once the metadata through journal position
+    /// `after_seq` (the last change that could name it) is off-site, a checkpoint taken after it
+    /// is too, and the grace period since `since_unix` has passed. Then the record goes.
+    Doomed { after_seq: u64, since_unix: u64 },
 }
 
 impl PackState {
     /// Whether the store holds the pack, so its local copy may be dropped.
     pub fn is_offsite(self) -> bool {
         matches!(self, PackState::Uploaded | PackState::Remote)
+    }
+
+    /// Whether GC dropped the pack (nothing names it; it only waits to leave the store).
+    pub fn is_doomed(self) -> bool {
+        matches!(self, PackState::Doomed { .. })
     }
 }
 
@@ -424,9 +434,18 @@ impl PackRecord {
             PackState::Sealed => 1,
             PackState::Uploaded => 2,
             PackState::Remote => 3,
+            PackState::Doomed { .. } => 4,
         }];
         v.extend_from_slice(&self.size.to_le_bytes());
         v.extend_from_slice(&self.dead_bytes.to_le_bytes());
+        if let PackState::Doomed {
+            after_seq,
+            since_unix,
+        } = self.state
+        {
+            v.extend_from_slice(&after_seq.to_le_bytes());
+            v.extend_from_slice(&since_unix.to_le_bytes());
+        }
         v
     }
     pub fn decode(b: &[u8]) -> Result<Self> {
@@ -437,12 +456,25 @@ impl PackRecord {
                 1 => PackState::Sealed,
                 2 => PackState::Uploaded,
                 3 => PackState::Remote,
+                4 => PackState::Doomed {
+                    after_seq: 0,
+                    since_unix: 0,
+                },
                 _ => return None,
+            };
+            let size = r.u64()?;
+            let dead_bytes = r.u64()?;
+            let state = match state {
+                PackState::Doomed { .. } => PackState::Doomed {
+                    after_seq: r.u64()?,
+                    since_unix: r.u64()?,
+                },
+                s => s,
             };
             Some(PackRecord {
                 state,
-                size: r.u64()?,
-                dead_bytes: r.u64()?,
+                size,
+                dead_bytes,
             })
         })()
         .ok_or_else(|| corrupt("pack"))
@@ -519,6 +551,15 @@ mod tests {
             dead_bytes: 12,
         };
         assert_eq!(PackRecord::decode(&p.encode()).unwrap(), p);
+        let doomed = PackRecord {
+            state: PackState::Doomed {
+                after_seq: 77,
+                since_unix: 1_800_000_000,
+            },
+            ..p
+        };
+        assert_eq!(PackRecord::decode(&doomed.encode()).unwrap(), doomed);
+        assert!(PackRecord::decode(&doomed.encode()[..20]).is_err());
         assert_eq!(
             decode_dirent(&encode_dirent(42, FileKind::Dir)).unwrap(),
             (42, FileKind::Dir)

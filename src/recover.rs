@@ -182,7 +182,10 @@ pub fn recover(cfg: &Config, passphrase: &str, progress: Progress<'_>) -> Result
         match remote.get(&id) {
             Some(&size) => {
                 let mut r = PackRecord::decode(&v)?;
-                r.state = PackState::Remote;
+                // A pack GC dropped stays dropped (GC deletes its object when safe).
+                if !r.state.is_doomed() {
+                    r.state = PackState::Remote;
+                }
                 r.size = size;
                 b.put(k, r.encode());
                 packs += 1;

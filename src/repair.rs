@@ -522,7 +522,11 @@ pub fn rebuild_index(vol: &Volume, store: &Store) -> Result<RebuildReport> {
     let uses = chunk_uses(kv)?;
     rep.extents = uses.extents;
     let (old, undecodable) = read_index(kv)?;
-    let packs = vol.pack_table()?;
+    let packs: Vec<_> = vol
+        .pack_table()?
+        .into_iter()
+        .filter(|(_, r)| !r.state.is_doomed())
+        .collect();
 
     // 1. Every footer; local files first, so that a local copy is found before a remote one.
     let mut copies: HashMap<ChunkId, Vec<Found>> = HashMap::new();
@@ -906,7 +910,12 @@ pub fn verify(
     rep.extents = uses.extents;
     rep.chunks = uses.chunks.len() as u64;
     let (index, _) = read_index(kv)?;
-    let packs: HashMap<u64, PackRecord> = vol.pack_table()?.into_iter().collect();
+    // Packs GC dropped hold nothing anyone needs (and their objects may be gone already).
+    let packs: HashMap<u64, PackRecord> = vol
+        .pack_table()?
+        .into_iter()
+        .filter(|(_, r)| !r.state.is_doomed())
+        .collect();
     let mut bad: HashMap<ChunkId, String> = HashMap::new();
 
     // Local pack files: their length and footer.

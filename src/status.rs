@@ -34,6 +34,7 @@ pub struct Status {
     pub space: Space,
     pub store: Store,
     pub frontends: Frontends,
+    pub gc: Gc,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -111,9 +112,14 @@ pub struct Space {
     pub dedup_ratio: f64,
     pub compression_ratio: f64,
     pub metadata_bytes: u64,
-    /// The tenant's quota, when one is configured (not yet: retention work).
+    /// The tenant's quota, when one is set (config or management API); enforced on writes.
     pub quota_bytes: Option<u64>,
+    /// What counts against it: stored bytes plus written data not yet committed.
+    pub quota_used_bytes: Option<u64>,
     pub quota_used_percent: Option<f64>,
+    /// The soft threshold, in percent of the quota, and whether usage has reached it.
+    pub quota_warn_percent: u8,
+    pub quota_warning: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -131,6 +137,21 @@ pub struct Store {
 pub struct Frontends {
     pub open_handles: u64,
     pub webdav_requests: u64,
+}
+
+/// The last garbage collection pass since the daemon started (docs/RETENTION.md).
+#[derive(Debug, Clone, Serialize)]
+pub struct Gc {
+    pub last_run_unix: Option<u64>,
+    pub last_seconds: Option<f64>,
+    /// What that pass dropped, rewrote and deleted off-site.
+    pub last_bytes_dropped: u64,
+    pub last_bytes_rewritten: u64,
+    pub last_objects_deleted: u64,
+    /// Dropped packs whose objects still wait in the store (grace period, metadata, checkpoint).
+    pub packs_waiting: u64,
+    /// Dead bytes left in packs kept (below the rewrite threshold's trigger).
+    pub garbage_bytes: u64,
 }
 
 /// One point of the history.
@@ -177,6 +198,10 @@ impl Reporter {
     pub fn status(&self) -> Status {
         let t = self.tiering.status();
         let vs = self.vol.stats().ok();
+        let quota = self.vol.quota();
+        let quota_used = self.vol.quota_used();
+        let quota_percent = quota.map(|q| quota_used as f64 * 100.0 / q as f64);
+        let warn = self.vol.quota_warn_percent();
         let st = vs.as_ref().map(|s| s.stats).unwrap_or_default();
         let j = self.vol.journal();
         let dirty = t.queued_bytes + self.vol.uncommitted_bytes();
@@ -250,8 +275,11 @@ impl Reporter {
                 dedup_ratio: ratio(st.logical_bytes, st.unique_bytes),
                 compression_ratio: ratio(st.unique_bytes, st.stored_bytes),
                 metadata_bytes: vs.as_ref().map_or(0, |s| s.metadata_bytes),
-                quota_bytes: None,
-                quota_used_percent: None,
+                quota_bytes: quota,
+                quota_used_bytes: quota.map(|_| quota_used),
+                quota_used_percent: quota_percent,
+                quota_warn_percent: warn,
+                quota_warning: quota_percent.is_some_and(|p| p >= warn as f64),
             },
             store: Store {
                 description: t.store.clone(),
@@ -263,6 +291,20 @@ impl Reporter {
             frontends: Frontends {
                 open_handles: self.vol.open_handles() as u64,
                 webdav_requests: crate::webdav::REQUESTS.load(Ordering::Relaxed),
+            },
+            gc: {
+                let g = self.tiering.gc_last();
+                Gc {
+                    last_run_unix: g.as_ref().map(|g| g.finished_unix),
+                    last_seconds: g.as_ref().map(|g| g.seconds),
+                    last_bytes_dropped: g.as_ref().map_or(0, |g| g.core.bytes_dropped),
+                    last_bytes_rewritten: g.as_ref().map_or(0, |g| g.core.bytes_rewritten),
+                    last_objects_deleted: g.as_ref().map_or(0, |g| g.objects_deleted),
+                    packs_waiting: g.as_ref().map_or(0, |g| {
+                        g.waiting_grace + g.waiting_metadata + g.waiting_checkpoint
+                    }),
+                    garbage_bytes: g.as_ref().map_or(0, |g| g.core.garbage_left_bytes),
+                }
             },
         }
     }

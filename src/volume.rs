@@ -43,6 +43,9 @@ use crate::meta::{
 };
 use crate::pack::{self, BlobLocation, PackWriter};
 
+mod gc;
+pub use gc::{CorePass, GcPolicy};
+
 /// Largest file offset we accept (what Linux allows for a 64-bit filesystem).
 pub const MAX_FILE_SIZE: u64 = i64::MAX as u64;
 pub const MAX_NAME_LEN: usize = 255;
@@ -283,6 +286,8 @@ pub trait Tier: Send + Sync {
     /// Called before a front-end write is taken in; blocks while the data waiting for upload is
     /// at the cache limit (backpressure), so the cache never fills with data not yet off-site.
     fn admit_write(&self, vol: &Volume, bytes: u64);
+    /// GC dropped `pack` (nothing names it; its local file is gone): forget its cached state.
+    fn pack_dropped(&self, pack: u64);
 }
 
 pub struct Volume {
@@ -294,11 +299,24 @@ pub struct Volume {
     packs: PackStore,
     ns: Mutex<()>,
     commit: Mutex<CommitState>,
+    /// Read-held by everything that writes blobs a chunk record will name later (from the
+    /// first append to the metadata batch); GC write-holds it for a moment to know which packs
+    /// are complete (src/volume/gc.rs).
+    store_gate: RwLock<()>,
     entries: Mutex<HashMap<u64, Arc<Entry>>>,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
     next_ino: AtomicU64,
     dirty_total: AtomicU64,
+    /// Stored bytes (`Stats::stored_bytes`) as of the last commit, readable without the commit
+    /// lock: the quota check runs on every write.
+    stored_now: AtomicU64,
+    /// The tenant quota on stored bytes; 0 = none (see [`Volume::set_quota`]).
+    quota: AtomicU64,
+    /// The status page warns from this share of the quota on, in percent.
+    quota_warn_percent: std::sync::atomic::AtomicU8,
+    /// When the last "quota reached" line was logged (rate-limits the log, not the refusal).
+    quota_logged: Mutex<Option<Instant>>,
     chunk_cache: Mutex<lru::LruCache<ChunkId, Arc<Vec<u8>>>>,
     decode_locks: [Mutex<()>; DECODE_STRIPES],
     invalidator: RwLock<Option<Invalidator>>,
@@ -473,11 +491,16 @@ impl Volume {
             opts,
             ns: Mutex::new(()),
             commit: Mutex::new(CommitState { stats }),
+            store_gate: RwLock::new(()),
             entries: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             next_ino: AtomicU64::new(next_ino),
             dirty_total: AtomicU64::new(0),
+            stored_now: AtomicU64::new(stats.stored_bytes),
+            quota: AtomicU64::new(0),
+            quota_warn_percent: std::sync::atomic::AtomicU8::new(90),
+            quota_logged: Mutex::new(None),
             decode_locks: std::array::from_fn(|_| Mutex::new(())),
             chunk_cache: Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(CHUNK_CACHE_ENTRIES).unwrap(),
@@ -545,6 +568,12 @@ impl Volume {
             let rec = known.remove(&id);
             match rec.map(|r| r.state) {
                 Some(PackState::Sealed | PackState::Uploaded) => continue,
+                Some(PackState::Doomed { .. }) => {
+                    // GC dropped it and a crash came before the file went.
+                    fs::remove_file(&path)
+                        .map_err(|e| Error::io(format!("removing {}", path.display()), e))?;
+                    continue;
+                }
                 Some(PackState::Remote) => {
                     // An eviction the crash interrupted after its state change.
                     fs::remove_file(&path)
@@ -605,7 +634,7 @@ impl Volume {
             tracing::info!(pack = id, size, "sealed pack recovered after restart");
         }
         for (id, mut rec) in known {
-            if rec.state == PackState::Remote {
+            if rec.state == PackState::Remote || rec.state.is_doomed() {
                 continue;
             }
             if rec.state == PackState::Uploaded {
@@ -1526,6 +1555,7 @@ impl Volume {
             .checked_add(data.len() as u64)
             .filter(|&e| e <= MAX_FILE_SIZE)
             .ok_or(Error::TooBig)?;
+        self.check_quota(data.len() as u64)?;
         let tier = self.tier.read().clone();
         if let Some(t) = tier {
             t.admit_write(self, data.len() as u64);
@@ -1652,6 +1682,7 @@ impl Volume {
         let snapshot_bytes = std::mem::take(&mut d.dirty_bytes);
         d.committing = Some(snapshot.clone());
         let size = d.attr.size;
+        let gate = self.store_gate.read();
         let work = DataGuard::unlocked(d, || -> Result<_> {
             let (mut plans, tail) = self.plan_commit(ino, &snapshot, size, hold_back)?;
             let planned = started.elapsed();
@@ -1713,6 +1744,7 @@ impl Volume {
             self.apply_refs_with_data(&mut cs, &mut b, refs, &new_chunks, logical, &plain)
                 .and_then(|()| self.kv.apply(b))
         };
+        drop(gate);
         if let Err(err) = applied {
             let snapshot = Arc::try_unwrap(snapshot).unwrap_or_else(|a| (*a).clone());
             self.replace_dirty(d, snapshot, snapshot_bytes);
@@ -2070,6 +2102,16 @@ impl Volume {
                 b.put(meta::chunk_key(&id), rec.encode());
             }
         }
+        self.add_dead_bytes(b, dead)?;
+        cs.stats.logical_bytes = (cs.stats.logical_bytes as i64 + logical) as u64;
+        b.put(meta::misc_key("stats"), cs.stats.encode());
+        self.stored_now
+            .store(cs.stats.stored_bytes, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Adds bytes no chunk names any more to their packs' dead-byte counts (in `b`).
+    fn add_dead_bytes(&self, b: &mut Batch, dead: HashMap<u64, u64>) -> Result<()> {
         for (pack, bytes) in dead {
             if let Some(v) = self.kv.get(&meta::pack_key(pack))? {
                 let mut r = PackRecord::decode(&v)?;
@@ -2077,8 +2119,6 @@ impl Volume {
                 b.put(meta::pack_key(pack), r.encode());
             }
         }
-        cs.stats.logical_bytes = (cs.stats.logical_bytes as i64 + logical) as u64;
-        b.put(meta::misc_key("stats"), cs.stats.encode());
         Ok(())
     }
 
@@ -2310,15 +2350,26 @@ impl Volume {
         })
     }
 
-    /// statfs: capacity of the local disk holding the volume; used = bytes stored in packs.
+    /// statfs. With a quota: total = the quota, used = what counts against it, free = the rest
+    /// (what backup software plans with). Without one: the local disk holding the volume.
     pub fn statfs(&self) -> Result<StatFs> {
-        let s =
-            nix::sys::statvfs::statvfs(&self.dir).map_err(|e| Error::io("statvfs", e.into()))?;
         let bsize = 4096u64;
-        let frsize = s.fragment_size() as u64;
-        let total = s.blocks() as u64 * frsize;
-        let avail = s.blocks_available() as u64 * frsize;
-        let free = s.blocks_free() as u64 * frsize;
+        let (total, free, avail) = match self.quota() {
+            Some(q) => {
+                let free = q.saturating_sub(self.quota_used());
+                (q, free, free)
+            }
+            None => {
+                let s = nix::sys::statvfs::statvfs(&self.dir)
+                    .map_err(|e| Error::io("statvfs", e.into()))?;
+                let frsize = s.fragment_size() as u64;
+                (
+                    s.blocks() as u64 * frsize,
+                    s.blocks_free() as u64 * frsize,
+                    s.blocks_available() as u64 * frsize,
+                )
+            }
+        };
         Ok(StatFs {
             blocks: total / bsize,
             bfree: free / bsize,
@@ -2328,6 +2379,52 @@ impl Volume {
             bsize: bsize as u32,
             namelen: MAX_NAME_LEN as u32,
         })
+    }
+
+    /// Sets (or with `None` removes) the tenant quota on stored bytes. Takes effect at once;
+    /// data already stored is never touched, only new writes are refused.
+    pub fn set_quota(&self, bytes: Option<u64>) {
+        self.quota.store(bytes.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    pub fn set_quota_warn_percent(&self, percent: u8) {
+        self.quota_warn_percent.store(percent, Ordering::Relaxed);
+    }
+
+    pub fn quota_warn_percent(&self) -> u8 {
+        self.quota_warn_percent.load(Ordering::Relaxed)
+    }
+
+    pub fn quota(&self) -> Option<u64> {
+        Some(self.quota.load(Ordering::Relaxed)).filter(|&q| q > 0)
+    }
+
+    /// What counts against the quota: stored bytes (after dedup and compression, as billed)
+    /// plus written data not yet committed, counted at full size until it is.
+    pub fn quota_used(&self) -> u64 {
+        self.stored_now.load(Ordering::Relaxed) + self.dirty_total.load(Ordering::Relaxed)
+    }
+
+    /// Refuses a write of `len` bytes that would take the volume past its quota (ENOSPC / 507).
+    fn check_quota(&self, len: u64) -> Result<()> {
+        let Some(q) = self.quota() else {
+            return Ok(());
+        };
+        let used = self.quota_used();
+        if used.saturating_add(len) <= q {
+            return Ok(());
+        }
+        let msg = format!(
+            "tenant quota reached: {used} of {q} bytes used, a write of {len} bytes refused \
+             (delete data or raise the quota)"
+        );
+        let mut logged = self.quota_logged.lock();
+        if logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+            *logged = Some(Instant::now());
+            tracing::warn!("{msg}");
+            crate::status::event("warning", msg.clone());
+        }
+        Err(Error::NoSpace(msg))
     }
 
     /// Background duties: seal an idle pack, commit data left dirty for a while, drop idle
@@ -2662,6 +2759,8 @@ impl Volume {
                 r.state = PackState::Uploaded;
                 Ok(())
             }
+            // GC dropped it while it was going up: it stays dropped (GC deletes the object).
+            PackState::Doomed { .. } => Ok(()),
             s => Err(Error::Invalid(format!(
                 "pack {id} cannot become uploaded from state {s:?}"
             ))),

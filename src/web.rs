@@ -169,7 +169,7 @@ pub struct Managed {
     pub bandwidth: Option<Bandwidth>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_max_bytes: Option<u64>,
-    /// The tenant's quota in bytes stored (reported, not enforced yet).
+    /// The tenant's quota on stored bytes (None: the config file's `[quota] limit`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quota_bytes: Option<u64>,
 }
@@ -235,21 +235,6 @@ fn message(e: &Error) -> String {
     }
 }
 
-/// Puts the tenant's quota (kept by the management API) into a status document.
-pub fn fill_quota(s: &mut Status, quota: Option<u64>) {
-    s.space.quota_bytes = quota;
-    s.space.quota_used_percent =
-        quota.map(|q| s.space.stored_bytes as f64 * 100.0 / q.max(1) as f64);
-}
-
-/// The quota saved by the management API for the volume in `volume_dir` (None: no quota, or
-/// the file cannot be read).
-pub fn saved_quota(volume_dir: &Path) -> Option<u64> {
-    Managed::load(&volume_dir.join(MANAGED_FILE))
-        .ok()
-        .and_then(|m| m.quota_bytes)
-}
-
 // ------------------------------------------------------------------------ the application
 
 /// Everything the status server serves, and the background tasks that feed it.
@@ -261,6 +246,8 @@ pub struct WebApp {
     /// The settings in force that came from the management API. Held while a change is
     /// validated, saved and applied, so changes apply in the order they were saved.
     managed: parking_lot::Mutex<Managed>,
+    /// The config file's quota, in force whenever the management API has none.
+    config_quota: Option<u64>,
     heartbeat: Option<Heartbeat>,
     /// `POST /api/v1/manage/verify`; None: 501 (verification runs offline).
     pub verify: Option<VerifyHook>,
@@ -301,6 +288,11 @@ impl WebApp {
         if let Some(c) = managed.cache_max_bytes {
             t.set_cache_max(c);
         }
+        // What the config set, for when the management API removes its own quota again.
+        let config_quota = reporter.volume().quota();
+        if let Some(q) = managed.quota_bytes {
+            reporter.volume().set_quota(Some(q));
+        }
         if !managed.is_empty() {
             let text = summary(&managed);
             tracing::info!(
@@ -317,6 +309,7 @@ impl WebApp {
             token: token.map(|t| blake3::hash(t.0.as_bytes())),
             managed_path,
             managed: parking_lot::Mutex::new(managed),
+            config_quota,
             heartbeat,
             verify: None,
             verifying: AtomicBool::new(false),
@@ -324,12 +317,9 @@ impl WebApp {
         }))
     }
 
-    /// The status document, with the quota (kept here) filled in. Reads the metadata store:
-    /// call from a blocking context.
+    /// The status document. Reads the metadata store: call from a blocking context.
     pub fn status(&self) -> Status {
-        let mut s = self.reporter.status();
-        fill_quota(&mut s, self.managed.lock().quota_bytes);
-        s
+        self.reporter.status()
     }
 
     async fn status_async(self: &Arc<Self>) -> Option<Status> {
@@ -706,6 +696,26 @@ pub fn metrics_text(s: &Status) -> String {
         sp.metadata_bytes,
     );
     m.gauge(
+        "tiergate_quota_bytes",
+        "The tenant quota on stored bytes in force; 0: none.",
+        sp.quota_bytes.unwrap_or(0),
+    );
+    m.gauge(
+        "tiergate_quota_used_bytes",
+        "What counts against the quota: stored bytes plus uncommitted writes.",
+        sp.quota_used_bytes.unwrap_or(sp.stored_bytes),
+    );
+    m.gauge(
+        "tiergate_gc_packs_waiting",
+        "Packs dropped by garbage collection whose objects still wait in the store.",
+        s.gc.packs_waiting,
+    );
+    m.gauge(
+        "tiergate_gc_garbage_bytes",
+        "Dead data left in kept packs after the last garbage collection pass.",
+        s.gc.garbage_bytes,
+    );
+    m.gauge(
         "tiergate_dedup_ratio",
         "Logical bytes per unique byte (1 when empty).",
         sp.dedup_ratio,
@@ -905,7 +915,7 @@ impl WebApp {
             "bandwidth": m.bandwidth,
             "cache_max_bytes": m.cache_max_bytes,
             "quota_bytes": m.quota_bytes,
-            "quota_enforced": false,
+            "quota_in_force": self.reporter.volume().quota(),
         })
     }
 
@@ -1028,24 +1038,30 @@ impl WebApp {
             return api_error(StatusCode::BAD_REQUEST, "bytes = 0: use null for no quota");
         }
         let q = b.bytes;
-        let what = match q {
-            Some(q) => format!("quota set to {} (reported, not enforced yet)", ByteSize(q)),
-            None => "quota removed".into(),
+        let in_force = q.or(self.config_quota);
+        let what = match (q, in_force) {
+            (Some(q), _) => format!("quota set to {}", ByteSize(q)),
+            (None, Some(c)) => format!("quota back to the config's {}", ByteSize(c)),
+            (None, None) => "quota removed".into(),
         };
         if let Err(r) = self
-            .apply(peer, what, move |m| m.quota_bytes = q, |_| {})
+            .apply(
+                peer,
+                what,
+                move |m| m.quota_bytes = q,
+                move |app| app.reporter.volume().set_quota(in_force),
+            )
             .await
         {
             return r;
         }
+        let used = self.reporter.volume().quota_used();
         json_resp(
             StatusCode::OK,
             &json!({
-                "quota_bytes": q,
-                "enforced": false,
-                "note": "the quota is stored and reported (status: space.quota_bytes, \
-                         space.quota_used_percent); it is not enforced yet: enforcement comes \
-                         with the retention work",
+                "quota_bytes": in_force,
+                "used_bytes": used,
+                "enforced": in_force.is_some(),
             }),
         )
     }
@@ -1600,7 +1616,10 @@ mod tests {
                 compression_ratio: 2.0,
                 metadata_bytes: 8,
                 quota_bytes: None,
+                quota_used_bytes: None,
                 quota_used_percent: None,
+                quota_warn_percent: 90,
+                quota_warning: false,
             },
             store: Store {
                 description: "local".into(),
@@ -1612,6 +1631,15 @@ mod tests {
             frontends: Frontends {
                 open_handles: 2,
                 webdav_requests: 11,
+            },
+            gc: Gc {
+                last_run_unix: None,
+                last_seconds: None,
+                last_bytes_dropped: 0,
+                last_bytes_rewritten: 0,
+                last_objects_deleted: 0,
+                packs_waiting: 1,
+                garbage_bytes: 5,
             },
         }
     }
@@ -1646,7 +1674,9 @@ mod tests {
             samples["tiergate_build_info{version=\"1.2.3-\\\"x\\\"\"}"],
             1.0
         );
-        assert_eq!(typed.len(), 30);
+        assert_eq!(typed.len(), 34);
+        assert_eq!(samples["tiergate_quota_bytes"], 0.0);
+        assert_eq!(samples["tiergate_gc_packs_waiting"], 1.0);
         // Unlimited: the family is declared, without a sample.
         let text = metrics_text(&sample_status(None));
         assert!(text.contains("# TYPE tiergate_upload_limit_bytes_per_second gauge"));
@@ -1913,9 +1943,10 @@ mod tests {
         assert_eq!(quota(r#"{"bytes": 0}"#).status, 400);
         let a = quota(r#"{"bytes": 1000000}"#);
         assert_eq!(a.status, 200);
-        assert_eq!(a.json()["enforced"], false);
+        assert_eq!(a.json()["enforced"], true);
         let st = call(s.addr, "GET", "/api/v1/manage/status", Some(TOKEN), "").json();
         assert_eq!(st["status"]["space"]["quota_bytes"], 1_000_000);
+        assert_eq!(st["managed"]["quota_in_force"], 1_000_000);
         assert!(st["status"]["space"]["quota_used_percent"].is_number());
         assert_eq!(st["managed"]["cache_max_bytes"], 512 << 20);
 

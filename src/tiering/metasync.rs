@@ -73,7 +73,7 @@ fn host_name() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-fn local_u64(t: &Tiering, name: &str) -> Result<u64> {
+pub(super) fn local_u64(t: &Tiering, name: &str) -> Result<u64> {
     use crate::kv::KvStore;
     Ok(match t.vol.journal().get(&journal::local_key(name))? {
         Some(v) => u64::from_le_bytes(v.as_slice().try_into().unwrap_or([0; 8])),
@@ -292,7 +292,9 @@ impl Tiering {
 
     async fn maybe_checkpoint(&self) -> Result<()> {
         let have = local_u64(self, HAVE_CKPT)? > 0;
-        if have && local_u64(self, SINCE_CKPT)? < CHECKPOINT_AFTER_BYTES {
+        // GC asks for one when only an older checkpoint still names packs it dropped.
+        let wanted = self.checkpoint_wanted.swap(false, Ordering::SeqCst);
+        if have && !wanted && local_u64(self, SINCE_CKPT)? < CHECKPOINT_AFTER_BYTES {
             return Ok(());
         }
         let vol = self.vol.clone();
@@ -300,11 +302,11 @@ impl Tiering {
             .await
             .map_err(|e| Error::Store(format!("checkpoint: {e}")))??;
         // The entries up to its end (written while it was read) must be off-site first.
-        if self.vol.journal().consistency_point()? < ck.end {
+        if self.vol.journal().consistency_point()? < ck.end || !self.lease_still_ours().await? {
+            if wanted {
+                self.checkpoint_wanted.store(true, Ordering::SeqCst);
+            }
             return Ok(()); // the next round ships them and tries again
-        }
-        if !self.lease_still_ours().await? {
-            return Ok(());
         }
         let obj = ck.seal(self.vol.keys());
         let size = obj.len() as u64;

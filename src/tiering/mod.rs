@@ -17,6 +17,7 @@
 //! - **Sync** ([`Tiering::sync`]): everything committed before the call is off-site.
 
 pub mod fetch;
+pub mod gc;
 pub mod metasync;
 pub mod rate;
 
@@ -79,6 +80,7 @@ pub struct TieringOptions {
     pub schedule: Schedule,
     /// The volume's pack size: the open pack may hold this much not yet counted as queued.
     pub pack_size: u64,
+    pub gc: gc::GcOptions,
 }
 
 impl TieringOptions {
@@ -93,6 +95,7 @@ impl TieringOptions {
             readahead: cfg.tiering.readahead.bytes(),
             schedule: Schedule::new(limit, &cfg.tiering.schedule)?,
             pack_size: cfg.volume.pack_size_mib << 20,
+            gc: gc::GcOptions::from_config(cfg),
         })
     }
 }
@@ -127,7 +130,7 @@ impl Table {
         let slot = match p.state {
             PackState::Sealed => &mut self.queued,
             PackState::Uploaded => &mut self.cached_whole,
-            PackState::Open | PackState::Remote => return,
+            PackState::Open | PackState::Remote | PackState::Doomed { .. } => return,
         };
         if add {
             *slot += p.size;
@@ -248,6 +251,11 @@ pub struct Tiering {
     leased: AtomicBool,
     /// The lease holder that stopped us, if another appliance holds it.
     fenced_by: Mutex<Option<metasync::Lease>>,
+    /// Held by a GC pass (passes never overlap).
+    gc_running: Mutex<()>,
+    gc_last: Mutex<Option<gc::GcReport>>,
+    /// GC waits for a checkpoint newer than the packs it dropped: take one at the next round.
+    checkpoint_wanted: AtomicBool,
 }
 
 impl Tiering {
@@ -296,6 +304,9 @@ impl Tiering {
             take_over: AtomicBool::new(take_over),
             leased: AtomicBool::new(false),
             fenced_by: Mutex::new(None),
+            gc_running: Mutex::new(()),
+            gc_last: Mutex::new(None),
+            checkpoint_wanted: AtomicBool::new(false),
         });
         // Registered before the scan, so a pack sealed in between is seen by one of the two.
         vol.set_tier(t.clone());
@@ -307,6 +318,8 @@ impl Tiering {
             t.handle.spawn(async move { tt.evict_loop().await });
             let tt = t.clone();
             t.handle.spawn(async move { tt.meta_loop().await });
+            let tt = t.clone();
+            t.handle.spawn(async move { tt.gc_loop().await });
         }
         let st = t.status();
         tracing::info!(
@@ -785,6 +798,17 @@ impl Tier for Tiering {
                 "pack {pack} is not in the pack table"
             ))),
         }
+    }
+
+    fn pack_dropped(&self, pack: u64) {
+        let mut t = self.table.lock();
+        if let Some(old) = t.packs.remove(&pack) {
+            t.account(&old, false);
+        }
+        drop(t);
+        self.fetcher.drop_pack(pack);
+        let _t = self.table.lock();
+        self.progress.notify_all();
     }
 
     fn admit_write(&self, vol: &Volume, _bytes: u64) {

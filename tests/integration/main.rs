@@ -9,6 +9,7 @@ mod durability;
 mod mount;
 mod recovery;
 mod repair;
+mod retention;
 mod statuspage;
 mod tiering;
 mod web;

@@ -502,6 +502,7 @@ fn check_texts(fields: &[Shown], errors: &mut Vec<String>) {
                 "limit_bps" => t == "unlimited",
                 "quota_bytes" => t == "no quota",
                 "quota_used_percent" | "last_error_unix" => t.is_empty(),
+                "last_run_unix" => t == "never",
                 "last_error" => t == "none",
                 "lease_held_by" => t == "this appliance",
                 _ => false,
@@ -559,6 +560,10 @@ fn check_texts(fields: &[Shown], errors: &mut Vec<String>) {
             let n = t.split(' ').next().unwrap().replace(',', "");
             if n.parse::<f64>().ok() != Some(v) {
                 bad("not this count");
+            }
+        } else if leaf == "quota_warning" {
+            if (raw == "true") != t.contains("above the warning threshold") {
+                bad("not the quota warning");
             }
         } else if t.is_empty() {
             bad("nothing shown");

@@ -26,7 +26,7 @@ use crate::common::{
 use crate::webdav::share;
 
 /// The same store, for the test to look at what tiergate put there.
-fn backend_of(s3: &S3, prefix: &str) -> S3Backend {
+pub(crate) fn backend_of(s3: &S3, prefix: &str) -> S3Backend {
     let mut c = S3Config::new(Some(&s3.endpoint), &s3.region, &s3.bucket);
     c.path_style = true;
     c.access_key_id = Some(s3.key_id.clone());
@@ -35,7 +35,7 @@ fn backend_of(s3: &S3, prefix: &str) -> S3Backend {
     S3Backend::new(&c).unwrap()
 }
 
-fn rt() -> tokio::runtime::Runtime {
+pub(crate) fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -43,7 +43,7 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 /// `tiergate sync`, asserting success; returns its output.
-fn sync_ok(v: &TestVolume, timeout: &str) -> String {
+pub(crate) fn sync_ok(v: &TestVolume, timeout: &str) -> String {
     let o = tiergate(&["sync", "--timeout", timeout], &v.config);
     assert!(
         o.status.success(),

@@ -612,7 +612,7 @@ fn web_management_api_needs_the_token_and_changes_survive_a_restart() {
         r#"{"bytes": 1073741824}"#,
     );
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.json()["enforced"], false);
+    assert_eq!(r.json()["enforced"], true);
     let s = w.status();
     assert_eq!(s["space"]["quota_bytes"], 1 << 30);
     assert!(s["space"]["quota_used_percent"].is_number());
