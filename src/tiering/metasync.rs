@@ -235,7 +235,8 @@ impl Tiering {
                 .vol
                 .pack_table()?
                 .into_iter()
-                .filter(|(id, r)| *id < horizon && !r.state.is_offsite())
+                // Dropped packs need not be: nothing names them from here on.
+                .filter(|(id, r)| *id < horizon && !r.state.is_offsite() && !r.state.is_doomed())
                 .count();
             if waiting > 0 {
                 tracing::debug!(
