@@ -39,9 +39,23 @@ pub struct Config {
     /// The tenant quota on stored bytes (enforced by src/volume.rs).
     #[serde(default)]
     pub quota: QuotaConfig,
-    /// Garbage collection of unreferenced data, local and off-site (src/gc.rs).
+    /// Garbage collection of unreferenced data, local and off-site (src/volume/gc.rs,
+    /// src/tiering/gc.rs).
     #[serde(default)]
     pub gc: GcConfig,
+    /// Deleted files kept for a while (src/volume/recycle.rs).
+    #[serde(default)]
+    pub recycle: RecycleConfig,
+}
+
+/// `[recycle]`: insider protection. Files deleted (or replaced by a rename or a WebDAV PUT)
+/// are kept this many days before their data can be collected.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecycleConfig {
+    /// 0: off (deleted files go at once).
+    #[serde(default)]
+    pub days: u64,
 }
 
 /// `[quota]`: the limit the provider sells, on stored bytes (after dedup and compression).
@@ -1019,6 +1033,12 @@ impl Config {
             return Err(Error::Invalid(format!(
                 "gc.min_live_percent = {} is above 95 (every pass would rewrite nearly every pack)",
                 self.gc.min_live_percent
+            )));
+        }
+        if self.recycle.days > 3650 {
+            return Err(Error::Invalid(format!(
+                "recycle.days = {} is more than ten years",
+                self.recycle.days
             )));
         }
         if self.gc.max_rate.bytes() < MIB {

@@ -106,6 +106,37 @@ async fn request(line: &str, r: Arc<Reporter>) -> Result<serde_json::Value> {
                 .map_err(|e| Error::Invalid(format!("status task: {e}")))?;
             serde_json::to_value(s).map_err(|e| Error::Invalid(format!("status document: {e}")))
         }
+        ["recycle", "list"] => {
+            let vol = r.volume().clone();
+            let list = tokio::task::spawn_blocking(move || vol.recycle_list())
+                .await
+                .map_err(|e| Error::Invalid(format!("recycle task: {e}")))??;
+            Ok(json!({ "files": list, "days": r.volume().recycle_days() }))
+        }
+        ["recycle", "restore", ino, ..] => {
+            let ino: u64 = ino
+                .parse()
+                .map_err(|_| Error::Invalid(format!("bad inode number {ino:?}")))?;
+            // The destination is the rest of the line: a path may hold spaces.
+            let to = line
+                .trim()
+                .splitn(4, char::is_whitespace)
+                .nth(3)
+                .map(|p| p.trim().to_string());
+            let vol = r.volume().clone();
+            let (dir, name) = tokio::task::spawn_blocking(move || {
+                let to = match &to {
+                    Some(p) => Some(vol.resolve_parent(p.as_bytes())?),
+                    None => None,
+                };
+                let (dir, name) =
+                    vol.recycle_restore(ino, to.as_ref().map(|(d, n)| (*d, n.as_slice())))?;
+                Ok::<_, Error>((dir, name))
+            })
+            .await
+            .map_err(|e| Error::Invalid(format!("recycle task: {e}")))??;
+            Ok(json!({ "dir": dir, "name": String::from_utf8_lossy(&name) }))
+        }
         ["gc"] => {
             let rep = tokio::task::spawn_blocking(move || t.gc())
                 .await
@@ -113,7 +144,8 @@ async fn request(line: &str, r: Arc<Reporter>) -> Result<serde_json::Value> {
             serde_json::to_value(rep).map_err(|e| Error::Invalid(format!("gc report: {e}")))
         }
         _ => Err(Error::Invalid(format!(
-            "unknown request {:?} (expected sync [SECONDS], evict, gc, status or report)",
+            "unknown request {:?} (expected sync [SECONDS], evict, gc, recycle list, recycle restore INO [PATH], \
+             status or report)",
             line.trim()
         ))),
     }

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -96,6 +96,11 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// The recycle bin: files deleted within `[recycle] days` (asks the running daemon).
+    Recycle {
+        #[command(subcommand)]
+        cmd: RecycleCmd,
+    },
     /// Manage the users of the WebDAV share (its `webdav.users_file`).
     User {
         #[command(subcommand)]
@@ -124,6 +129,27 @@ enum Cmd {
         /// Read and decode every chunk the files reference (authentication and content hash).
         #[arg(long)]
         deep: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum RecycleCmd {
+    /// The files in the recycle bin, oldest first: inode number, when deleted, size, where.
+    List {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Give a recycled file a name again: where it was (a suffix if the name is taken), or
+    /// the path given with --to (relative to the volume's root).
+    Restore {
+        /// Its inode number, from `tiergate recycle list`.
+        ino: u64,
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        to: Option<String>,
     },
 }
 
@@ -184,6 +210,7 @@ fn main() {
         } => sync(&config, timeout, json),
         Cmd::Evict { config } => evict(&config),
         Cmd::Gc { config, json } => gc(&config, json),
+        Cmd::Recycle { cmd } => recycle(cmd),
         Cmd::Key {
             cmd: KeyCmd::Change { config },
         } => key_change(&config),
@@ -235,6 +262,7 @@ fn open(cfg: &Config) -> Result<Arc<Volume>> {
         .with_context(|| format!("opening volume {}", cfg.volume.path.display()))?;
     vol.set_quota(cfg.quota.limit.map(|l| l.bytes()));
     vol.set_quota_warn_percent(cfg.quota.warn_percent);
+    vol.set_recycle_days(cfg.recycle.days);
     Ok(vol)
 }
 
@@ -565,6 +593,54 @@ fn gc(path: &Path, json: bool) -> Result<()> {
         r["seconds"].as_f64().unwrap_or(0.0)
     );
     Ok(())
+}
+
+fn recycle(cmd: RecycleCmd) -> Result<()> {
+    match cmd {
+        RecycleCmd::List { config, json } => {
+            let cfg = Config::load(&config)?;
+            let r = tiergate::control::call(&cfg.volume.path, "recycle list")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+                return Ok(());
+            }
+            let files = r["files"].as_array().cloned().unwrap_or_default();
+            println!(
+                "{} files in the recycle bin (kept {} days after deletion)",
+                files.len(),
+                r["days"]
+            );
+            for f in files {
+                let when = f["deleted_unix"].as_u64().unwrap_or(0);
+                let age = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs())
+                    .saturating_sub(when);
+                println!(
+                    "{:>10}  deleted {:>6.1} h ago  {:>12} bytes  {}",
+                    f["ino"],
+                    age as f64 / 3600.0,
+                    f["size"],
+                    f["path"].as_str().unwrap_or("?")
+                );
+            }
+            Ok(())
+        }
+        RecycleCmd::Restore { ino, config, to } => {
+            let cfg = Config::load(&config)?;
+            let req = match &to {
+                Some(p) => format!("recycle restore {ino} {p}"),
+                None => format!("recycle restore {ino}"),
+            };
+            let r = tiergate::control::call(&cfg.volume.path, &req)?;
+            println!(
+                "restored inode {ino} as {:?} in directory inode {}",
+                r["name"].as_str().unwrap_or("?"),
+                r["dir"]
+            );
+            Ok(())
+        }
+    }
 }
 
 fn user(cmd: UserCmd) -> Result<()> {

@@ -22,6 +22,7 @@ const TAG_PACK: u8 = b'P';
 const TAG_XATTR: u8 = b'X';
 const TAG_ORPHAN: u8 = b'O';
 const TAG_MISC: u8 = b'M';
+const TAG_RECYCLED: u8 = b'R';
 
 fn key(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + parts.iter().map(|p| p.len()).sum::<usize>());
@@ -70,6 +71,28 @@ pub fn orphan_key(ino: u64) -> Vec<u8> {
 }
 pub fn orphan_prefix() -> Vec<u8> {
     vec![TAG_ORPHAN]
+}
+/// A file in the recycle bin: when it was deleted (Unix seconds, so keys sort oldest first),
+/// and its inode. The value is [`encode_recycled`].
+pub fn recycled_key(deleted_unix: u64, ino: u64) -> Vec<u8> {
+    key(
+        TAG_RECYCLED,
+        &[&deleted_unix.to_be_bytes(), &ino.to_be_bytes()],
+    )
+}
+pub fn recycled_prefix() -> Vec<u8> {
+    vec![TAG_RECYCLED]
+}
+/// Where a recycled file was: its directory and name.
+pub fn encode_recycled(parent: u64, name: &[u8]) -> Vec<u8> {
+    let mut v = parent.to_le_bytes().to_vec();
+    v.extend_from_slice(name);
+    v
+}
+pub fn decode_recycled(b: &[u8]) -> Result<(u64, Vec<u8>)> {
+    let mut r = Reader(b);
+    let parent = r.u64().ok_or_else(|| corrupt("recycled"))?;
+    Ok((parent, r.0.to_vec()))
 }
 pub fn misc_key(name: &str) -> Vec<u8> {
     key(TAG_MISC, &[name.as_bytes()])

@@ -120,6 +120,11 @@ pub struct Space {
     /// The soft threshold, in percent of the quota, and whether usage has reached it.
     pub quota_warn_percent: u8,
     pub quota_warning: bool,
+    /// The recycle bin: files deleted within `[recycle] days`, their sizes, and the stored
+    /// bytes only they hold (not counted against the quota).
+    pub recycle_files: u64,
+    pub recycle_logical_bytes: u64,
+    pub recycle_stored_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -202,6 +207,7 @@ impl Reporter {
         let quota_used = self.vol.quota_used();
         let quota_percent = quota.map(|q| quota_used as f64 * 100.0 / q as f64);
         let warn = self.vol.quota_warn_percent();
+        let recycle = self.vol.recycle_stats();
         let st = vs.as_ref().map(|s| s.stats).unwrap_or_default();
         let j = self.vol.journal();
         let dirty = t.queued_bytes + self.vol.uncommitted_bytes();
@@ -280,6 +286,9 @@ impl Reporter {
                 quota_used_percent: quota_percent,
                 quota_warn_percent: warn,
                 quota_warning: quota_percent.is_some_and(|p| p >= warn as f64),
+                recycle_files: recycle.files,
+                recycle_logical_bytes: recycle.logical_bytes,
+                recycle_stored_bytes: recycle.stored_bytes,
             },
             store: Store {
                 description: t.store.clone(),

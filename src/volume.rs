@@ -44,7 +44,9 @@ use crate::meta::{
 use crate::pack::{self, BlobLocation, PackWriter};
 
 mod gc;
+mod recycle;
 pub use gc::{CorePass, GcPolicy};
+pub use recycle::{RecycleStats, Recycled};
 
 /// Largest file offset we accept (what Linux allows for a 64-bit filesystem).
 pub const MAX_FILE_SIZE: u64 = i64::MAX as u64;
@@ -317,6 +319,7 @@ pub struct Volume {
     quota_warn_percent: std::sync::atomic::AtomicU8,
     /// When the last "quota reached" line was logged (rate-limits the log, not the refusal).
     quota_logged: Mutex<Option<Instant>>,
+    recycle: recycle::RecycleState,
     chunk_cache: Mutex<lru::LruCache<ChunkId, Arc<Vec<u8>>>>,
     decode_locks: [Mutex<()>; DECODE_STRIPES],
     invalidator: RwLock<Option<Invalidator>>,
@@ -501,6 +504,7 @@ impl Volume {
             quota: AtomicU64::new(0),
             quota_warn_percent: std::sync::atomic::AtomicU8::new(90),
             quota_logged: Mutex::new(None),
+            recycle: recycle::RecycleState::default(),
             decode_locks: std::array::from_fn(|_| Mutex::new(())),
             chunk_cache: Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(CHUNK_CACHE_ENTRIES).unwrap(),
@@ -511,6 +515,10 @@ impl Volume {
         };
         vol.recover_packs()?;
         vol.finish_orphans()?;
+        // Count the recycle bin at the first tick.
+        vol.recycle
+            .dirty
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         vol.kv.flush()?;
         Ok(Arc::new(vol))
     }
@@ -1013,7 +1021,7 @@ impl Volume {
             }
             b.put(meta::inode_key(parent), pd.attr.encode());
         }
-        let delete_now = self.drop_link(ino, dir, t, &mut b)?;
+        let delete_now = self.drop_link(ino, dir, t, &mut b, (parent, name))?;
         self.apply(b)?;
         if delete_now {
             self.delete_inode_data(ino)?;
@@ -1023,7 +1031,14 @@ impl Volume {
 
     /// Takes one name away from `ino` inside batch `b`. Returns true when the inode has no
     /// names and no open handles left, so its data must be deleted after the batch.
-    fn drop_link(&self, ino: u64, is_dir: bool, t: Timestamp, b: &mut Batch) -> Result<bool> {
+    fn drop_link(
+        &self,
+        ino: u64,
+        is_dir: bool,
+        t: Timestamp,
+        b: &mut Batch,
+        from: (u64, &[u8]),
+    ) -> Result<bool> {
         let e = self.entry(ino)?;
         let mut d = e.data.write();
         d.attr.ctime = t;
@@ -1034,6 +1049,10 @@ impl Volume {
         };
         b.put(meta::inode_key(ino), d.attr.encode());
         if d.attr.nlink > 0 {
+            return Ok(false);
+        }
+        if let Some((k, v)) = self.recycle_instead(&d.attr, ino, from) {
+            b.put(k, v);
             return Ok(false);
         }
         // Recorded in the same batch, so a crash before the data is gone finishes it at startup.
@@ -1156,7 +1175,8 @@ impl Volume {
                         npd.attr.nlink -= 1;
                         b.put(meta::inode_key(new_parent), npd.attr.encode());
                     }
-                    if self.drop_link(dino, dkind == FileKind::Dir, t, &mut b)? {
+                    let at = (new_parent, new_name);
+                    if self.drop_link(dino, dkind == FileKind::Dir, t, &mut b, at)? {
                         delete_after = Some(dino);
                     }
                 }
@@ -2322,6 +2342,35 @@ impl Volume {
         self.kv.apply(b)
     }
 
+    /// The inode a path from the volume's root names ("a/b/c"; empty segments ignored).
+    pub fn resolve(&self, path: &[u8]) -> Result<Attr> {
+        let mut a = self.getattr(ROOT_INO)?;
+        for seg in path.split(|&c| c == b'/').filter(|s| !s.is_empty()) {
+            a = self.lookup(a.ino, seg)?;
+        }
+        Ok(a)
+    }
+
+    /// The directory that holds the last name of `path`, and that name.
+    pub fn resolve_parent(&self, path: &[u8]) -> Result<(u64, Vec<u8>)> {
+        let segs: Vec<&[u8]> = path
+            .split(|&c| c == b'/')
+            .filter(|s| !s.is_empty())
+            .collect();
+        let (name, dirs) = segs
+            .split_last()
+            .ok_or_else(|| Error::Invalid("the root itself cannot be replaced".into()))?;
+        let mut ino = ROOT_INO;
+        for d in dirs {
+            let a = self.lookup(ino, d)?;
+            if a.inode.kind != FileKind::Dir {
+                return Err(Error::NotDir);
+            }
+            ino = a.ino;
+        }
+        Ok((ino, name.to_vec()))
+    }
+
     /// Durability barrier for namespace changes (fsyncdir).
     pub fn sync_metadata(&self) -> Result<()> {
         self.kv.flush()
@@ -2400,9 +2449,11 @@ impl Volume {
     }
 
     /// What counts against the quota: stored bytes (after dedup and compression, as billed)
-    /// plus written data not yet committed, counted at full size until it is.
+    /// plus written data not yet committed, counted at full size until it is, minus what only
+    /// the recycle bin holds (not part of the share the tenant sees).
     pub fn quota_used(&self) -> u64 {
-        self.stored_now.load(Ordering::Relaxed) + self.dirty_total.load(Ordering::Relaxed)
+        (self.stored_now.load(Ordering::Relaxed) + self.dirty_total.load(Ordering::Relaxed))
+            .saturating_sub(self.recycle.stored_bytes.load(Ordering::Relaxed))
     }
 
     /// Refuses a write of `len` bytes that would take the volume past its quota (ENOSPC / 507).
@@ -2433,7 +2484,7 @@ impl Volume {
         self.commit_all(false)?;
         self.packs.seal_if_idle(self, PACK_IDLE_SEAL)?;
         Self::sweep_locked(&mut self.entries.lock());
-        Ok(())
+        self.recycle_recount_if_due()
     }
 
     /// Orderly shutdown: commit everything durably and seal the open pack.

@@ -1620,6 +1620,9 @@ mod tests {
                 quota_used_percent: None,
                 quota_warn_percent: 90,
                 quota_warning: false,
+                recycle_files: 0,
+                recycle_logical_bytes: 0,
+                recycle_stored_bytes: 0,
             },
             store: Store {
                 description: "local".into(),

@@ -107,34 +107,14 @@ where
     }
 }
 
-fn segments(path: &[u8]) -> impl Iterator<Item = &[u8]> {
-    path.split(|&c| c == b'/').filter(|s| !s.is_empty())
-}
-
 /// The inode a (decoded) request path names.
 fn resolve(vol: &Volume, path: &[u8]) -> Result<Attr> {
-    let mut a = vol.getattr(ROOT_INO)?;
-    for seg in segments(path) {
-        a = vol.lookup(a.ino, seg)?;
-    }
-    Ok(a)
+    vol.resolve(path)
 }
 
 /// The directory that holds the last name of `path`, and that name.
 fn resolve_parent(vol: &Volume, path: &[u8]) -> Result<(u64, Vec<u8>)> {
-    let segs: Vec<&[u8]> = segments(path).collect();
-    let (name, dirs) = segs
-        .split_last()
-        .ok_or_else(|| Error::Invalid("the root collection cannot be replaced".into()))?;
-    let mut ino = ROOT_INO;
-    for d in dirs {
-        let a = vol.lookup(ino, d)?;
-        if a.inode.kind != FileKind::Dir {
-            return Err(Error::NotDir);
-        }
-        ino = a.ino;
-    }
-    Ok((ino, name.to_vec()))
+    vol.resolve_parent(path)
 }
 
 fn lookup_opt(vol: &Volume, parent: u64, name: &[u8]) -> Result<Option<Attr>> {
@@ -963,7 +943,10 @@ impl std::fmt::Debug for DurableLs {
 }
 
 fn segs_of(p: &DavPath) -> Vec<&[u8]> {
-    segments(p.as_bytes()).collect()
+    p.as_bytes()
+        .split(|&c| c == b'/')
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 /// Does `lock` apply to `path` (its own resource, or a member of a depth-infinity lock)?

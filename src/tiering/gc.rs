@@ -42,6 +42,9 @@ pub struct GcReport {
     /// When it finished (Unix seconds).
     pub finished_unix: u64,
     pub seconds: f64,
+    /// Files whose time in the recycle bin was up, deleted for good by this pass.
+    pub recycled_purged: u64,
+    pub recycled_purged_bytes: u64,
     #[serde(flatten)]
     pub core: CorePass,
     /// Objects of dropped packs deleted from the store, and their bytes.
@@ -90,6 +93,8 @@ impl Tiering {
             max_rewrite_bytes: opts.max_rate.saturating_mul(600),
         };
         let rate = opts.max_rate.max(1) as f64;
+        // Expired recycled files first: their data becomes garbage in this same pass.
+        let (recycled_purged, recycled_purged_bytes) = self.vol.recycle_expire()?;
         let mut paced = 0u64;
         let core = self.vol.gc_collect(&policy, |bytes| {
             paced += bytes;
@@ -100,6 +105,8 @@ impl Tiering {
         })?;
         let mut rep = GcReport {
             core,
+            recycled_purged,
+            recycled_purged_bytes,
             ..GcReport::default()
         };
         if let Err(e) = self.gc_offsite(&mut rep) {
