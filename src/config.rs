@@ -1182,6 +1182,8 @@ mod tests {
                     assert!(!cfg.web.listen.ip().is_loopback());
                     assert_eq!(cfg.tiering.schedule.len(), 1);
                     assert_eq!(cfg.s3.unwrap().key_prefix(), "tenant-0042/");
+                    assert_eq!(cfg.quota.limit, Some(ByteSize(2 << 40)));
+                    assert_eq!(cfg.recycle.days, 14);
                 }
                 other => panic!("add a check for config/examples/{other}"),
             }
@@ -1194,6 +1196,33 @@ mod tests {
             cfg.backend_dir(),
             Path::new("/var/lib/tiergate/volume/backend")
         );
+        assert_eq!((cfg.recycle.days, cfg.quota.limit), (7, None));
+        assert_eq!((cfg.gc.min_live_percent, cfg.gc.grace_minutes), (50, 1440));
+    }
+
+    #[test]
+    fn retention_settings_are_checked() {
+        let base = "[volume]\npath = \"x\"\n";
+        for (extra, needle) in [
+            ("[quota]\nlimit = 0", "quota.limit = 0"),
+            ("[quota]\nwarn_percent = 0", "quota.warn_percent"),
+            ("[quota]\nlimit = \"1 furlong\"", "furlong"),
+            ("[gc]\nmin_live_percent = 99", "gc.min_live_percent"),
+            ("[gc]\nmax_rate = \"10KiB\"", "gc.max_rate"),
+            ("[recycle]\ndays = 5000", "recycle.days"),
+            ("[recycle]\nweeks = 1", "weeks"),
+        ] {
+            let e = Config::parse(&format!("{base}{extra}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle), "{extra}: {e}");
+        }
+        let cfg = Config::parse(&format!(
+            "{base}[quota]\nlimit = \"5TiB\"\n[gc]\ninterval_minutes = 0\n"
+        ))
+        .unwrap();
+        assert_eq!(cfg.quota.limit, Some(ByteSize(5 << 40)));
+        assert_eq!(cfg.gc.interval_minutes, 0);
     }
 
     const S3_MIN: &str = "[volume]\npath = \"x\"\n[s3]\nregion = \"r\"\nbucket = \"bkt\"\n";
