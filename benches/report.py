@@ -90,7 +90,7 @@ def machine(args):
         "kernel": platform.release(),
         "os": run(". /etc/os-release && echo $PRETTY_NAME"),
         "versions": {
-            "tiergate": run(f"git rev-parse --short HEAD") + ("+dirty" if run("git status --porcelain -- src Cargo.toml Cargo.lock") not in ("", "?") else ""),
+            "tiergate": os.environ.get("BENCH_GIT") or run("git rev-parse --short HEAD"),
             "rustc": run("rustc --version"),
             "garage": run(f"'{os.environ.get('BENCH_GARAGE_BIN', 'garage')}' --version"),
             "rclone": run("rclone version"),

@@ -2,8 +2,9 @@
 # The end-to-end benchmark: tiergate (FUSE mount and WebDAV share) against the raw disk, rclone
 # (mount and serve webdav) over the same local Garage S3 server, restic and borg, in one run.
 #
-#   bash benches/run.sh                  # 4 GiB, every workload (~40 min on 2 cores)
-#   bash benches/run.sh --quick          # 256 MiB, 2,000 small files, short fio runs (~6 min)
+#   bash benches/run.sh                  # 4 GiB, every workload (~45-55 min on 2 cores, estimated)
+#   bash benches/run.sh --quick          # 256 MiB, 2,000 small files, short fio runs (~5 min)
+#   bash benches/run.sh --size 1G        # 18 min here
 #   bash benches/run.sh --size 1G --only a,c,study
 #
 # Options:
@@ -14,7 +15,7 @@
 #   --chunk-sizes L   average chunk sizes of the study (default 256K,512K,1M,2M,4M; min and
 #                     max are avg/4 and avg*4, as in the shipped default 256K/1M/4M)
 #   --study-size S    size of the study's backup chain (default the smaller of --size and 1G)
-#   --no-publish      do not copy the results into docs/BENCHMARKS.md
+#   --no-publish      do not copy the results into docs/BENCHMARKS.md and benches/results/latest.*
 #   --work DIR        scratch directory (default /var/tmp/tiergate-bench.PID; removed at the end)
 #
 # Workloads (docs/BENCHMARKS.md says what each figure means):
@@ -97,6 +98,10 @@ name="bench-$(human "$N")"
 BENCH_RESULTS="$work/results.jsonl"
 : >"$BENCH_RESULTS"
 run_id="run-$(date -u +%Y%m%dT%H%M%S)-$$"
+# The commit measured (src/ changes not committed show as +dirty).
+BENCH_GIT="$(git rev-parse --short HEAD)"
+git diff --quiet HEAD -- src Cargo.toml Cargo.lock || BENCH_GIT="$BENCH_GIT+dirty"
+export BENCH_GIT
 started="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 
 if [ -z "$user_bin" ]; then
@@ -629,4 +634,9 @@ BENCH_GARAGE_BIN="$GARAGE_BIN" python3 benches/report.py "$BENCH_RESULTS" "$resd
     --size "$N" --quick "$quick" --started "$started" --finished "$finished" \
     --workdir "$work" --study-size "$SN" --smallfiles "$smallfiles" --fio-runtime "$fio_runtime" \
     --tiergate "$TIERGATE_BIN" "${pub[@]}"
+if [ "$publish" = 1 ]; then
+    mkdir -p benches/results
+    cp "$resdir/$name.md" benches/results/latest.md
+    cp "$resdir/$name.json" benches/results/latest.json
+fi
 log "results: $resdir/$name.md, $resdir/$name.json"
