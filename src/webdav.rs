@@ -1280,6 +1280,59 @@ pub fn check_uri_path(raw: &str) -> Result<()> {
     Ok(())
 }
 
+/// True if an `If` header (RFC 4918 §10.4) has a `<...>` or `[...]` token that runs to the end
+/// of the value. dav-server 0.11's tokenizer (`davheaders.rs`, `scan_until`) indexes past the
+/// end on those and panics, so [`Share`] refuses them first (found by `fuzz/`, target
+/// `webdav_request`, with `If: [;`). Follows that tokenizer: whitespace, `(`, `)`, words (and
+/// `Not`), and `<`/`[` tokens up to the closing character, quotes toggled inside; a token it
+/// would refuse without panicking (whitespace inside) is left to it.
+#[doc(hidden)]
+pub fn if_header_unterminated(v: &[u8]) -> bool {
+    const WS: &[u8] = b" \t\r\n";
+    let mut b = v;
+    loop {
+        while b.first().is_some_and(|c| WS.contains(c)) {
+            b = &b[1..];
+        }
+        let Some(&first) = b.first() else {
+            return false;
+        };
+        match first {
+            b'(' | b')' => b = &b[1..],
+            b'<' | b'[' => {
+                let close = if first == b'<' { b'>' } else { b']' };
+                let (mut i, mut quote) = (1, false);
+                loop {
+                    let Some(&c) = b.get(i) else {
+                        return true;
+                    };
+                    if !quote && c == close {
+                        break;
+                    }
+                    if WS.contains(&c) {
+                        return false;
+                    }
+                    if c == b'"' {
+                        quote = !quote;
+                    }
+                    i += 1;
+                }
+                b = &b[i + 1..];
+            }
+            _ => {
+                let n = b
+                    .iter()
+                    .position(|&c| WS.contains(&c) || b"<>()[]".contains(&c) || c < 32)
+                    .unwrap_or(b.len());
+                if n == 0 {
+                    return false;
+                }
+                b = &b[n..];
+            }
+        }
+    }
+}
+
 fn percent_decode(s: &str) -> Option<Vec<u8>> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
@@ -1532,6 +1585,13 @@ impl Share {
                 return simple(e.http_status(), &e.to_string());
             }
         }
+        if req
+            .headers()
+            .get("if")
+            .is_some_and(|v| if_header_unterminated(v.as_bytes()))
+        {
+            return simple(400, "malformed If header: a <...> or [...] is not closed");
+        }
         // PROPFIND Depth: infinity over a big tree is a denial of service (RFC 4918 §9.1 lets
         // a server refuse it with this precondition).
         let infinite = req
@@ -1589,6 +1649,31 @@ mod tests {
         assert!(check_uri_path(&format!("/{}", "x".repeat(255))).is_ok());
         assert_eq!(destination_path("http://h:1/a/b?x"), "/a/b");
         assert_eq!(destination_path("/a%20b"), "/a%20b");
+    }
+
+    #[test]
+    fn unterminated_if_headers_are_caught_before_dav_server_sees_them() {
+        // fuzz/artifacts: `If: [;` made dav-server index past the end of the value.
+        for bad in [
+            "[;",
+            "<",
+            "<urn:uuid:x",
+            "(<urn:a> [\"e\"",
+            "Not <a",
+            "(Not[\"x>",
+        ] {
+            assert!(if_header_unterminated(bad.as_bytes()), "{bad}");
+        }
+        for ok in [
+            "",
+            "(<urn:uuid:181d4fae-7d8c-11d0-a765-00a0c91e6bf2>)",
+            "<http://h/a> ([\"etag\"] Not <urn:x>)",
+            "([\"a]b\"])",
+            "(<a b>)",
+            "word",
+        ] {
+            assert!(!if_header_unterminated(ok.as_bytes()), "{ok}");
+        }
     }
 
     #[test]
