@@ -10,13 +10,16 @@
 #                    (headless, for the status page test; installed only when
 #                    /usr/bin/chromium is missing)
 #   dummy user       `tests` (with group `tests`): pjdfstest switches to it and to `nobody`
-#   cargo install    pjdfstest 0.2.2 and fsx 0.3.2, pinned, with --locked, into ~/.cargo/bin
+#   cargo install    pjdfstest 0.2.2, fsx 0.3.2 and cargo-fuzz 0.13.2, pinned, with --locked,
+#                    into ~/.cargo/bin
+#   nightly          the Rust nightly toolchain (rustup), which cargo-fuzz builds with
 #   garage 2.5.0     the S3 server of the backend tests, via scripts/garage.sh install (cargo
 #                    install --locked; 15-20 minutes on 2 cores the first time, then kept)
 set -euo pipefail
 
 PJDFSTEST_VERSION=0.2.2
 FSX_VERSION=0.3.2
+CARGO_FUZZ_VERSION=0.13.2
 APT_PACKAGES=(fuse3 attr acl libacl1-dev litmus rclone restic borgbackup duplicity rsync tar openssl)
 
 did=()
@@ -110,6 +113,17 @@ cargo_tool() {
 }
 cargo_tool pjdfstest "$PJDFSTEST_VERSION"
 cargo_tool fsx "$FSX_VERSION"
+# cargo-fuzz reports "cargo-fuzz 0.13.2": the same second field.
+cargo_tool cargo-fuzz "$CARGO_FUZZ_VERSION"
+if rustup run nightly rustc --version >/dev/null 2>&1; then
+    note "nightly toolchain present"
+elif command -v rustup >/dev/null 2>&1; then
+    note "rustup toolchain install nightly --profile minimal (for cargo-fuzz)"
+    rustup toolchain install nightly --profile minimal
+    did+=("rustup: nightly")
+else
+    note "WARNING: no rustup; the fuzz step needs a nightly toolchain" >&2
+fi
 
 # shellcheck source=scripts/garage.sh
 . "$(dirname "${BASH_SOURCE[0]}")/garage.sh" --

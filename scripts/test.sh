@@ -10,6 +10,8 @@
 #   garage       scripts/garage.sh: a single-node Garage S3 server on 127.0.0.1 for the backend
 #                tests (TIERGATE_TEST_S3_* in the environment of cargo test); stopped at exit
 #   cargo-test   cargo test --release --no-fail-fast: unit tests, and integration tests that mount FUSE themselves
+#   fuzz         fuzz/run.sh: builds the cargo-fuzz targets (nightly) and runs each for
+#                FUZZ_SECS (default 25) seconds; a crash fails the step (docs/FUZZING.md)
 #   mount        a fresh volume in a temporary directory, `tiergate serve`, wait for the mount
 #   litmus       tests/suites/litmus.sh against the WebDAV share of that daemon (address from its log)
 #   clients      tests/suites/clients.sh: restic, borg, duplicity, rclone, tar and rsync back up a
@@ -22,7 +24,8 @@
 # "Summary: N passed, N failed, N skipped" counting test cases (and failed steps that have no
 # cases of their own); exits non-zero if anything failed.
 #
-# Environment: TG_SKIP_DEPS=1, TG_SKIP_CARGO_TEST=1 skip those steps (for quick iterations);
+# Environment: TG_SKIP_DEPS=1, TG_SKIP_CARGO_TEST=1, TG_SKIP_FUZZ=1 skip those steps (for quick
+# iterations);
 # CARGO_TEST_TIMEOUT (seconds, default 1800); TG_KEEP_WORKDIR=1 keeps the temporary volume; the
 # suites' own variables (FSX_OPS, PJD_NAPTIME, ...) pass through.
 set -euo pipefail
@@ -185,6 +188,24 @@ else
     count_step cargo-test "$rc" "$p" "$f" "$s" "$note"
 fi
 garage_stop 2>/dev/null || true
+
+# --- fuzzing: a bounded run of every target ----------------------------------------------------
+if [ "${TG_SKIP_FUZZ:-0}" = 1 ]; then
+    skip_step fuzz "TG_SKIP_FUZZ=1"
+elif ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+    # install-test-deps installs both; a run without them is not a passing run.
+    echo "fuzz: cargo +nightly fuzz is not available (rustup toolchain install nightly; cargo install cargo-fuzz)" \
+        >"$LOGDIR/fuzz.log"
+    LAST_SECS=0
+    count_step fuzz 1 0 1 0 "no nightly toolchain or cargo-fuzz"
+else
+    rc=0
+    step fuzz bash fuzz/run.sh || rc=$?
+    p="$(sum_field "$LOGDIR/fuzz.log" '^fuzz: [0-9]+ passed' passed)"
+    f="$(sum_field "$LOGDIR/fuzz.log" '^fuzz: [0-9]+ passed' failed)"
+    count_step fuzz "$rc" "$p" "$f" 0 \
+        "$(grep -E '^fuzz: [0-9]+ passed' "$LOGDIR/fuzz.log" | tail -n 1 | sed 's/^fuzz: //')"
+fi
 
 # --- third-party suites against a live mount ---------------------------------------------------
 mounted=0
