@@ -409,7 +409,7 @@ impl Filesystem for FuseFs {
     fn readdirplus(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
@@ -417,9 +417,14 @@ impl Filesystem for FuseFs {
         match self.vol.readdir(fh.0, offset, 256) {
             Ok(entries) => {
                 for (i, e) in entries.iter().enumerate() {
-                    // A name removed since opendir is simply skipped.
-                    let Ok(a) = self.vol.getattr(e.ino) else {
-                        continue;
+                    // The names are opendir's snapshot, and the kernel makes a dentry of each
+                    // entry. A name removed, renamed away or replaced since then is skipped:
+                    // sent with its old inode, it would stand for that inode under a name it no
+                    // longer has, and an open(O_CREAT|O_TRUNC) of that name would truncate the
+                    // other file (found by faults::concurrent_writers_readers_and_renames...).
+                    let a = match self.vol.lookup(ino.0, &e.name) {
+                        Ok(a) if a.ino == e.ino => a,
+                        _ => continue,
                     };
                     let next = offset + i as u64 + 1;
                     let name = OsStr::from_bytes(&e.name);

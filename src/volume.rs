@@ -1287,14 +1287,19 @@ impl Volume {
         let e = self.entry(ino)?;
         {
             let d = e.data.read();
-            if d.gone {
+            // No name and no handle: an unlink or a rename over it since the caller's lookup
+            // dropped its last link, and its data is being deleted. Opening it would serve holes
+            // (found by faults::concurrent_writers_readers_and_renames...).
+            if d.gone || (d.attr.nlink == 0 && !d.orphan) {
                 return Err(Error::NotFound);
             }
             if d.attr.kind == FileKind::Dir {
                 return Err(Error::IsDir);
             }
+            // Counted under the lock: drop_link reads `opens` under the write lock to choose
+            // between deleting now and keeping an orphan.
+            e.opens.fetch_add(1, Ordering::AcqRel);
         }
-        e.opens.fetch_add(1, Ordering::AcqRel);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.lock().insert(fh, Handle::File { ino });
         Ok(fh)

@@ -109,6 +109,11 @@ impl TestVolume {
         self.daemon = Some(child);
     }
 
+    /// The process id of the running daemon.
+    pub fn pid(&self) -> u32 {
+        self.daemon.as_ref().expect("daemon running").id()
+    }
+
     /// SIGTERM, wait for a clean exit (asserting it was clean).
     pub fn stop(&mut self) {
         let mut child = self.daemon.take().expect("daemon running");

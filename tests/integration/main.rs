@@ -6,6 +6,7 @@ mod backend;
 mod common;
 mod core;
 mod durability;
+mod faults;
 mod mount;
 mod recovery;
 mod repair;
