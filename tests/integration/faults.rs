@@ -32,9 +32,11 @@ use crate::webdav::share;
 
 // ------------------------------------------------------------------------ the fault proxy
 
-/// What the proxy does to the requests it receives from now on. Percentages are drawn
-/// independently per request, in this order: error reply, reset while reading the request,
-/// reset in the middle of the response; the rest is forwarded (after `latency`).
+/// What the proxy does to the requests it receives from now on. Percentages apply in this
+/// order: error reply, reset while reading the request, reset in the middle of the response;
+/// the rest is forwarded (after `latency`). The choice is not random: request n gets the
+/// "roll" (n mod 10) * 10 + (n / 10) mod 10, so every ten consecutive requests cover each
+/// tenth of the range once, and a phase of ten requests or more sees every fault it enables.
 #[derive(Clone, Debug, Default)]
 struct Faults {
     latency: Duration,
@@ -71,7 +73,6 @@ struct Counters {
 struct ProxyState {
     upstream: SocketAddr,
     faults: Mutex<Faults>,
-    rng: Mutex<ChaCha8Rng>,
     n: Counters,
     stop: AtomicBool,
 }
@@ -85,7 +86,7 @@ struct FaultProxy {
 
 impl FaultProxy {
     /// A proxy in front of `endpoint` (`http://127.0.0.1:PORT`).
-    fn start(endpoint: &str, seed: u64) -> FaultProxy {
+    fn start(endpoint: &str) -> FaultProxy {
         let upstream: SocketAddr = endpoint
             .trim_start_matches("http://")
             .trim_end_matches('/')
@@ -96,7 +97,6 @@ impl FaultProxy {
         let state = Arc::new(ProxyState {
             upstream,
             faults: Mutex::new(Faults::default()),
-            rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
             n: Counters::default(),
             stop: AtomicBool::new(false),
         });
@@ -297,7 +297,7 @@ fn serve(mut client: TcpStream, st: &ProxyState) {
         return;
     }
     std::thread::sleep(f.latency);
-    let roll = st.rng.lock().unwrap().gen_range(0..100u32);
+    let roll = ((n % 10) * 10 + (n / 10) % 10) as u32;
     if roll < f.error_pct {
         st.n.errors.fetch_add(1, Ordering::SeqCst);
         // A client waiting for 100-continue gets the final answer instead, without a body.
@@ -483,7 +483,7 @@ fn seed() -> u64 {
 #[test]
 fn s3_faults_on_the_network_lose_nothing() {
     let s3 = shared_s3();
-    let proxy = FaultProxy::start(&s3.endpoint, seed());
+    let proxy = FaultProxy::start(&s3.endpoint);
     let prefix = unique_prefix("faults");
     let mut v = TestVolume::new(&format!(
         "pack_size_mib = 4\n[cache]\nmax_size = \"1GiB\"\n{}",
@@ -628,7 +628,7 @@ fn s3_faults_on_the_network_lose_nothing() {
 #[test]
 fn s3_full_disk_while_tiering_gives_enospc_then_recovers() {
     let s3 = shared_s3();
-    let proxy = FaultProxy::start(&s3.endpoint, seed());
+    let proxy = FaultProxy::start(&s3.endpoint);
     let prefix = unique_prefix("fulldisk");
     // The cache limit is above the disk's size, so backpressure does not save the writer:
     // the disk fills first.
