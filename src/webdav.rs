@@ -1333,6 +1333,18 @@ pub fn if_header_unterminated(v: &[u8]) -> bool {
     }
 }
 
+/// True if an entity tag in an `If-Match`, `If-None-Match` or `If-Range` value is a lone `"`
+/// (or `W/"`): dav-server 0.11's `ETag::from_str` slices `s[1..0]` on it and panics, so
+/// [`Share`] refuses it first (found by `fuzz/`, target `webdav_request`, with
+/// `If-None-Match: "`).
+#[doc(hidden)]
+pub fn etag_lone_quote(v: &[u8]) -> bool {
+    v.split(|&c| c == b',').any(|item| {
+        let t = item.trim_ascii();
+        t.strip_prefix(b"W/").unwrap_or(t) == b"\""
+    })
+}
+
 fn percent_decode(s: &str) -> Option<Vec<u8>> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
@@ -1592,6 +1604,16 @@ impl Share {
         {
             return simple(400, "malformed If header: a <...> or [...] is not closed");
         }
+        for h in ["if-match", "if-none-match", "if-range"] {
+            if req
+                .headers()
+                .get_all(h)
+                .iter()
+                .any(|v| etag_lone_quote(v.as_bytes()))
+            {
+                return simple(400, &format!("malformed {h} header: a lone '\"'"));
+            }
+        }
         // PROPFIND Depth: infinity over a big tree is a denial of service (RFC 4918 §9.1 lets
         // a server refuse it with this precondition).
         let infinite = req
@@ -1673,6 +1695,17 @@ mod tests {
             "word",
         ] {
             assert!(!if_header_unterminated(ok.as_bytes()), "{ok}");
+        }
+    }
+
+    #[test]
+    fn lone_quote_etags_are_caught_before_dav_server_sees_them() {
+        // fuzz/artifacts: `If-None-Match: "` made dav-server slice s[1..0].
+        for bad in ["\"", "W/\"", "\"a\", \"", " W/\" , \"b\""] {
+            assert!(etag_lone_quote(bad.as_bytes()), "{bad}");
+        }
+        for ok in ["\"\"", "*", "\"a\", W/\"b\"", "W/\"\"", ""] {
+            assert!(!etag_lone_quote(ok.as_bytes()), "{ok}");
         }
     }
 
