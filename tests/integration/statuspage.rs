@@ -503,6 +503,7 @@ fn check_texts(fields: &[Shown], errors: &mut Vec<String>) {
                 "quota_bytes" => t == "no quota",
                 "quota_used_percent" | "last_error_unix" => t.is_empty(),
                 "last_run_unix" => t == "never",
+                "quota_used_bytes" | "last_seconds" => t.is_empty(),
                 "last_error" => t == "none",
                 "lease_held_by" => t == "this appliance",
                 _ => false,
