@@ -28,6 +28,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::common::{random_bytes, shared_s3, text, tiergate, unique_prefix, TestVolume, S3};
+use crate::tiering::sync_ok;
 use crate::webdav::share;
 
 // ------------------------------------------------------------------------ the fault proxy
@@ -413,17 +414,6 @@ fn s3_section_via(s3: &S3, endpoint: &str, prefix: &str) -> String {
 
 fn status(v: &TestVolume) -> serde_json::Value {
     tiergate::control::call(&v.vol_dir(), "status").unwrap()
-}
-
-fn sync_ok(v: &TestVolume, timeout: &str) -> String {
-    let o = tiergate(&["sync", "--timeout", timeout], &v.config);
-    assert!(
-        o.status.success(),
-        "sync failed: {}\n{}",
-        text(&o),
-        v.log_tail()
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 fn evict(v: &TestVolume) {
