@@ -15,14 +15,14 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use super::{metasync, run_blocking, Tiering};
 use crate::backend::layout;
 use crate::error::Result;
-use crate::meta::PackState;
+use crate::meta::{unix_now, PackState};
 use crate::volume::{CorePass, GcPolicy};
 
 /// The knobs of GC (from `[gc]`).
@@ -72,12 +72,6 @@ impl GcOptions {
             max_rate: g.max_rate.bytes(),
         }
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 impl Tiering {

@@ -11,7 +11,6 @@
 //! if the record still points where it did when the blob was copied.
 
 use std::collections::{HashMap, HashSet};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
@@ -236,9 +235,7 @@ impl Volume {
     /// Marks `packs` (id, size) dropped and removes their local files. Returns the bytes of
     /// local files removed.
     fn drop_packs(&self, packs: &[(u64, u64)]) -> Result<u64> {
-        let since_unix = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let since_unix = meta::unix_now();
         {
             let _cs = self.commit.lock();
             // Every change that removed a reference to these packs is at or before this

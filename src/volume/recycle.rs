@@ -11,7 +11,9 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use crate::meta::unix_now;
 
 use serde::Serialize;
 
@@ -38,12 +40,6 @@ pub struct RecycleStats {
     pub logical_bytes: u64,
     /// Stored bytes that only recycled files reference (freed when they are purged).
     pub stored_bytes: u64,
-}
-
-pub(super) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 impl Volume {
