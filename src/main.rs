@@ -884,6 +884,30 @@ fn serve(config: Option<&Path>, take_over: bool) -> Result<()> {
 /// evictor and fetcher, and the control socket.
 fn start_tiering(vol: &Arc<Volume>, cfg: &Config, take_over: bool) -> Result<Arc<Reporter>> {
     let backend = tiergate::backend::from_config(cfg)?;
+    // Configured Object Lock on a bucket without it: refuse before anything is written, rather
+    // than upload nothing (S3 refuses lock headers there) with the reason only in the log. A
+    // store that does not answer is no reason to refuse (as for the lease).
+    if backend.retention().is_some() {
+        let check = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the object lock check")?
+            .block_on(async {
+                tokio::time::timeout(
+                    Duration::from_secs(15),
+                    tiergate::backend::check_object_lock(backend.as_ref()),
+                )
+                .await
+            });
+        match check {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) if e.kind() == tiergate::backend::ErrorKind::Unsupported => {
+                anyhow::bail!("{}", e.message());
+            }
+            Ok(Err(e)) => tracing::warn!("cannot check the bucket's object lock yet: {e}"),
+            Err(_) => tracing::warn!("the store did not answer the object lock check within 15 s"),
+        }
+    }
     let opts = TieringOptions::from_config(cfg)?;
     let tiering = Tiering::start(vol.clone(), backend.clone(), opts, take_over)?;
     let rt = tiering.handle();

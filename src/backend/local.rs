@@ -9,6 +9,11 @@
 //! last key of the previous page.
 //!
 //! All file work runs on tokio's blocking pool.
+//!
+//! No object lock: `[s3.object_lock]` applies to the S3 backend only, and a directory the
+//! appliance can write is one it can delete from, so a retention recorded here would protect
+//! nothing against a compromised appliance. [`Backend::object_lock`] says so, and GC deletes
+//! dropped packs here without waiting for any retention.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -134,6 +139,7 @@ fn info(key: String, md: &fs::Metadata) -> ObjectInfo {
         size: md.len(),
         etag: None,
         last_modified: md.modified().ok(),
+        retain_until: None,
     }
 }
 

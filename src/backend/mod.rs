@@ -37,6 +37,8 @@ use bytes::Bytes;
 pub mod local;
 pub mod s3;
 
+pub use s3::utc_date;
+
 /// Result of a backend operation.
 pub type BResult<T> = std::result::Result<T, BackendError>;
 
@@ -50,6 +52,9 @@ pub struct ObjectInfo {
     /// the local directory backend.
     pub etag: Option<String>,
     pub last_modified: Option<SystemTime>,
+    /// S3 Object Lock: the object (its current version) cannot be deleted before this time.
+    /// Only [`Backend::head`] fills it in (listings do not carry it); `None` when not locked.
+    pub retain_until: Option<SystemTime>,
 }
 
 /// One page of a listing.
@@ -132,7 +137,11 @@ pub trait Backend: Send + Sync + fmt::Debug {
         max_keys: u32,
     ) -> BResult<ListPage>;
 
-    /// Removes an object. Removing a missing object succeeds (as in S3).
+    /// Removes an object. Removing a missing object succeeds (as in S3). With object lock
+    /// configured ([`Backend::retention`]) every version of the key goes, delete markers
+    /// included: on the versioned bucket object lock requires, a plain DELETE only hides the
+    /// data behind a delete marker and it stays billed. A version still under retention fails
+    /// the call with [`ErrorKind::Retained`] (callers HEAD first and do not try).
     async fn delete(&self, key: &str) -> BResult<()>;
 
     /// A cheap check that the store is reachable, the credentials are accepted and the bucket
@@ -141,6 +150,38 @@ pub trait Backend: Send + Sync + fmt::Debug {
 
     /// Whether objects can be locked against deletion for a retention period.
     async fn object_lock(&self) -> BResult<ObjectLock>;
+
+    /// The retention this backend writes [`layout::is_locked`] objects with
+    /// (`[s3.object_lock]`); `None`: objects are not locked. The local directory backend never
+    /// locks (docs/RETENTION.md#s3-object-lock).
+    fn retention(&self) -> Option<&crate::config::ObjectLockConfig> {
+        None
+    }
+}
+
+/// When configured retention requires it, checks that the bucket has Object Lock enabled. An
+/// error of class [`ErrorKind::Unsupported`] says what to do; `serve` refuses to start on it
+/// and the probe fails. (S3 itself refuses a PUT with lock headers into a bucket without Object
+/// Lock, so nothing would be written unlocked anyway: this makes the reason plain at once.)
+pub async fn check_object_lock(backend: &dyn Backend) -> BResult<ObjectLock> {
+    let lock = backend.object_lock().await?;
+    let Some(want) = backend.retention() else {
+        return Ok(lock);
+    };
+    match &lock {
+        ObjectLock::Enabled(_) => Ok(lock),
+        other => Err(BackendError::new(
+            ErrorKind::Unsupported,
+            format!(
+                "[s3.object_lock] asks for {} retention of {} days, but object lock on {} is \
+                 {other}: create a bucket with Object Lock enabled (it cannot be turned on for \
+                 most existing buckets), or remove [s3.object_lock] to write unlocked objects",
+                want.mode.as_str(),
+                want.days,
+                backend.describe()
+            ),
+        )),
+    }
 }
 
 /// Every object under `prefix`, following pages of `page_size` keys.
@@ -161,8 +202,7 @@ pub async fn list_all(
     }
 }
 
-/// Object keys of the bucket layout (BRIEF §3), relative to the tenant prefix. Only
-/// [`PROBE_PREFIX`] is written today; the rest is the plan the uploader will follow.
+/// Object keys of the bucket layout (BRIEF §3), relative to the tenant prefix.
 pub mod layout {
     /// Probe objects: written and deleted again by [`super::probe`].
     pub const PROBE_PREFIX: &str = "probe/";
@@ -174,6 +214,21 @@ pub mod layout {
     /// The object of pack `id`: `packs/<16 hex digits>.pack`.
     pub fn pack_key(id: u64) -> String {
         format!("{PACKS_PREFIX}{}", crate::pack::pack_file_name(id))
+    }
+
+    /// Whether an object is written with the configured Object Lock retention: packs, the
+    /// metadata journal and checkpoints, the volume config and the wrapped master key (without
+    /// which no pack can be read).
+    ///
+    /// Not the `lease`: it is rewritten at every start and take-over, and on the versioned
+    /// bucket Object Lock requires every rewrite keeps the previous version; locked, those
+    /// versions could not be removed for the whole period. It protects no data (a missing
+    /// lease is simply written again). Not probe objects either: the probe deletes them at once.
+    pub fn is_locked(key: &str) -> bool {
+        key.starts_with(PACKS_PREFIX)
+            || key.starts_with(META_PREFIX)
+            || key == crate::tiering::metasync::VOLUME_OBJECT
+            || key == crate::tiering::metasync::KEY_OBJECT
     }
 }
 
@@ -243,6 +298,8 @@ pub enum ErrorKind {
     Io,
     /// The store does not implement the request.
     Unsupported,
+    /// The object is under S3 Object Lock retention (or a legal hold) and cannot be deleted yet.
+    Retained,
     /// Anything else the store said (its code and message are in the error text).
     Other,
 }
@@ -280,6 +337,9 @@ impl ErrorKind {
             ErrorKind::Invalid => "invalid request or configuration",
             ErrorKind::Io => "local I/O error",
             ErrorKind::Unsupported => "the store does not support this request",
+            ErrorKind::Retained => {
+                "the object is under Object Lock retention: it can be deleted once that ends"
+            }
             ErrorKind::Other => "the store refused the request",
         }
     }
@@ -299,6 +359,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::Invalid => "invalid",
             ErrorKind::Io => "I/O error",
             ErrorKind::Unsupported => "not supported",
+            ErrorKind::Retained => "under retention",
             ErrorKind::Other => "store error",
         })
     }
@@ -546,10 +607,21 @@ pub async fn probe(backend: &dyn Backend) -> std::result::Result<ProbeReport, Pr
     let t = Instant::now();
     // Leftovers of earlier probes that failed half-way go too.
     for o in &listed {
-        backend
-            .delete(&o.key)
-            .await
-            .map_err(|e| fail("delete", e))?;
+        backend.delete(&o.key).await.map_err(|e| {
+            if e.kind() == ErrorKind::Retained {
+                // Probe objects are written without retention: only a default retention rule
+                // on the bucket locks them.
+                return fail(
+                    "delete",
+                    e.context(
+                        "the bucket's default Object Lock retention locked the probe object \
+                         (remove the default retention rule: tiergate sets retention on the \
+                         objects that need it, and the lease must stay unlocked)",
+                    ),
+                );
+            }
+            fail("delete", e)
+        })?;
     }
     match backend.head(&key).await {
         Err(e) if e.is_not_found() => {}
@@ -568,8 +640,7 @@ pub async fn probe(backend: &dyn Backend) -> std::result::Result<ProbeReport, Pr
     });
 
     let t = Instant::now();
-    let object_lock = backend
-        .object_lock()
+    let object_lock = check_object_lock(backend)
         .await
         .map_err(|e| fail("object-lock", e))?;
     steps.push(ProbeStep {
@@ -640,6 +711,19 @@ mod tests {
         assert_eq!(e.http_status(), 507);
         let missing = BackendError::io("x", std::io::Error::from(std::io::ErrorKind::NotFound));
         assert!(missing.is_not_found());
+    }
+
+    #[test]
+    fn only_data_and_metadata_objects_are_locked() {
+        use crate::tiering::metasync::{KEY_OBJECT, LEASE_OBJECT, VOLUME_OBJECT};
+        let seg = crate::journal::segment_key(1, 9);
+        let ckpt = crate::journal::checkpoint_key(1, 9);
+        for k in [&layout::pack_key(7), &seg, &ckpt, VOLUME_OBJECT, KEY_OBJECT] {
+            assert!(layout::is_locked(k), "{k}");
+        }
+        for k in [LEASE_OBJECT, "probe/1795848708-2830e9e84118cfa7"] {
+            assert!(!layout::is_locked(k), "{k}");
+        }
     }
 
     #[test]

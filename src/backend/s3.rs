@@ -18,6 +18,13 @@
 //! all. Timeouts: `s3.connect_timeout_secs` for connecting, `s3.request_timeout_secs` for one
 //! attempt. Memory: a multipart upload holds at most `part_concurrency` parts of
 //! `part_size_mib` at once.
+//!
+//! Object Lock (`[s3.object_lock]`): puts of [`layout::is_locked`] keys carry
+//! `x-amz-object-lock-mode` and `x-amz-object-lock-retain-until-date` (now + days), on the
+//! single PUT and on CreateMultipartUpload. S3 requires an integrity checksum on such requests:
+//! the Content-MD5 every PUT and UploadPart already carries is that checksum. [`Backend::head`]
+//! reports the retain-until date, and [`Backend::delete`] removes every version of the key by
+//! version id (a plain DELETE on the versioned bucket only adds a delete marker).
 
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
@@ -33,16 +40,18 @@ use aws_sdk_s3::config::{
 };
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ObjectLockEnabled};
+use aws_sdk_s3::types::{
+    CompletedMultipartUpload, CompletedPart, ObjectLockEnabled, ObjectLockMode,
+};
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use md5::{Digest, Md5};
 
 use super::{
-    check_key, check_prefix, BResult, Backend, BackendError, ErrorKind, ListPage, ObjectInfo,
-    ObjectLock, PutReceipt,
+    check_key, check_prefix, layout, BResult, Backend, BackendError, ErrorKind, ListPage,
+    ObjectInfo, ObjectLock, PutReceipt,
 };
-use crate::config::S3Config;
+use crate::config::{LockMode, ObjectLockConfig, S3Config};
 
 type HttpResponse = aws_sdk_s3::config::http::HttpResponse;
 
@@ -56,6 +65,8 @@ pub struct S3Backend {
     part_size: u64,
     multipart_threshold: u64,
     part_concurrency: usize,
+    /// `[s3.object_lock]`: the retention locked keys are written with.
+    lock: Option<ObjectLockConfig>,
 }
 
 impl std::fmt::Debug for S3Backend {
@@ -147,7 +158,75 @@ impl S3Backend {
             part_size: cfg.part_size_mib << 20,
             multipart_threshold: cfg.multipart_threshold_mib << 20,
             part_concurrency: cfg.part_concurrency,
+            lock: cfg.object_lock.clone(),
         })
+    }
+
+    /// The lock mode and retain-until date a put of `key` carries, if it is to be locked: now
+    /// plus the configured days, in whole seconds (S3 stores seconds).
+    fn lock_for(&self, key: &str) -> Option<(ObjectLockMode, aws_sdk_s3::primitives::DateTime)> {
+        let lock = self.lock.as_ref().filter(|_| layout::is_locked(key))?;
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let until = now + u64::from(lock.days) * 86_400;
+        let mode = match lock.mode {
+            LockMode::Governance => ObjectLockMode::Governance,
+            LockMode::Compliance => ObjectLockMode::Compliance,
+        };
+        Some((
+            mode,
+            aws_sdk_s3::primitives::DateTime::from_secs(until as i64),
+        ))
+    }
+
+    /// Deletes every version of `key` and every delete marker, by version id, page by page.
+    async fn delete_versions(&self, key: &str, full: &str) -> BResult<()> {
+        let (mut key_marker, mut version_marker) = (None, None);
+        loop {
+            let out = self
+                .client
+                .list_object_versions()
+                .bucket(&self.bucket)
+                .prefix(full)
+                .set_key_marker(key_marker)
+                .set_version_id_marker(version_marker)
+                .send()
+                .await
+                .map_err(|e| self.error("list versions of", key, e))?;
+            // The prefix also matches longer keys: only this exact one.
+            let ids: Vec<String> = out
+                .versions()
+                .iter()
+                .filter(|v| v.key() == Some(full))
+                .filter_map(|v| v.version_id())
+                .chain(
+                    out.delete_markers()
+                        .iter()
+                        .filter(|m| m.key() == Some(full))
+                        .filter_map(|m| m.version_id()),
+                )
+                .map(str::to_owned)
+                .collect();
+            for id in ids {
+                self.client
+                    .delete_object()
+                    .bucket(&self.bucket)
+                    .key(full)
+                    .version_id(&id)
+                    .send()
+                    .await
+                    .map_err(|e| self.error(&format!("delete version {id} of"), key, e))?;
+            }
+            if out.is_truncated() != Some(true) {
+                return Ok(());
+            }
+            key_marker = out.next_key_marker().map(str::to_owned);
+            version_marker = out.next_version_id_marker().map(str::to_owned);
+            if key_marker.is_none() && version_marker.is_none() {
+                return Ok(());
+            }
+        }
     }
 
     fn full_key(&self, key: &str) -> BResult<String> {
@@ -172,13 +251,17 @@ impl S3Backend {
     async fn put_bytes(&self, key: &str, full: &str, data: Bytes) -> BResult<PutReceipt> {
         let size = data.len() as u64;
         let digest = Md5::digest(&data);
+        let (mode, until) = self.lock_for(key).unzip();
         let out = self
             .client
             .put_object()
             .bucket(&self.bucket)
             .key(full)
             .content_length(size as i64)
+            // Also the checksum S3 requires on a put with a retention.
             .content_md5(b64(&digest))
+            .set_object_lock_mode(mode)
+            .set_object_lock_retain_until_date(until)
             .body(ByteStream::from(data))
             .send()
             .await
@@ -222,11 +305,14 @@ impl S3Backend {
         path: &Path,
         size: u64,
     ) -> BResult<PutReceipt> {
+        let (mode, until) = self.lock_for(key).unzip();
         let created = self
             .client
             .create_multipart_upload()
             .bucket(&self.bucket)
             .key(full)
+            .set_object_lock_mode(mode)
+            .set_object_lock_retain_until_date(until)
             .send()
             .await
             .map_err(|e| self.error("create multipart upload", key, e))?;
@@ -389,6 +475,13 @@ impl S3Backend {
     }
 }
 
+/// A Unix time as S3 writes dates (`2026-12-09T19:44:07Z`), for messages about retention.
+pub fn utc_date(unix: u64) -> String {
+    aws_sdk_s3::primitives::DateTime::from_secs(unix as i64)
+        .fmt(aws_sdk_s3::primitives::DateTimeFormat::DateTime)
+        .unwrap_or_else(|_| format!("@{unix}"))
+}
+
 fn b64(digest: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(digest)
@@ -468,6 +561,11 @@ where
                     && says(&["signature", "no such key", "access key", "invalid key"]) =>
                 {
                     ErrorKind::WrongCredentials
+                }
+                // AWS (and moto): 403 AccessDenied "Access Denied because object protected by
+                // object lock."
+                _ if status == 403 && says(&["object lock", "retention", "legal hold"]) => {
+                    ErrorKind::Retained
                 }
                 _ => match status {
                     404 => ErrorKind::NotFound,
@@ -620,6 +718,9 @@ impl Backend for S3Backend {
             last_modified: h
                 .last_modified()
                 .and_then(|t| SystemTime::try_from(*t).ok()),
+            retain_until: h
+                .object_lock_retain_until_date()
+                .and_then(|t| SystemTime::try_from(*t).ok()),
         })
     }
 
@@ -652,6 +753,7 @@ impl Backend for S3Backend {
                     last_modified: o
                         .last_modified()
                         .and_then(|t| SystemTime::try_from(*t).ok()),
+                    retain_until: None,
                 })
             })
             .collect();
@@ -665,6 +767,9 @@ impl Backend for S3Backend {
 
     async fn delete(&self, key: &str) -> BResult<()> {
         let full = self.full_key(key)?;
+        if self.lock.is_some() {
+            return self.delete_versions(key, &full).await;
+        }
         self.client
             .delete_object()
             .bucket(&self.bucket)
@@ -687,6 +792,10 @@ impl Backend for S3Backend {
             .await
             .map_err(|e| self.error("list", "", e))?;
         Ok(())
+    }
+
+    fn retention(&self) -> Option<&ObjectLockConfig> {
+        self.lock.as_ref()
     }
 
     async fn object_lock(&self) -> BResult<ObjectLock> {
@@ -767,6 +876,34 @@ mod tests {
         let e = check_etag("k", "put", Some("00000000000000000000000000000000"), md5).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Corrupt);
         assert!(e.to_string().contains("differs"), "{e}");
+    }
+
+    #[test]
+    fn locked_keys_get_mode_and_retain_until_now_plus_days() {
+        let mut cfg = S3Config::new(Some("http://127.0.0.1:1"), "r", "bkt");
+        cfg.access_key_id = Some("id".into());
+        cfg.secret_access_key = Some(crate::config::Secret("s".into()));
+        assert!(S3Backend::new(&cfg)
+            .unwrap()
+            .lock_for("packs/x.pack")
+            .is_none());
+        cfg.object_lock = Some(ObjectLockConfig {
+            mode: LockMode::Compliance,
+            days: 30,
+        });
+        let b = S3Backend::new(&cfg).unwrap();
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let (mode, until) = b.lock_for("packs/x.pack").unwrap();
+        assert_eq!(mode, ObjectLockMode::Compliance);
+        assert!((until.secs() - now - 30 * 86_400).abs() <= 2, "{until}");
+        assert_eq!(until.subsec_nanos(), 0);
+        assert!(b.lock_for("lease").is_none());
+        assert!(b.lock_for("probe/1-2").is_none());
+        assert_eq!(b.retention().unwrap().days, 30);
+        assert_eq!(utc_date(1_795_848_708), "2026-11-28T06:51:48Z");
     }
 
     #[test]
