@@ -578,6 +578,17 @@ fn gc(path: &Path, json: bool) -> Result<()> {
             u("waiting_checkpoint")
         );
     }
+    if u("waiting_retention") + u("meta_waiting_retention") > 0 {
+        let until = r["retention_until_unix"]
+            .as_u64()
+            .map(|t| format!(", the first until {}", tiergate::backend::utc_date(t)))
+            .unwrap_or_default();
+        println!(
+            "under Object Lock retention: {} packs and {} metadata objects{until}",
+            u("waiting_retention"),
+            u("meta_waiting_retention")
+        );
+    }
     if let Some(why) = r["offsite_skipped"].as_str() {
         println!("off-site part skipped: {why}");
     }

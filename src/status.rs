@@ -153,8 +153,12 @@ pub struct Gc {
     pub last_bytes_dropped: u64,
     pub last_bytes_rewritten: u64,
     pub last_objects_deleted: u64,
-    /// Dropped packs whose objects still wait in the store (grace period, metadata, checkpoint).
+    /// Dropped packs whose objects still wait in the store (grace period, metadata, checkpoint,
+    /// Object Lock retention).
     pub packs_waiting: u64,
+    /// Of those, the ones under Object Lock retention, and the earliest date one can go.
+    pub packs_waiting_retention: u64,
+    pub retention_until_unix: Option<u64>,
     /// Dead bytes left in packs kept (below the rewrite threshold's trigger).
     pub garbage_bytes: u64,
 }
@@ -309,9 +313,9 @@ impl Reporter {
                     last_bytes_dropped: g.as_ref().map_or(0, |g| g.core.bytes_dropped),
                     last_bytes_rewritten: g.as_ref().map_or(0, |g| g.core.bytes_rewritten),
                     last_objects_deleted: g.as_ref().map_or(0, |g| g.objects_deleted),
-                    packs_waiting: g.as_ref().map_or(0, |g| {
-                        g.waiting_grace + g.waiting_metadata + g.waiting_checkpoint
-                    }),
+                    packs_waiting: g.as_ref().map_or(0, |g| g.waiting()),
+                    packs_waiting_retention: g.as_ref().map_or(0, |g| g.waiting_retention),
+                    retention_until_unix: g.as_ref().and_then(|g| g.retention_until_unix),
                     garbage_bytes: g.as_ref().map_or(0, |g| g.core.garbage_left_bytes),
                 }
             },

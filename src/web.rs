@@ -711,6 +711,11 @@ pub fn metrics_text(s: &Status) -> String {
         s.gc.packs_waiting,
     );
     m.gauge(
+        "tiergate_gc_packs_waiting_retention",
+        "Of those, packs under S3 Object Lock retention (deleted once it ends).",
+        s.gc.packs_waiting_retention,
+    );
+    m.gauge(
         "tiergate_gc_garbage_bytes",
         "Dead data left in kept packs after the last garbage collection pass.",
         s.gc.garbage_bytes,
@@ -1642,6 +1647,8 @@ mod tests {
                 last_bytes_rewritten: 0,
                 last_objects_deleted: 0,
                 packs_waiting: 1,
+                packs_waiting_retention: 0,
+                retention_until_unix: None,
                 garbage_bytes: 5,
             },
         }
@@ -1677,9 +1684,10 @@ mod tests {
             samples["tiergate_build_info{version=\"1.2.3-\\\"x\\\"\"}"],
             1.0
         );
-        assert_eq!(typed.len(), 34);
+        assert_eq!(typed.len(), 35);
         assert_eq!(samples["tiergate_quota_bytes"], 0.0);
         assert_eq!(samples["tiergate_gc_packs_waiting"], 1.0);
+        assert_eq!(samples["tiergate_gc_packs_waiting_retention"], 0.0);
         // Unlimited: the family is declared, without a sample.
         let text = metrics_text(&sample_status(None));
         assert!(text.contains("# TYPE tiergate_upload_limit_bytes_per_second gauge"));

@@ -8,19 +8,26 @@
 //!   checkpoint alone names it (one is asked for when that is all that is missing);
 //! - the grace period since it was dropped has passed (a recovery that started from older
 //!   metadata meanwhile still finds it);
-//! - the lease is ours.
+//! - the lease is ours;
+//! - with S3 Object Lock, its retention has ended: the object is HEADed before every delete
+//!   (the retain-until date is the store's, so a period changed in the config since the upload,
+//!   or a governance retention an admin shortened or extended, is honoured), and a pack still
+//!   under retention waits, reported with the earliest date one can go. The delete then removes
+//!   every version by version id ([`crate::backend::Backend::delete`]).
 //!
 //! Then its record goes. A crash between the delete and the record's removal repeats the
-//! delete, which the store accepts for a missing object.
+//! delete, which the store accepts for a missing object. The same pass also deletes metadata
+//! objects the newest checkpoint made unnecessary whose retention has ended since the shipper
+//! last tried ([`Tiering::prune_meta`]).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
 use super::{metasync, run_blocking, Tiering};
-use crate::backend::layout;
+use crate::backend::{layout, ErrorKind};
 use crate::error::Result;
 use crate::meta::{unix_now, PackState};
 use crate::volume::{CorePass, GcPolicy};
@@ -57,8 +64,38 @@ pub struct GcReport {
     pub waiting_grace: u64,
     pub waiting_metadata: u64,
     pub waiting_checkpoint: u64,
+    /// Dropped packs whose objects are otherwise due but still under S3 Object Lock retention,
+    /// and the earliest retain-until date among them (Unix seconds): "retention until ...".
+    pub waiting_retention: u64,
+    pub retention_until_unix: Option<u64>,
+    /// Unneeded metadata objects (old segments and checkpoints) deleted by this pass, and those
+    /// still under retention.
+    pub meta_objects_deleted: u64,
+    pub meta_waiting_retention: u64,
     /// Why the off-site part did not run, if it did not (store unreachable, lease).
     pub offsite_skipped: Option<String>,
+}
+
+impl GcReport {
+    /// Dropped packs still in the store, whatever they wait for.
+    pub fn waiting(&self) -> u64 {
+        self.waiting_grace
+            + self.waiting_metadata
+            + self.waiting_checkpoint
+            + self.waiting_retention
+    }
+
+    /// A retain-until date met while deciding: counts the pack and keeps the earliest date.
+    fn retained(&mut self, until: Option<u64>) {
+        self.waiting_retention += 1;
+        if let Some(u) = until {
+            self.retention_until_unix = Some(self.retention_until_unix.map_or(u, |e| e.min(u)));
+        }
+    }
+}
+
+fn unix_of(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 impl GcOptions {
@@ -121,8 +158,16 @@ impl Tiering {
                 c.bytes_rewritten,
                 rep.objects_deleted,
                 rep.bytes_deleted,
-                rep.waiting_grace + rep.waiting_metadata + rep.waiting_checkpoint
+                rep.waiting()
             );
+            let msg = match rep.retention_until_unix {
+                Some(t) => format!(
+                    "{msg} ({} under Object Lock retention, the first until {})",
+                    rep.waiting_retention,
+                    crate::backend::utc_date(t)
+                ),
+                None => msg,
+            };
             tracing::info!("{msg}");
             crate::status::event("info", msg);
         }
@@ -168,23 +213,57 @@ impl Tiering {
             self.checkpoint_wanted.store(true, Ordering::SeqCst);
             self.wake_meta.notify_one();
         }
+        if self.backend.retention().is_some() {
+            let me = self.clone();
+            let pruned = run_blocking(&self.handle, async move { me.prune_meta().await })??;
+            rep.meta_objects_deleted = pruned.deleted;
+            rep.meta_waiting_retention = pruned.retained;
+            rep.delete_requests += pruned.deleted;
+        }
         if ready.is_empty() {
             return Ok(());
         }
+        let locked = self.backend.retention().is_some();
         for (id, size) in ready {
             let me = self.clone();
-            let deleted = run_blocking(&self.handle, async move {
+            let outcome = run_blocking(&self.handle, async move {
                 // Checked before every delete, like before every upload.
                 if !me.lease_still_ours().await? {
                     return Err(crate::error::Error::Invalid(
                         "another appliance holds this volume's lease".into(),
                     ));
                 }
-                me.backend.delete(&layout::pack_key(id)).await?;
-                Ok(())
+                let key = layout::pack_key(id);
+                if locked {
+                    match me.backend.head(&key).await {
+                        Ok(info) => {
+                            if let Some(until) = info.retain_until {
+                                if until > SystemTime::now() {
+                                    return Ok(Deleted::Retained(Some(unix_of(until))));
+                                }
+                            }
+                        }
+                        // The current version is gone; older ones may remain behind a delete
+                        // marker, and the delete below removes them.
+                        Err(e) if e.is_not_found() => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                match me.backend.delete(&key).await {
+                    Ok(()) => Ok(Deleted::Yes),
+                    // An older version locked longer than the current one (a pack uploaded
+                    // twice): it waits like the others.
+                    Err(e) if e.kind() == ErrorKind::Retained => Ok(Deleted::Retained(None)),
+                    Err(e) => Err(e.into()),
+                }
             })?;
-            rep.delete_requests += 1;
-            deleted?;
+            match outcome? {
+                Deleted::Yes => rep.delete_requests += 1,
+                Deleted::Retained(until) => {
+                    rep.retained(until);
+                    continue;
+                }
+            }
             self.vol.forget_pack(id)?;
             rep.objects_deleted += 1;
             rep.bytes_deleted += size;
@@ -215,4 +294,11 @@ impl Tiering {
             }
         }
     }
+}
+
+/// What became of one dropped pack's object.
+enum Deleted {
+    Yes,
+    /// Still under retention, until then if the store said.
+    Retained(Option<u64>),
 }

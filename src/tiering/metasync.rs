@@ -339,18 +339,72 @@ impl Tiering {
             ),
         );
         // Older checkpoints, and segments wholly before this one's start, are now unneeded.
-        for o in list_all(self.backend.as_ref(), journal::CHECKPOINT_PREFIX, 1000).await? {
-            if o.key != key {
-                self.backend.delete(&o.key).await?;
-            }
-        }
-        for o in list_all(self.backend.as_ref(), journal::JOURNAL_PREFIX, 1000).await? {
-            if matches!(journal::parse_key_range(&o.key), Some((_, last)) if last <= ck.start) {
-                self.backend.delete(&o.key).await?;
-            }
-        }
+        self.prune_meta().await?;
         let _t = self.table.lock();
         self.progress.notify_all();
         Ok(())
     }
+
+    /// Deletes the metadata objects the newest off-site checkpoint makes unnecessary: older
+    /// checkpoints, and segments that end at or before its start. Never a newer checkpoint
+    /// (one the shipper may be uploading while GC calls this reads older bookkeeping). With
+    /// Object Lock, an object still under retention is left (HEAD before each delete) and
+    /// counted; the shipper after the next checkpoint, or the next GC pass, tries again.
+    pub(super) async fn prune_meta(&self) -> Result<PruneStats> {
+        let mut stats = PruneStats::default();
+        if local_u64(self, HAVE_CKPT)? == 0 {
+            return Ok(stats);
+        }
+        let (start, end) = (local_u64(self, CKPT_START)?, local_u64(self, CKPT_END)?);
+        let current = journal::checkpoint_key(start, end);
+        let mut unneeded = Vec::new();
+        for o in list_all(self.backend.as_ref(), journal::CHECKPOINT_PREFIX, 1000).await? {
+            let older = match journal::parse_key_range(&o.key) {
+                Some((e, s)) => (e, s) < (end, start),
+                None => false,
+            };
+            if o.key != current && older {
+                unneeded.push(o.key);
+            }
+        }
+        for o in list_all(self.backend.as_ref(), journal::JOURNAL_PREFIX, 1000).await? {
+            if matches!(journal::parse_key_range(&o.key), Some((_, last)) if last <= start) {
+                unneeded.push(o.key);
+            }
+        }
+        let locked = self.backend.retention().is_some();
+        for key in unneeded {
+            if locked {
+                match self.backend.head(&key).await {
+                    Ok(i) if i.retain_until.is_some_and(|t| t > SystemTime::now()) => {
+                        stats.retained += 1;
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            match self.backend.delete(&key).await {
+                Ok(()) => stats.deleted += 1,
+                Err(e) if e.kind() == crate::backend::ErrorKind::Retained => stats.retained += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if stats.retained > 0 {
+            tracing::debug!(
+                retained = stats.retained,
+                "unneeded metadata objects kept until their retention ends"
+            );
+        }
+        Ok(stats)
+    }
+}
+
+/// What [`Tiering::prune_meta`] did.
+#[derive(Debug, Default)]
+pub(super) struct PruneStats {
+    pub deleted: u64,
+    /// Left in place: under Object Lock retention.
+    pub retained: u64,
 }
