@@ -15,6 +15,8 @@
 #   nightly          the Rust nightly toolchain (rustup), which cargo-fuzz builds with
 #   garage 2.5.0     the S3 server of the backend tests, via scripts/garage.sh install (cargo
 #                    install --locked; 15-20 minutes on 2 cores the first time, then kept)
+#   moto 5.2.1       `moto_server`, the S3 server of the Object Lock tests (Garage has no Object
+#                    Lock): pip install 'moto[server]==5.2.1' (seconds), unless present
 set -euo pipefail
 
 PJDFSTEST_VERSION=0.2.2
@@ -133,6 +135,16 @@ else
     note "installing garage $GARAGE_VERSION (cargo install --locked; 15-20 min on 2 cores)"
     garage_install
     did+=("cargo: garage $GARAGE_VERSION")
+fi
+
+MOTO_VERSION=5.2.1
+if command -v moto_server >/dev/null 2>&1 &&
+    [ "$(python3 -c 'import moto; print(moto.__version__)' 2>/dev/null)" = "$MOTO_VERSION" ]; then
+    note "moto $MOTO_VERSION present"
+else
+    note "pip install moto[server]==$MOTO_VERSION (the Object Lock tests' S3 server)"
+    python3 -m pip install --quiet "moto[server]==$MOTO_VERSION"
+    did+=("pip: moto $MOTO_VERSION")
 fi
 
 if [ "${#did[@]}" -eq 0 ]; then

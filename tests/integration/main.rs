@@ -8,6 +8,7 @@ mod core;
 mod durability;
 mod faults;
 mod mount;
+mod objectlock;
 mod recovery;
 mod repair;
 mod retention;

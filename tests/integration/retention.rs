@@ -22,13 +22,13 @@ const SMALL: &str = "pack_size_mib = 1\n\n[chunking]\nmin_size = 16384\navg_size
                      max_size = 262144\n";
 
 /// `tiergate gc --json`, asserting success.
-fn gc(v: &TestVolume) -> serde_json::Value {
+pub(crate) fn gc(v: &TestVolume) -> serde_json::Value {
     let o = tiergate(&["gc", "--json"], &v.config);
     assert!(o.status.success(), "gc: {}\n{}", text(&o), v.log_tail());
     serde_json::from_slice(&o.stdout).unwrap()
 }
 
-fn n(v: &serde_json::Value, k: &str) -> u64 {
+pub(crate) fn n(v: &serde_json::Value, k: &str) -> u64 {
     v[k].as_u64().unwrap_or_else(|| panic!("no {k} in {v}"))
 }
 
