@@ -1,5 +1,7 @@
 //! Shared test fixtures: a volume in a temp dir and a real `tiergate serve` process mounting it.
 
+use std::io::Read;
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -321,4 +323,52 @@ pub fn s3_section(s3: &S3, prefix: &str) -> String {
          connect_timeout_secs = 2\nrequest_timeout_secs = 30\nmax_attempts = 2\n",
         s3.endpoint, s3.region, s3.bucket, s3.key_id, s3.secret
     )
+}
+
+// ------------------------------------------------------------- HTTP/1.1 proxy helpers
+
+/// Reads until the end of an HTTP head; returns the head and what was read past it.
+pub fn read_head(s: &mut TcpStream) -> Option<(Vec<u8>, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 << 10];
+    loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let rest = buf.split_off(i + 4);
+            return Some((buf, rest));
+        }
+        if buf.len() > 256 << 10 {
+            return None;
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// A header's value in an HTTP head (first match, case-insensitive name).
+pub fn header_value(head: &[u8], name: &str) -> Option<String> {
+    String::from_utf8_lossy(head).lines().skip(1).find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_string())
+    })
+}
+
+/// The head with any `Connection` header replaced by `Connection: close`.
+pub fn close_after(head: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(head);
+    let mut out = String::new();
+    for l in text.split("\r\n").filter(|l| !l.is_empty()) {
+        let is_conn = l
+            .split_once(':')
+            .is_some_and(|(k, _)| k.trim().eq_ignore_ascii_case("connection"));
+        if !is_conn {
+            out.push_str(l);
+            out.push_str("\r\n");
+        }
+    }
+    out.push_str("Connection: close\r\n\r\n");
+    out.into_bytes()
 }

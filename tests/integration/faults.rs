@@ -27,7 +27,10 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::common::{random_bytes, shared_s3, text, tiergate, unique_prefix, TestVolume, S3};
+use crate::common::{
+    close_after, header_value, random_bytes, read_head, shared_s3, text, tiergate, unique_prefix,
+    TestVolume, S3,
+};
 use crate::tiering::sync_ok;
 use crate::webdav::share;
 
@@ -148,51 +151,6 @@ impl Drop for FaultProxy {
         // Wakes the accept loop so it sees `stop`.
         let _ = TcpStream::connect(self.addr);
     }
-}
-
-/// Reads until the end of an HTTP head; returns the head and what was read past it.
-fn read_head(s: &mut TcpStream) -> Option<(Vec<u8>, Vec<u8>)> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 16 << 10];
-    loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let rest = buf.split_off(i + 4);
-            return Some((buf, rest));
-        }
-        if buf.len() > 256 << 10 {
-            return None;
-        }
-        match s.read(&mut chunk) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-}
-
-fn header_value(head: &[u8], name: &str) -> Option<String> {
-    String::from_utf8_lossy(head).lines().skip(1).find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim()
-            .eq_ignore_ascii_case(name)
-            .then(|| v.trim().to_string())
-    })
-}
-
-/// The head with any `Connection` header replaced by `Connection: close`.
-fn close_after(head: &[u8]) -> Vec<u8> {
-    let text = String::from_utf8_lossy(head);
-    let mut out = String::new();
-    for l in text.split("\r\n").filter(|l| !l.is_empty()) {
-        let is_conn = l
-            .split_once(':')
-            .is_some_and(|(k, _)| k.trim().eq_ignore_ascii_case("connection"));
-        if !is_conn {
-            out.push_str(l);
-            out.push_str("\r\n");
-        }
-    }
-    out.push_str("Connection: close\r\n\r\n");
-    out.into_bytes()
 }
 
 /// Closes with a TCP RST instead of a FIN (SO_LINGER 0), as a crashed peer or middlebox does.

@@ -9,15 +9,20 @@
 //! its own server on 127.0.0.1 and stops it at the end.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::TcpListener;
+use std::io::Write;
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::types::{ObjectLockRetention, ObjectLockRetentionMode};
 
-use crate::common::{random_bytes, s3_section, text, tiergate, wait_timeout, TestVolume, S3};
+use crate::common::{
+    close_after, header_value, random_bytes, read_head, s3_section, text, tiergate, wait_timeout,
+    TestVolume, S3,
+};
 use crate::retention::{gc, n};
 use crate::tiering::{rt, sync_ok};
 use tiergate::meta::unix_now as now_unix;
@@ -403,4 +408,133 @@ fn s3_object_lock_configured_on_a_bucket_without_it_fails_probe_and_serve() {
         text(&o)
     );
     assert!(Path::new(&ok.config).exists());
+}
+
+/// A loopback proxy that forwards every request unchanged (one per connection) and keeps its
+/// head, to see what was sent where the server does not tell.
+struct Recorder {
+    port: u16,
+    heads: Arc<Mutex<Vec<String>>>,
+}
+
+impl Recorder {
+    fn start(upstream: &str) -> Recorder {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = upstream.trim_start_matches("http://").to_owned();
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let h = heads.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let (up, h) = (up.clone(), h.clone());
+                std::thread::spawn(move || forward(client, &up, &h));
+            }
+        });
+        Recorder { port, heads }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+fn forward(mut client: TcpStream, upstream: &str, heads: &Mutex<Vec<String>>) {
+    let Some((head, rest)) = read_head(&mut client) else {
+        return;
+    };
+    heads
+        .lock()
+        .unwrap()
+        .push(String::from_utf8_lossy(&head).into_owned());
+    let mut up = TcpStream::connect(upstream).unwrap();
+    up.write_all(&close_after(&head)).unwrap();
+    up.write_all(&rest).unwrap();
+    let (mut c2, mut u2) = (client.try_clone().unwrap(), up.try_clone().unwrap());
+    let pump = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut c2, &mut u2);
+    });
+    let _ = std::io::copy(&mut up, &mut client);
+    let _ = client.shutdown(Shutdown::Both);
+    let _ = up.shutdown(Shutdown::Both);
+    let _ = pump.join();
+}
+
+/// A multipart upload asks for the lock on CreateMultipartUpload and sends Content-MD5 with
+/// every part. moto ignores lock headers there (and answers CompleteMultipartUpload with an
+/// element aws-sdk-s3 does not parse), so this is checked on the wire, through [`Recorder`].
+#[test]
+fn s3_object_lock_multipart_upload_asks_for_the_lock() {
+    use tiergate::backend::Backend;
+    let moto = Moto::start();
+    moto.bucket("locked", true);
+    let rec = Recorder::start(&moto.endpoint);
+    let s3 = moto.s3("locked");
+    let mut cfg = tiergate::config::S3Config::new(Some(&rec.endpoint()), &s3.region, &s3.bucket);
+    cfg.path_style = true;
+    cfg.access_key_id = Some(s3.key_id.clone());
+    cfg.secret_access_key = Some(tiergate::config::Secret(s3.secret.clone()));
+    cfg.multipart_threshold_mib = 5;
+    cfg.part_size_mib = 5;
+    cfg.max_attempts = 1;
+    cfg.object_lock = Some(tiergate::config::ObjectLockConfig {
+        mode: tiergate::config::LockMode::Compliance,
+        days: 3,
+    });
+    let backend = tiergate::backend::s3::S3Backend::new(&cfg).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pack");
+    std::fs::write(&file, random_bytes(21, 11 << 20)).unwrap();
+    let t0 = now_unix();
+    // The error is moto's answer to CompleteMultipartUpload (see above), not the upload's.
+    let put = rt().block_on(backend.put_file("packs/00000000000000aa.pack", &file));
+    let e = put.expect_err("moto's CompleteMultipartUpload answer parses now: assert success");
+    assert!(e.to_string().contains("complete multipart upload"), "{e}");
+    let heads = rec.heads.lock().unwrap().clone();
+    let create: Vec<&String> = heads
+        .iter()
+        .filter(|h| h.starts_with("POST ") && h.contains("?uploads"))
+        .collect();
+    assert_eq!(create.len(), 1, "{heads:?}");
+    let c = create[0].as_bytes();
+    assert_eq!(
+        header_value(c, "x-amz-object-lock-mode").as_deref(),
+        Some("COMPLIANCE")
+    );
+    let until = header_value(c, "x-amz-object-lock-retain-until-date").unwrap();
+    let until = aws_sdk_s3::primitives::DateTime::from_str(
+        &until,
+        aws_sdk_s3::primitives::DateTimeFormat::DateTime,
+    )
+    .unwrap()
+    .secs() as u64;
+    assert!(
+        until >= t0 + 3 * DAY && until <= now_unix() + 3 * DAY,
+        "retain-until {until}, t0 {t0}"
+    );
+    let parts: Vec<&String> = heads
+        .iter()
+        .filter(|h| h.starts_with("PUT ") && h.contains("partNumber="))
+        .collect();
+    assert_eq!(parts.len(), 3, "{heads:?}");
+    for p in parts {
+        assert!(header_value(p.as_bytes(), "content-md5").is_some(), "{p}");
+    }
+    // The lease is never locked; a lease put through the same backend carries no lock.
+    rt().block_on(backend.put("lease", bytes::Bytes::from_static(b"{}")))
+        .unwrap();
+    let last = rec
+        .heads
+        .lock()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|h| h.starts_with("PUT "))
+        .cloned()
+        .unwrap();
+    assert!(last.contains("/lease"), "{last}");
+    assert_eq!(
+        header_value(last.as_bytes(), "x-amz-object-lock-mode"),
+        None,
+        "{last}"
+    );
 }
