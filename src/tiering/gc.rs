@@ -214,11 +214,24 @@ impl Tiering {
             self.wake_meta.notify_one();
         }
         if self.backend.retention().is_some() {
+            // Metadata objects left under retention by the shipper. A failure here is logged
+            // and does not keep the packs below from going.
             let me = self.clone();
-            let pruned = run_blocking(&self.handle, async move { me.prune_meta().await })??;
-            rep.meta_objects_deleted = pruned.deleted;
-            rep.meta_waiting_retention = pruned.retained;
-            rep.delete_requests += pruned.deleted;
+            let pruned = run_blocking(&self.handle, async move {
+                if !me.lease_still_ours().await? {
+                    return Ok(None);
+                }
+                me.prune_meta().await.map(Some)
+            })?;
+            match pruned {
+                Ok(Some(p)) => {
+                    rep.meta_objects_deleted = p.deleted;
+                    rep.meta_waiting_retention = p.retained;
+                    rep.delete_requests += p.deleted;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!("gc: deleting unneeded metadata objects: {e}"),
+            }
         }
         if ready.is_empty() {
             return Ok(());
