@@ -7,7 +7,8 @@
 //! from committed chunks plus dirty bytes, cut with FastCDC, and only the new chunks are
 //! encoded and appended to the open pack. The file's extent map is then spliced over the region
 //! in one atomic metadata batch. Work is proportional to the written range plus at most one
-//! chunk on each side, never to the file.
+//! chunk on each side, never to the file. A commit rebuilds at most [`COMMIT_PIECE`] bytes at a
+//! time: it is stored and applied in pieces (each its own batch), which bounds its memory.
 //!
 //! ## Ordering and durability
 //! Metadata never names pack bytes that are not on stable storage: every commit fsyncs the packs
@@ -55,6 +56,12 @@ const MAX_XATTR_VALUE: usize = 64 * 1024;
 /// Dirty bytes of one file above which a write commits the file's data (keeping the last,
 /// still-growing chunk in memory so that a streaming write is chunked exactly once).
 const FILE_DIRTY_COMMIT: u64 = 64 << 20;
+/// Bytes of file data a commit rebuilds and chunks at a time (at least four of the volume's
+/// largest chunks): a commit of more is stored and applied in pieces, which bounds its memory.
+/// Random overwrites spread over a large file touch a chunk per write; a commit of hundreds of
+/// them rebuilt every touched chunk at once before (~120-600 MiB, docs/BENCHMARKS.md (d)).
+/// 32 MiB keeps a sequential 64 MiB commit to two or three pack fsyncs.
+const COMMIT_PIECE: usize = 32 << 20;
 /// Extents removed per metadata batch when a large file is deleted (sled grows badly with huge
 /// batches; see BRIEF §9).
 const DELETE_PAGE: usize = 1000;
@@ -313,6 +320,9 @@ pub struct Volume {
     /// Stored bytes (`Stats::stored_bytes`) as of the last commit, readable without the commit
     /// lock: the quota check runs on every write.
     stored_now: AtomicU64,
+    /// The most file data one piece of a commit has rebuilt at once since the volume opened
+    /// (see [`COMMIT_PIECE`]).
+    largest_piece: AtomicU64,
     /// The tenant quota on stored bytes; 0 = none (see [`Volume::set_quota`]).
     quota: AtomicU64,
     /// The status page warns from this share of the quota on, in percent.
@@ -501,6 +511,7 @@ impl Volume {
             next_ino: AtomicU64::new(next_ino),
             dirty_total: AtomicU64::new(0),
             stored_now: AtomicU64::new(stats.stored_bytes),
+            largest_piece: AtomicU64::new(0),
             quota: AtomicU64::new(0),
             quota_warn_percent: std::sync::atomic::AtomicU8::new(90),
             quota_logged: Mutex::new(None),
@@ -1707,36 +1718,126 @@ impl Volume {
         let snapshot_bytes = std::mem::take(&mut d.dirty_bytes);
         d.committing = Some(snapshot.clone());
         let size = d.attr.size;
-        let gate = self.store_gate.read();
-        let work = DataGuard::unlocked(d, || -> Result<_> {
-            let (mut plans, tail) = self.plan_commit(ino, &snapshot, size, hold_back)?;
-            let planned = started.elapsed();
-            self.hash_chunks(&mut plans);
-            let wanted = self.new_chunks(&plans)?;
-            let hashed = started.elapsed();
-            let stored_chunks = self.store_chunks(&wanted)?;
-            Ok((
-                plans,
-                tail,
-                stored_chunks,
-                [planned, hashed, started.elapsed()],
-            ))
-        });
-        d.committing = None;
-        let (plans, new_tail, new_chunks, [planned, hashed, stored]) = match work {
-            Ok(w) => w,
+        // On failure nothing is lost: the snapshot goes back under what was written since (the
+        // pieces already applied hold the same bytes, so committing them again is harmless).
+        let give_back = |vol: &Volume, d: &mut DataGuard<'_>| {
+            d.committing = None;
+            let snapshot = Arc::try_unwrap(snapshot.clone()).unwrap_or_else(|a| (*a).clone());
+            vol.replace_dirty(d, snapshot, snapshot_bytes);
+        };
+        let planned =
+            DataGuard::unlocked(d, || self.plan_segments(ino, &snapshot, size, hold_back));
+        let (segments, mut new_tail) = match planned {
+            Ok(p) => p,
             Err(err) => {
-                // Nothing was committed: the snapshot goes back under what was written since.
-                let snapshot = Arc::try_unwrap(snapshot).unwrap_or_else(|a| (*a).clone());
-                self.replace_dirty(d, snapshot, snapshot_bytes);
+                give_back(self, d);
                 return Err(err);
             }
         };
-        // Metadata: one batch for all segments of this commit.
+        // One piece at a time: rebuild and chunk at most COMMIT_PIECE bytes, store their new
+        // chunks (pack fsync'd), then apply their metadata batch under the data lock. Each
+        // applied piece leaves a consistent extent map; reads meanwhile see the snapshot.
+        let mut cursor = PieceCursor {
+            segment: 0,
+            pos: segments.first().map_or(0, |s| s.start),
+        };
+        let mut t = CommitTally::default();
+        while cursor.segment < segments.len() {
+            let t0 = Instant::now();
+            let gate = self.store_gate.read();
+            let work = DataGuard::unlocked(d, || -> Result<_> {
+                let mut plans = self.next_piece(
+                    ino,
+                    &segments,
+                    &snapshot,
+                    hold_back,
+                    &mut cursor,
+                    &mut new_tail,
+                )?;
+                let t1 = Instant::now();
+                self.hash_chunks(&mut plans);
+                let wanted = self.new_chunks(&plans)?;
+                let t2 = Instant::now();
+                let stored_chunks = self.store_chunks(&wanted)?;
+                Ok((plans, stored_chunks, [t1 - t0, t2 - t1, t2.elapsed()]))
+            });
+            let (plans, new_chunks, [plan_t, hash_t, store_t]) = match work {
+                Ok(w) => w,
+                Err(err) => {
+                    drop(gate);
+                    give_back(self, d);
+                    return Err(err);
+                }
+            };
+            let t3 = Instant::now();
+            let applied = self.apply_piece(ino, &d.attr, &plans, &new_chunks);
+            drop(gate);
+            if let Err(err) = applied {
+                give_back(self, d);
+                return Err(err);
+            }
+            t.pieces += 1;
+            t.chunks += plans.iter().map(|p| p.chunks.len()).sum::<usize>();
+            t.new_chunks += new_chunks.len();
+            t.region_bytes = t
+                .region_bytes
+                .max(plans.iter().map(|p| p.buf.len() as u64).sum());
+            t.times[0] += plan_t;
+            t.times[1] += hash_t;
+            t.times[2] += store_t;
+            t.times[3] += t3.elapsed();
+        }
+        d.committing = None;
+        self.largest_piece
+            .fetch_max(t.region_bytes, Ordering::Relaxed);
+        let tail_bytes: u64 = new_tail.values().map(|v| v.len() as u64).sum();
+        self.replace_dirty(d, new_tail, snapshot_bytes);
+        if t.pieces == 0 {
+            // Everything was held back: the inode's attributes still go to the store.
+            let mut b = Batch::default();
+            b.put(meta::inode_key(ino), d.attr.encode());
+            self.apply(b)?;
+        }
+        if durable {
+            self.kv.flush()?;
+            d.unsynced = !d.dirty.is_empty();
+        }
+        d.commit_at = FILE_DIRTY_COMMIT.max(d.dirty_bytes + FILE_DIRTY_COMMIT / 4);
+        d.attr_dirty = !d.dirty.is_empty();
+        tracing::debug!(
+            ino,
+            segments = segments.len(),
+            pieces = t.pieces,
+            largest_piece = t.region_bytes,
+            chunks = t.chunks,
+            new_chunks = t.new_chunks,
+            tail = tail_bytes,
+            durable,
+            plan_ms = t.times[0].as_millis() as u64,
+            hash_ms = t.times[1].as_millis() as u64,
+            store_ms = t.times[2].as_millis() as u64,
+            meta_ms = t.times[3].as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "commit"
+        );
+        Ok(())
+    }
+
+    /// The metadata of one piece of a commit, in one atomic batch: each planned segment's range
+    /// is punched out of the extent map and replaced by its chunks (all-zero ones as holes),
+    /// refcounts and stats follow, and the inode's attributes are written. The new chunks' packs
+    /// are already durable ([`Volume::store_chunks`]).
+    fn apply_piece(
+        &self,
+        ino: u64,
+        attr: &Inode,
+        plans: &[RegionPlan],
+        new_chunks: &HashMap<ChunkId, NewChunk>,
+    ) -> Result<()> {
         let mut b = Batch::default();
         let mut refs: HashMap<ChunkId, i64> = HashMap::new();
         let mut logical = 0i64;
-        for p in &plans {
+        for p in plans {
             if p.end <= p.start {
                 continue;
             }
@@ -1754,49 +1855,19 @@ impl Volume {
                 }
             }
         }
-        b.put(meta::inode_key(ino), d.attr.encode());
-        let applied = {
-            let mut cs = self.commit.lock();
-            // Every chunk this commit references, in case one is collected under our feet.
-            let plain: HashMap<ChunkId, &[u8]> = plans
-                .iter()
-                .flat_map(|p| {
-                    p.chunks.iter().filter_map(|c| {
-                        c.id.map(|id| (id, &p.buf[c.start_in_buf..c.start_in_buf + c.len]))
-                    })
+        b.put(meta::inode_key(ino), attr.encode());
+        let mut cs = self.commit.lock();
+        // Every chunk this piece references, in case one is collected under our feet.
+        let plain: HashMap<ChunkId, &[u8]> = plans
+            .iter()
+            .flat_map(|p| {
+                p.chunks.iter().filter_map(|c| {
+                    c.id.map(|id| (id, &p.buf[c.start_in_buf..c.start_in_buf + c.len]))
                 })
-                .collect();
-            self.apply_refs_with_data(&mut cs, &mut b, refs, &new_chunks, logical, &plain)
-                .and_then(|()| self.kv.apply(b))
-        };
-        drop(gate);
-        if let Err(err) = applied {
-            let snapshot = Arc::try_unwrap(snapshot).unwrap_or_else(|a| (*a).clone());
-            self.replace_dirty(d, snapshot, snapshot_bytes);
-            return Err(err);
-        }
-        let tail_bytes: u64 = new_tail.values().map(|v| v.len() as u64).sum();
-        self.replace_dirty(d, new_tail, snapshot_bytes);
-        if durable {
-            self.kv.flush()?;
-            d.unsynced = !d.dirty.is_empty();
-        }
-        d.commit_at = FILE_DIRTY_COMMIT.max(d.dirty_bytes + FILE_DIRTY_COMMIT / 4);
-        d.attr_dirty = !d.dirty.is_empty();
-        tracing::debug!(
-            ino,
-            segments = plans.len(),
-            chunks = plans.iter().map(|p| p.chunks.len()).sum::<usize>(),
-            new_chunks = new_chunks.len(),
-            tail = tail_bytes,
-            durable,
-            plan_ms = planned.as_millis() as u64,
-            hash_ms = (hashed - planned).as_millis() as u64,
-            store_ms = (stored - hashed).as_millis() as u64,
-            meta_ms = (started.elapsed() - stored).as_millis() as u64,
-            "commit"
-        );
-        Ok(())
+            })
+            .collect();
+        self.apply_refs_with_data(&mut cs, &mut b, refs, new_chunks, logical, &plain)?;
+        self.kv.apply(b)
     }
 
     /// Makes `base` (bytes a commit took and gives back, `base_bytes` of dirty accounting) the
@@ -1821,29 +1892,25 @@ impl Volume {
         }
     }
 
-    /// Plans a commit of `dirty` (a file of `size` bytes): the widened regions rebuilt from
-    /// committed chunks plus dirty bytes, cut into chunks. Returns the segments to commit and
-    /// the bytes to keep dirty.
+    /// Plans a commit of `dirty` (a file of `size` bytes): the segments to rebuild (each
+    /// widened region minus its holes) and the bytes to keep dirty. The segments are rebuilt
+    /// and chunked piece by piece later ([`Volume::next_piece`]), so planning holds no data.
     ///
     /// A partial commit (`hold_back`) leaves alone what is likely to grow: a segment that
     /// starts in mid-air (the kernel writes pages back out of order, so the bytes before it
     /// usually arrive soon) and the last chunk of a segment not closed by committed data.
     /// Chunking them now would cut where a continuous write never would, and the copies of a
     /// file would stop deduplicating.
-    fn plan_commit(
+    fn plan_segments(
         &self,
         ino: u64,
         dirty: &DirtyMap,
         size: u64,
         hold_back: bool,
-    ) -> Result<(Vec<RegionPlan>, DirtyMap)> {
-        let params = self.info.chunking;
-        let mut plans: Vec<RegionPlan> = Vec::new();
+    ) -> Result<(Vec<Segment>, DirtyMap)> {
+        let mut segments = Vec::new();
         let mut new_tail: DirtyMap = BTreeMap::new();
         for (a, b) in self.widen_regions(ino, dirty, size)? {
-            let mut buf = vec![0u8; (b - a) as usize];
-            self.read_committed(ino, a, &mut buf)?;
-            overlay(dirty, a, &mut buf);
             let extents = self.extents(ino, a, b)?;
             let mut covered: Vec<(u64, u64)> = extents
                 .iter()
@@ -1855,14 +1922,12 @@ impl Volume {
                     .filter(|(o, v)| *o + v.len() as u64 > a)
                     .map(|(o, v)| (*o, *o + v.len() as u64)),
             );
-            let buf = Arc::new(buf);
             for (s, t) in merge_intervals(covered, a, b) {
-                let seg = &buf[(s - a) as usize..(t - a) as usize];
                 let anchored = s == 0
                     || extents.iter().any(|(o, _)| *o == s)
                     || self.extent_ends_at(ino, s)?;
                 if hold_back && !anchored {
-                    new_tail.insert(s, seg.to_vec());
+                    new_tail.insert(s, self.rebuild(ino, dirty, s, t)?);
                     continue;
                 }
                 let closed = t == b
@@ -1870,34 +1935,99 @@ impl Volume {
                         .extents(ino, t, t + 1)?
                         .first()
                         .is_some_and(|(o, _)| *o == t);
-                let cuts = chunker::cut_points(&params, seg);
-                let mut chunks = Vec::new();
-                let mut prev = 0usize;
-                let mut commit_end = t;
-                for (ci, &cut) in cuts.iter().enumerate() {
-                    let at = s + prev as u64;
-                    if hold_back && !closed && ci == cuts.len() - 1 {
-                        commit_end = at;
-                        new_tail.insert(at, seg[prev..cut].to_vec());
-                        break;
-                    }
-                    chunks.push(PlannedChunk {
-                        offset: at,
-                        start_in_buf: (at - a) as usize,
-                        len: cut - prev,
-                        id: None,
-                    });
-                    prev = cut;
-                }
-                plans.push(RegionPlan {
+                segments.push(Segment {
                     start: s,
-                    end: commit_end,
-                    buf: buf.clone(),
-                    chunks,
+                    end: t,
+                    closed,
                 });
             }
         }
-        Ok((plans, new_tail))
+        Ok((segments, new_tail))
+    }
+
+    /// The bytes of `ino` at `start..end` as a commit sees them: committed data with `dirty`
+    /// laid over it.
+    fn rebuild(&self, ino: u64, dirty: &DirtyMap, start: u64, end: u64) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; (end - start) as usize];
+        self.read_committed(ino, start, &mut buf)?;
+        overlay(dirty, start, &mut buf);
+        Ok(buf)
+    }
+
+    /// Rebuilds and chunks the next piece of a commit, from `cursor` on: whole segments while
+    /// they fit in [`COMMIT_PIECE`] bytes, a segment larger than that in windows. A window that
+    /// ends before its segment does keeps all but its last chunk and the next window starts at
+    /// that chunk, so the cut points are exactly those of chunking the segment in one go (a
+    /// FastCDC cut depends only on the bytes from the chunk's start to the cut). Bytes a
+    /// partial commit holds back go to `tail`.
+    fn next_piece(
+        &self,
+        ino: u64,
+        segments: &[Segment],
+        dirty: &DirtyMap,
+        hold_back: bool,
+        cursor: &mut PieceCursor,
+        tail: &mut DirtyMap,
+    ) -> Result<Vec<RegionPlan>> {
+        let params = self.info.chunking;
+        // A window longer than the largest chunk always yields a cut before its end.
+        let min_window = 2 * params.max_size as u64;
+        let cap = (COMMIT_PIECE as u64).max(2 * min_window);
+        let mut plans = Vec::new();
+        let mut bytes = 0u64;
+        while let Some(seg) = segments.get(cursor.segment) {
+            let room = cap - bytes;
+            let left = seg.end - cursor.pos;
+            if !plans.is_empty() && left > room && room < min_window {
+                break;
+            }
+            let start = cursor.pos;
+            let end = seg.end.min(start + room.max(min_window));
+            let last = end == seg.end;
+            let buf = self.rebuild(ino, dirty, start, end)?;
+            let cuts = chunker::cut_points(&params, &buf);
+            let mut chunks = Vec::new();
+            let mut prev = 0usize;
+            let mut commit_end = end;
+            for (ci, &cut) in cuts.iter().enumerate() {
+                let at = start + prev as u64;
+                if ci == cuts.len() - 1 {
+                    if !last {
+                        commit_end = at;
+                        break;
+                    }
+                    if hold_back && !seg.closed {
+                        commit_end = at;
+                        tail.insert(at, buf[prev..cut].to_vec());
+                        break;
+                    }
+                }
+                chunks.push(PlannedChunk {
+                    offset: at,
+                    start_in_buf: prev,
+                    len: cut - prev,
+                    id: None,
+                });
+                prev = cut;
+            }
+            bytes += buf.len() as u64;
+            plans.push(RegionPlan {
+                start,
+                end: commit_end,
+                buf,
+                chunks,
+            });
+            if last {
+                cursor.segment += 1;
+                cursor.pos = segments.get(cursor.segment).map_or(0, |s| s.start);
+            } else {
+                cursor.pos = commit_end;
+            }
+            if bytes >= cap {
+                break;
+            }
+        }
+        Ok(plans)
     }
 
     /// Computes the keyed id of every planned chunk on the pool; all-zero chunks stay `None`
@@ -2542,13 +2672,39 @@ struct PlannedChunk {
     id: Option<ChunkId>,
 }
 
-/// One segment of a commit: `start..end` of the file is rebuilt from `chunks`, which point
-/// into `buf` (the whole widened region the segment lies in).
+/// One planned piece of a segment: `start..end` of the file is rebuilt from `chunks`, which
+/// point into `buf` (the file's bytes from `start` on, rebuilt).
 struct RegionPlan {
     start: u64,
     end: u64,
-    buf: Arc<Vec<u8>>,
+    buf: Vec<u8>,
     chunks: Vec<PlannedChunk>,
+}
+
+/// A range of a file a commit rebuilds: a widened dirty region without its holes. `closed`:
+/// committed data starts right at `end` (so its last chunk cannot grow).
+struct Segment {
+    start: u64,
+    end: u64,
+    closed: bool,
+}
+
+/// Where the next piece of a commit starts: a segment and an offset inside it.
+struct PieceCursor {
+    segment: usize,
+    pos: u64,
+}
+
+/// What a commit did, for its log line.
+#[derive(Default)]
+struct CommitTally {
+    pieces: usize,
+    chunks: usize,
+    new_chunks: usize,
+    /// The largest piece's rebuilt bytes.
+    region_bytes: u64,
+    /// Plan, hash, store, metadata.
+    times: [Duration; 4],
 }
 
 #[derive(Clone, Copy)]
@@ -2782,6 +2938,12 @@ impl Volume {
     /// Bytes in the pack being appended to (not yet sealed, so not yet uploadable).
     pub fn open_pack_bytes(&self) -> u64 {
         self.packs.open_len.load(Ordering::Relaxed)
+    }
+
+    /// The most file data one piece of a commit has rebuilt in memory at once since the volume
+    /// opened: what bounds a commit's memory, for tests and the debug log.
+    pub fn largest_commit_piece(&self) -> u64 {
+        self.largest_piece.load(Ordering::Relaxed)
     }
 
     /// Data written but not yet committed to packs (in memory).
