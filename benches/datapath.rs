@@ -118,6 +118,13 @@ fn blob_codec(c: &mut Criterion) {
             g.bench_with_input(BenchmarkId::new("encode", &param), data, |b, d| {
                 b.iter(|| blob::encode(&keys, &id, black_box(d), level))
             });
+            // The same without the incompressibility probe (zstd tried on the whole chunk,
+            // as before the probe): the ratio of the two is the probe's effect.
+            g.bench_with_input(
+                BenchmarkId::new("encode_without_probe", &param),
+                data,
+                |b, d| b.iter(|| blob::encode_without_probe(&keys, &id, black_box(d), level)),
+            );
             let encoded = blob::encode(&keys, &id, data, level);
             g.bench_with_input(BenchmarkId::new("decode", &param), &encoded, |b, e| {
                 b.iter(|| blob::decode(&keys, &id, black_box(e)).unwrap())

@@ -59,6 +59,8 @@ const _: () = assert!(MAX_PLAIN_LEN >= fastcdc::v2020::MAXIMUM_MAX);
 /// Encodes one chunk: zstd at `zstd_level` (zstd's scale: 1..=22, 0 = its default 3, negative =
 /// faster) only if that makes the payload smaller, then AES-256-GCM under `keys.data_key()`
 /// with a fresh random nonce. `id` must be `keys.chunk_id(plain)` (checked in debug builds).
+/// A chunk whose samples do not compress ([`looks_incompressible`]) is stored raw without
+/// trying zstd on the whole of it.
 ///
 /// # Panics
 /// If `plain` is longer than [`MAX_PLAIN_LEN`] (the chunker never produces such chunks).
@@ -78,6 +80,26 @@ pub fn encode_with_nonce(
     zstd_level: i32,
     nonce: &[u8; NONCE_LEN],
 ) -> Vec<u8> {
+    encode_inner(keys, id, plain, zstd_level, nonce, true)
+}
+
+/// [`encode`] that always tries zstd on the whole chunk (no incompressibility probe): what
+/// every chunk cost before the probe, for the benchmark that compares the two.
+#[doc(hidden)]
+pub fn encode_without_probe(keys: &Keys, id: &ChunkId, plain: &[u8], zstd_level: i32) -> Vec<u8> {
+    let mut nonce = [0u8; NONCE_LEN];
+    rand::thread_rng().fill_bytes(&mut nonce);
+    encode_inner(keys, id, plain, zstd_level, &nonce, false)
+}
+
+fn encode_inner(
+    keys: &Keys,
+    id: &ChunkId,
+    plain: &[u8],
+    zstd_level: i32,
+    nonce: &[u8; NONCE_LEN],
+    probe: bool,
+) -> Vec<u8> {
     assert!(
         plain.len() <= MAX_PLAIN_LEN,
         "chunk of {} bytes exceeds the blob limit",
@@ -96,7 +118,7 @@ pub fn encode_with_nonce(
     out.extend_from_slice(&[0; BLOB_HEADER_LEN]);
     out.extend_from_slice(nonce);
     let mut flags = FLAG_ENCRYPTED;
-    if compress_into(&mut out, plain, zstd_level) {
+    if !(probe && looks_incompressible(plain)) && compress_into(&mut out, plain, zstd_level) {
         flags |= FLAG_COMPRESSED;
     } else {
         out.truncate(start);
@@ -230,6 +252,58 @@ thread_local! {
         const { RefCell::new(None) };
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
         const { RefCell::new(None) };
+    // The incompressibility probe's level-1 context and its output buffer.
+    static PROBE: RefCell<Option<(zstd::bulk::Compressor<'static>, Vec<u8>)>> =
+        const { RefCell::new(None) };
+}
+
+/// Chunks up to this size are always offered to zstd whole: the probe would cost a sizeable
+/// share of that, and small chunks are where text-like data (small files) lives.
+const PROBE_MIN_LEN: usize = 64 * 1024;
+/// Bytes in each of the probe's three samples.
+const PROBE_SAMPLE: usize = 4096;
+
+/// Whether `plain` looks incompressible: three samples of [`PROBE_SAMPLE`] bytes (start,
+/// middle, end) compressed at zstd level 1 save less than 1/32 (~3%) together. That costs
+/// ~12 KiB of level-1 work instead of zstd over the whole chunk, which on random data (packed
+/// or encrypted backups, media) was 15% of a write's instructions (docs/BENCHMARKS.md, the
+/// profile). It can miss redundancy only at long range (a chunk whose samples are noise but
+/// which repeats itself); such a chunk is stored raw, which costs space, never correctness.
+fn looks_incompressible(plain: &[u8]) -> bool {
+    if plain.len() < PROBE_MIN_LEN {
+        return false;
+    }
+    let mid = plain.len() / 2 - PROBE_SAMPLE / 2;
+    let samples = [
+        &plain[..PROBE_SAMPLE],
+        &plain[mid..mid + PROBE_SAMPLE],
+        &plain[plain.len() - PROBE_SAMPLE..],
+    ];
+    let total = (samples.len() * PROBE_SAMPLE) as u64;
+    let compressed = PROBE.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let (c, buf) = match slot.as_mut() {
+            Some(s) => s,
+            None => match zstd::bulk::Compressor::new(1) {
+                Ok(c) => slot.insert((c, Vec::with_capacity(PROBE_SAMPLE))),
+                Err(_) => return None,
+            },
+        };
+        let mut sum = 0u64;
+        for sample in samples {
+            buf.clear();
+            // A frame that does not fit in the sample's size did not compress at all.
+            sum += match c.compress_to_buffer(sample, buf) {
+                Ok(n) => n as u64,
+                Err(_) => PROBE_SAMPLE as u64,
+            };
+        }
+        Some(sum)
+    });
+    match compressed {
+        Some(n) => n >= total - total / 32,
+        None => false,
+    }
 }
 
 /// Appends the zstd frame of `plain` to `out` and returns true if it is strictly shorter than
@@ -351,6 +425,31 @@ mod tests {
 
         let empty_id = k.chunk_id(&[]);
         assert_eq!(encode(&k, &empty_id, &[], 3).len(), BLOB_OVERHEAD);
+    }
+
+    #[test]
+    fn probe_skips_noise_and_keeps_compressible_data() {
+        assert!(looks_incompressible(&random(1 << 20, 21)));
+        assert!(!looks_incompressible(&text(1 << 20)));
+        // Noise with text in the middle only still gets compressed.
+        let mut mixed = random(1 << 20, 22);
+        mixed[400_000..700_000].copy_from_slice(&text(300_000));
+        assert!(!looks_incompressible(&mixed));
+        let id = keys().chunk_id(&mixed);
+        let blob = encode(&keys(), &id, &mixed, 3);
+        assert_eq!(flags_of(&blob), FLAG_ENCRYPTED | FLAG_COMPRESSED);
+        // Small chunks are never judged by samples.
+        assert!(!looks_incompressible(&random(PROBE_MIN_LEN - 2, 23)));
+        // Probed and unprobed encodings of noise are the same blob format and decode alike.
+        let noise = random(1 << 20, 24);
+        let id = keys().chunk_id(&noise);
+        for blob in [
+            encode(&keys(), &id, &noise, 3),
+            encode_without_probe(&keys(), &id, &noise, 3),
+        ] {
+            assert_eq!(flags_of(&blob), FLAG_ENCRYPTED);
+            assert_eq!(decode(&keys(), &id, &blob).unwrap(), noise);
+        }
     }
 
     #[test]
