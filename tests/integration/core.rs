@@ -181,23 +181,29 @@ fn read_all(vol: &Volume, ino: u64) -> Vec<u8> {
     out
 }
 
+/// A volume with default chunking in `tmp` holding one file, `data` written in 8 MiB writes
+/// and fsync'd. Returns the volume, the file's inode and its open handle.
+fn volume_with_big_file(tmp: &std::path::Path, data: &[u8]) -> (Arc<Volume>, u64, u64) {
+    let dir = tmp.join("vol");
+    Volume::create(&dir, "pw", ChunkerParams::default(), KdfParams::for_tests()).unwrap();
+    let vol = open(&dir);
+    let (a, fh) = vol.create_file(ROOT, b"big", 0o644, ME).unwrap();
+    for (i, part) in data.chunks(8 << 20).enumerate() {
+        vol.write(a.ino, (i * (8 << 20)) as u64, part).unwrap();
+    }
+    vol.fsync(a.ino).unwrap();
+    (vol, a.ino, fh)
+}
+
 /// Overwriting 4 KiB inside a 256 MiB file stores about a chunk, not the file.
 #[test]
 fn small_overwrite_in_large_file_costs_a_chunk_not_the_file() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("vol");
     let params = ChunkerParams::default();
-    Volume::create(&dir, "pw", params, KdfParams::for_tests()).unwrap();
-    let vol = open(&dir);
-    let (a, fh) = vol.create_file(ROOT, b"big", 0o644, ME).unwrap();
-    let size = 256usize << 20;
-    for (i, part) in random_bytes(1, size).chunks(8 << 20).enumerate() {
-        vol.write(a.ino, (i * (8 << 20)) as u64, part).unwrap();
-    }
-    vol.fsync(a.ino).unwrap();
+    let (vol, ino, fh) = volume_with_big_file(tmp.path(), &random_bytes(1, 256 << 20));
     let before = vol.stats().unwrap();
-    vol.write(a.ino, 100 << 20, &[0xAB; 4096]).unwrap();
-    vol.fsync(a.ino).unwrap();
+    vol.write(ino, 100 << 20, &[0xAB; 4096]).unwrap();
+    vol.fsync(ino).unwrap();
     let after = vol.stats().unwrap();
     vol.release(fh).unwrap();
     let grew = after.pack_bytes - before.pack_bytes;
@@ -205,7 +211,7 @@ fn small_overwrite_in_large_file_costs_a_chunk_not_the_file() {
     eprintln!("4 KiB overwrite in 256 MiB: {grew} pack bytes, {new_chunks:+} chunks");
     assert!(grew <= 2 * params.max_size as u64, "grew {grew}");
     assert!(new_chunks <= 2, "chunks {new_chunks:+}");
-    let got = vol.read(a.ino, (100 << 20) - 10, 4116).unwrap();
+    let got = vol.read(ino, (100 << 20) - 10, 4116).unwrap();
     assert_eq!(&got[10..4106], &[0xAB; 4096][..]);
 }
 
@@ -308,17 +314,10 @@ fn pack_creation_leftovers_and_torn_tails_are_recovered() {
 #[test]
 fn random_overwrites_store_touched_chunks_in_bounded_pieces() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("vol");
     let params = ChunkerParams::default();
-    Volume::create(&dir, "pw", params, KdfParams::for_tests()).unwrap();
-    let vol = open(&dir);
-    let (a, fh) = vol.create_file(ROOT, b"big", 0o644, ME).unwrap();
     let size = 256usize << 20;
     let mut model = random_bytes(7, size);
-    for (i, part) in model.chunks(1 << 20).enumerate() {
-        vol.write(a.ino, (i << 20) as u64, part).unwrap();
-    }
-    vol.fsync(a.ino).unwrap();
+    let (vol, ino, fh) = volume_with_big_file(tmp.path(), &model);
     // A sequential write commits in pieces too, and they cut exactly where chunking the whole
     // file at once does: one chunk per natural cut, nothing forced at a piece's end.
     let cuts = tiergate::chunker::cut_points(&params, &model);
@@ -333,7 +332,7 @@ fn random_overwrites_store_touched_chunks_in_bounded_pieces() {
         let len = rng.gen_range(1..=16usize) * 4096;
         let off = rng.gen_range(0..(size - len) / 4096) * 4096;
         let data = random_bytes(rng.gen(), len);
-        vol.write(a.ino, off as u64, &data).unwrap();
+        vol.write(ino, off as u64, &data).unwrap();
         model[off..off + len].copy_from_slice(&data);
         written += len;
         // The chunks holding the first and the last byte written, and any between.
@@ -341,7 +340,7 @@ fn random_overwrites_store_touched_chunks_in_bounded_pieces() {
         let last = cuts.partition_point(|&c| c < off + len);
         touched.extend(first..=last);
     }
-    vol.fsync(a.ino).unwrap();
+    vol.fsync(ino).unwrap();
     let after = vol.stats().unwrap();
     let chunk_len = |c: usize| cuts[c] - if c == 0 { 0 } else { cuts[c - 1] };
     let touched_bytes: usize = touched.iter().map(|&c| chunk_len(c)).sum();
@@ -369,7 +368,7 @@ fn random_overwrites_store_touched_chunks_in_bounded_pieces() {
     );
     vol.release(fh).unwrap();
     assert!(
-        read_all(&vol, a.ino) == model,
+        read_all(&vol, ino) == model,
         "content differs after the overwrites"
     );
 }
