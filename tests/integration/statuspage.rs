@@ -489,6 +489,15 @@ fn parse_dur(text: &str) -> Option<(f64, f64)> {
     }
 }
 
+/// The appliance's clock as the page shows it (`now_unix`), which the page's relative times use.
+fn now_unix(fields: &[Shown]) -> f64 {
+    fields
+        .iter()
+        .find(|f| f.path == "now_unix")
+        .and_then(|f| f.raw.as_deref()?.parse().ok())
+        .expect("the page shows now_unix")
+}
+
 /// Checks that each figure's text says its raw value in human units.
 fn check_texts(fields: &[Shown], errors: &mut Vec<String>) {
     for f in fields {
@@ -503,7 +512,7 @@ fn check_texts(fields: &[Shown], errors: &mut Vec<String>) {
                 "quota_bytes" => t == "no quota",
                 "quota_used_percent" | "last_error_unix" => t.is_empty(),
                 "last_run_unix" => t == "never",
-                "quota_used_bytes" | "last_seconds" => t.is_empty(),
+                "quota_used_bytes" | "last_seconds" | "retention_until_unix" => t.is_empty(),
                 "last_error" => t == "none",
                 "lease_held_by" => t == "this appliance",
                 _ => false,
@@ -542,6 +551,21 @@ fn check_texts(fields: &[Shown], errors: &mut Vec<String>) {
         } else if leaf == "now_unix" {
             if !t.contains(':') {
                 bad("not a time of day");
+            }
+        } else if leaf == "retention_until_unix" {
+            // A date to come: "(the first lock ends in 3 d 2 h)".
+            let ends = t.strip_prefix("(the first lock ends ").and_then(|t| t.strip_suffix(')'));
+            let due = val.unwrap() - now_unix(fields);
+            let ok = match ends {
+                Some("now") => due <= 1.0,
+                Some(d) => d
+                    .strip_prefix("in ")
+                    .and_then(parse_dur)
+                    .is_some_and(|(s, step)| (s - due).abs() <= step + 1.0),
+                None => false,
+            };
+            if !ok {
+                bad("not the time until the lock ends");
             }
         } else if leaf.ends_with("_unix") {
             let ok =
