@@ -35,6 +35,9 @@ pub enum Error {
     Unsupported(&'static str),
     #[error("operation not permitted")]
     NotPermitted,
+    /// A change inside a snapshot (read-only by design).
+    #[error("read-only: snapshots cannot be changed")]
+    ReadOnly,
     #[error("bad file handle")]
     BadHandle,
     #[error("cross-device operation")]
@@ -85,6 +88,7 @@ impl Error {
             Error::TooBig => libc::EFBIG,
             Error::Unsupported(_) => libc::EOPNOTSUPP,
             Error::NotPermitted => libc::EPERM,
+            Error::ReadOnly => libc::EROFS,
             Error::BadHandle => libc::EBADF,
             Error::CrossDevice => libc::EXDEV,
             Error::NoSuchOffset => libc::ENXIO,
@@ -120,7 +124,7 @@ impl Error {
             Error::NameTooLong => 414,
             Error::TooBig => 413,
             Error::Unsupported(_) => 501,
-            Error::NotPermitted | Error::WrongPassphrase => 403,
+            Error::NotPermitted | Error::WrongPassphrase | Error::ReadOnly => 403,
             // Debatable: like dav-server's own local filesystem, EXDEV is 502 Bad Gateway.
             Error::CrossDevice => 502,
             Error::NoSuchOffset => 416,

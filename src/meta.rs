@@ -23,6 +23,7 @@ const TAG_XATTR: u8 = b'X';
 const TAG_ORPHAN: u8 = b'O';
 const TAG_MISC: u8 = b'M';
 const TAG_RECYCLED: u8 = b'R';
+const TAG_SNAPSHOT: u8 = b'S';
 
 fn key(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + parts.iter().map(|p| p.len()).sum::<usize>());
@@ -93,6 +94,13 @@ pub fn decode_recycled(b: &[u8]) -> Result<(u64, Vec<u8>)> {
     let mut r = Reader(b);
     let parent = r.u64().ok_or_else(|| corrupt("recycled"))?;
     Ok((parent, r.0.to_vec()))
+}
+/// A snapshot (src/volume/snapshot.rs), by id; the value is a [`SnapshotRecord`].
+pub fn snapshot_key(id: u64) -> Vec<u8> {
+    key(TAG_SNAPSHOT, &[&id.to_be_bytes()])
+}
+pub fn snapshot_prefix() -> Vec<u8> {
+    vec![TAG_SNAPSHOT]
 }
 pub fn misc_key(name: &str) -> Vec<u8> {
     key(TAG_MISC, &[name.as_bytes()])
@@ -508,6 +516,66 @@ impl PackRecord {
             })
         })()
         .ok_or_else(|| corrupt("pack"))
+    }
+}
+
+/// Where a snapshot is in its life. Copying and purging take many batches; the state says what
+/// a restart must finish (a half-made snapshot is purged, never shown).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapshotState {
+    Creating,
+    Ready,
+    Deleting,
+}
+
+/// A snapshot's record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotRecord {
+    pub name: String,
+    pub created_unix: u64,
+    /// Taken by the schedule (and so pruned by the keep policy), not by hand.
+    pub scheduled: bool,
+    pub state: SnapshotState,
+}
+
+impl SnapshotRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = vec![
+            1, // version
+            match self.state {
+                SnapshotState::Creating => 0,
+                SnapshotState::Ready => 1,
+                SnapshotState::Deleting => 2,
+            },
+            self.scheduled as u8,
+        ];
+        v.extend_from_slice(&self.created_unix.to_le_bytes());
+        v.extend_from_slice(self.name.as_bytes());
+        v
+    }
+    pub fn decode(b: &[u8]) -> Result<Self> {
+        let mut r = Reader(b);
+        (|| {
+            if r.u8()? != 1 {
+                return None;
+            }
+            let state = match r.u8()? {
+                0 => SnapshotState::Creating,
+                1 => SnapshotState::Ready,
+                2 => SnapshotState::Deleting,
+                _ => return None,
+            };
+            let scheduled = r.u8()? != 0;
+            let created_unix = r.u64()?;
+            let name = String::from_utf8(r.0.to_vec()).ok()?;
+            Some(SnapshotRecord {
+                name,
+                created_unix,
+                scheduled,
+                state,
+            })
+        })()
+        .ok_or_else(|| corrupt("snapshot"))
     }
 }
 

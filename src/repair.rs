@@ -60,7 +60,7 @@ use crate::kv::{prefix_end, Batch, KvStore};
 use crate::meta::{self, ChunkRecord, Extent, FileKind, PackRecord, PackState, Stats, ROOT_INO};
 use crate::pack::{self, BlobLocation, PackEntry};
 use crate::tiering::metasync::{Lease, APPLIANCE_ID_FILE, KEY_OBJECT, LEASE_OBJECT};
-use crate::volume::{self, Volume};
+use crate::volume::{self, is_snapshot_ino, Volume, SNAPSHOT_DIR_INO, SNAPSHOT_DIR_NAME};
 
 /// Records per page of a metadata scan.
 const SCAN_PAGE: usize = 4096;
@@ -291,12 +291,16 @@ fn chunk_uses(kv: &dyn KvStore) -> Result<Uses> {
     scan(kv, &extent_tag(), |k, v| {
         let (ino, _) = extent_key_parts(k)?;
         let x = Extent::decode(v)?;
-        if last_ino != Some(ino) {
-            last_ino = Some(ino);
-            u.files += 1;
-        }
         u.extents += 1;
-        u.logical_bytes += x.len as u64;
+        // A snapshot's copies hold references but are not files of the share (nor logical
+        // bytes: src/volume/snapshot.rs).
+        if !is_snapshot_ino(ino) {
+            if last_ino != Some(ino) {
+                last_ino = Some(ino);
+                u.files += 1;
+            }
+            u.logical_bytes += x.len as u64;
+        }
         let e = u.chunks.entry(x.chunk).or_default();
         e.refs += 1;
         e.max_end = e.max_end.max(x.chunk_offset.saturating_add(x.len));
@@ -1396,7 +1400,10 @@ fn damaged_files(kv: &dyn KvStore, bad: &HashMap<ChunkId, String>) -> Result<Vec
 /// hidden directory (shown as `<hidden PURPOSE>/...`).
 fn names_of(kv: &dyn KvStore, want: &HashSet<u64>) -> Result<HashMap<u64, Vec<String>>> {
     let mut out: HashMap<u64, Vec<String>> = HashMap::new();
-    let mut queue: VecDeque<(u64, String)> = VecDeque::from([(ROOT_INO, String::new())]);
+    let mut queue: VecDeque<(u64, String)> = VecDeque::from([
+        (ROOT_INO, String::new()),
+        (SNAPSHOT_DIR_INO, format!("/{SNAPSHOT_DIR_NAME}")),
+    ]);
     let hidden = meta::misc_key("hidden_dir.");
     scan(kv, &hidden, |k, v| {
         if let Ok(b) = <[u8; 8]>::try_from(v) {

@@ -46,8 +46,12 @@ use crate::pack::{self, BlobLocation, PackWriter};
 
 mod gc;
 mod recycle;
+mod snapshot;
 pub use gc::{CorePass, GcPolicy};
 pub use recycle::{RecycleStats, Recycled};
+pub use snapshot::{
+    is_snapshot_ino, KeepPolicy, SnapshotInfo, SnapshotStatus, SNAPSHOT_DIR_INO, SNAPSHOT_DIR_NAME,
+};
 
 /// Largest file offset we accept (what Linux allows for a 64-bit filesystem).
 pub const MAX_FILE_SIZE: u64 = i64::MAX as u64;
@@ -330,6 +334,7 @@ pub struct Volume {
     /// When the last "quota reached" line was logged (rate-limits the log, not the refusal).
     quota_logged: Mutex<Option<Instant>>,
     recycle: recycle::RecycleState,
+    snapshots: snapshot::SnapshotsState,
     chunk_cache: Mutex<lru::LruCache<ChunkId, Arc<Vec<u8>>>>,
     decode_locks: [Mutex<()>; DECODE_STRIPES],
     invalidator: RwLock<Option<Invalidator>>,
@@ -516,6 +521,7 @@ impl Volume {
             quota_warn_percent: std::sync::atomic::AtomicU8::new(90),
             quota_logged: Mutex::new(None),
             recycle: recycle::RecycleState::default(),
+            snapshots: snapshot::SnapshotsState::default(),
             decode_locks: std::array::from_fn(|_| Mutex::new(())),
             chunk_cache: Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(CHUNK_CACHE_ENTRIES).unwrap(),
@@ -526,6 +532,7 @@ impl Volume {
         };
         vol.recover_packs()?;
         vol.finish_orphans()?;
+        vol.finish_snapshots()?;
         // Count the recycle bin at the first tick.
         vol.recycle
             .dirty
@@ -730,6 +737,7 @@ impl Volume {
     fn load_inode(&self, ino: u64) -> Result<Inode> {
         match self.kv.get(&meta::inode_key(ino))? {
             Some(v) => Inode::decode(&v),
+            None if ino == SNAPSHOT_DIR_INO => self.snapshot_dir_inode(),
             None => Err(Error::NotFound),
         }
     }
@@ -823,6 +831,9 @@ impl Volume {
         if name == b".." {
             return self.getattr(pattr.inode.parent);
         }
+        if parent == ROOT_INO && name == SNAPSHOT_DIR_NAME.as_bytes() {
+            return self.getattr(SNAPSHOT_DIR_INO);
+        }
         match self.lookup_ino(parent, name)? {
             Some((ino, _)) => self.getattr(ino),
             None => Err(Error::NotFound),
@@ -847,6 +858,7 @@ impl Volume {
             symlink,
         } = node;
         check_name(name)?;
+        self.check_new_name(parent, name)?;
         let _ns = self.ns.lock();
         let pe = self.dir_entry(parent)?;
         let mut pd = pe.data.write();
@@ -947,6 +959,8 @@ impl Volume {
 
     pub fn link(&self, ino: u64, new_parent: u64, new_name: &[u8]) -> Result<Attr> {
         check_name(new_name)?;
+        self.check_writable(ino)?;
+        self.check_new_name(new_parent, new_name)?;
         let _ns = self.ns.lock();
         let pe = self.dir_entry(new_parent)?;
         let e = self.entry(ino)?;
@@ -1009,6 +1023,7 @@ impl Volume {
         if name == b".." {
             return Err(Error::NotEmpty);
         }
+        self.check_writable_name(parent, name)?;
         let _ns = self.ns.lock();
         let pe = self.dir_entry(parent)?;
         let (ino, kind) = self.lookup_ino(parent, name)?.ok_or(Error::NotFound)?;
@@ -1129,6 +1144,8 @@ impl Volume {
     ) -> Result<()> {
         check_name(new_name)?;
         check_name(name)?;
+        self.check_writable_name(parent, name)?;
+        self.check_writable_name(new_parent, new_name)?;
         let _ns = self.ns.lock();
         let (src, src_kind) = self.lookup_ino(parent, name)?.ok_or(Error::NotFound)?;
         self.dir_entry(new_parent)?;
@@ -1242,6 +1259,7 @@ impl Volume {
     }
 
     pub fn setattr(&self, ino: u64, s: &SetAttr) -> Result<Attr> {
+        self.check_writable(ino)?;
         let _ns = self.ns.lock();
         let e = self.entry(ino)?;
         let mut d = e.data.write();
@@ -1404,6 +1422,7 @@ impl Volume {
         if value.len() > MAX_XATTR_VALUE {
             return Err(Error::TooBig);
         }
+        self.check_writable(ino)?;
         let _ns = self.ns.lock();
         let e = self.entry(ino)?;
         let mut d = e.data.write();
@@ -1440,6 +1459,7 @@ impl Volume {
     }
 
     pub fn removexattr(&self, ino: u64, name: &[u8]) -> Result<()> {
+        self.check_writable(ino)?;
         let _ns = self.ns.lock();
         let e = self.entry(ino)?;
         let mut d = e.data.write();
@@ -1591,6 +1611,7 @@ impl Volume {
             .checked_add(data.len() as u64)
             .filter(|&e| e <= MAX_FILE_SIZE)
             .ok_or(Error::TooBig)?;
+        self.check_writable(ino)?;
         self.check_quota(data.len() as u64)?;
         let tier = self.tier.read().clone();
         if let Some(t) = tier {
@@ -2322,6 +2343,7 @@ impl Volume {
         if len == 0 {
             return Err(Error::Invalid("fallocate of zero bytes".into()));
         }
+        self.check_writable(ino)?;
         let e = self.file_entry(ino)?;
         let mut d = e.data.write();
         d.unsynced = true;
@@ -2412,6 +2434,7 @@ impl Volume {
         dst_off: u64,
         len: u64,
     ) -> Result<u64> {
+        self.check_writable(dst)?;
         let se = self.file_entry(src)?;
         let de = self.file_entry(dst)?;
         if src == dst && src_off.max(dst_off) < src_off.min(dst_off) + len {

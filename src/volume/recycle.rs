@@ -171,6 +171,7 @@ impl Volume {
                 (dir, name)
             }
         };
+        self.check_new_name(dir, &name)?;
         if self.lookup_ino(dir, &name)?.is_some() {
             if to.is_some() {
                 return Err(Error::Exists);

@@ -432,6 +432,33 @@ fn copy_file_range_shares_chunks() {
     assert_eq!(after.pack_bytes, before.pack_bytes, "no data written");
 }
 
+/// The kernel writes the cached times of a just-written file back at syncfs, also when the file
+/// is deleted by then: that must not fail the sync (`sync -f` used to say "Input/output error").
+#[test]
+fn syncfs_after_deleting_a_just_written_file_succeeds() {
+    let mut v = TestVolume::new("");
+    v.start();
+    for i in 0..20 {
+        let p = v.path(&format!("f{i}"));
+        fs::write(&p, random_bytes(i, 100_000)).unwrap();
+        fs::remove_file(&p).unwrap();
+    }
+    let out = std::process::Command::new("sync")
+        .arg("-f")
+        .arg(&v.mnt)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "sync -f: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fs::write(v.path("kept"), b"still here").unwrap();
+    v.stop();
+    v.start();
+    assert_eq!(fs::read(v.path("kept")).unwrap(), b"still here");
+}
+
 #[test]
 fn refuses_busy_mountpoint_and_bad_config() {
     let mut v = small_chunk_volume();

@@ -554,7 +554,9 @@ fn check_texts(fields: &[Shown], errors: &mut Vec<String>) {
             }
         } else if leaf == "retention_until_unix" {
             // A date to come: "(the first lock ends in 3 d 2 h)".
-            let ends = t.strip_prefix("(the first lock ends ").and_then(|t| t.strip_suffix(')'));
+            let ends = t
+                .strip_prefix("(the first lock ends ")
+                .and_then(|t| t.strip_suffix(')'));
             let due = val.unwrap() - now_unix(fields);
             let ok = match ends {
                 Some("now") => due <= 1.0,
