@@ -46,8 +46,10 @@ use crate::pack::{self, BlobLocation, PackWriter};
 
 mod gc;
 mod recycle;
+mod snapshot;
 pub use gc::{CorePass, GcPolicy};
 pub use recycle::{RecycleStats, Recycled};
+pub use snapshot::{KeepPolicy, SnapshotInfo, SnapshotStatus, SNAPSHOT_DIR_NAME};
 
 /// Largest file offset we accept (what Linux allows for a 64-bit filesystem).
 pub const MAX_FILE_SIZE: u64 = i64::MAX as u64;
