@@ -274,6 +274,9 @@ pub fn call(volume_dir: &Path, req: &str) -> Result<serde_json::Value> {
     let v: serde_json::Value = serde_json::from_str(&line)
         .map_err(|e| Error::Invalid(format!("bad answer from the daemon ({e}): {line:?}")))?;
     if let Some(msg) = v.get("error").and_then(|m| m.as_str()) {
+        // Said once: the daemon's message already starts with "invalid argument: " when it is one.
+        let prefix = Error::Invalid(String::new()).to_string();
+        let msg = msg.strip_prefix(prefix.as_str()).unwrap_or(msg);
         return Err(Error::Invalid(msg.to_string()));
     }
     Ok(v)
@@ -297,6 +300,24 @@ mod tests {
             Some("a b/c d")
         );
         assert_eq!(after_words("recycle restore 17", 3), None);
+    }
+
+    #[test]
+    fn the_daemons_error_is_said_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = std::os::unix::net::UnixListener::bind(socket_path(dir.path())).unwrap();
+        let daemon = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut line = String::new();
+            BufReader::new(&conn).read_line(&mut line).unwrap();
+            let e = Error::Invalid("no snapshot named \"x\"".into()).to_string();
+            writeln!(conn, "{}", json!({ "error": e })).unwrap();
+        });
+        let e = call(dir.path(), "snapshot delete x")
+            .unwrap_err()
+            .to_string();
+        daemon.join().unwrap();
+        assert_eq!(e, "invalid argument: no snapshot named \"x\"");
     }
 
     #[test]
