@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use crate::chunker::ChunkerParams;
 use crate::error::{Error, Result};
+use crate::volume::KeepPolicy;
 
 /// Environment variable that may carry the passphrase instead of `volume.passphrase_file`.
 pub const PASSPHRASE_ENV: &str = "TIERGATE_PASSPHRASE";
@@ -46,6 +47,80 @@ pub struct Config {
     /// Deleted files kept for a while (src/volume/recycle.rs).
     #[serde(default)]
     pub recycle: RecycleConfig,
+    /// Scheduled read-only snapshots of the whole volume and how many are kept
+    /// (src/volume/snapshot.rs).
+    #[serde(default)]
+    pub snapshots: SnapshotsConfig,
+}
+
+/// `[snapshots]`: a snapshot of the volume every `interval_minutes`, pruned restic-style by the
+/// `keep_*` rules (docs/RETENTION.md#snapshots). Hand-made snapshots are never pruned.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotsConfig {
+    /// Minutes between scheduled snapshots; 0: none (only `tiergate snapshot create`).
+    #[serde(default)]
+    pub interval_minutes: u64,
+    /// Keep the newest N scheduled snapshots.
+    #[serde(default)]
+    pub keep_last: u32,
+    /// Keep the newest snapshot of each of the newest N days (UTC) that have one.
+    #[serde(default)]
+    pub keep_daily: u32,
+    /// The same per ISO week.
+    #[serde(default)]
+    pub keep_weekly: u32,
+    /// The same per calendar month.
+    #[serde(default)]
+    pub keep_monthly: u32,
+}
+
+/// Upper bound of each `keep_*` rule: far beyond any real retention, low enough that a typo
+/// (an extra digit or two) is caught.
+const SNAPSHOT_KEEP_MAX: u32 = 10_000;
+/// Upper bound of `[snapshots] interval_minutes`: one year.
+const SNAPSHOT_INTERVAL_MAX: u64 = 525_600;
+
+impl SnapshotsConfig {
+    /// The keep rules, as the core takes them.
+    pub fn keep(&self) -> KeepPolicy {
+        KeepPolicy {
+            last: self.keep_last,
+            daily: self.keep_daily,
+            weekly: self.keep_weekly,
+            monthly: self.keep_monthly,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.interval_minutes > SNAPSHOT_INTERVAL_MAX {
+            return Err(Error::Invalid(format!(
+                "snapshots.interval_minutes = {} is more than a year ({SNAPSHOT_INTERVAL_MAX})",
+                self.interval_minutes
+            )));
+        }
+        for (key, n) in [
+            ("keep_last", self.keep_last),
+            ("keep_daily", self.keep_daily),
+            ("keep_weekly", self.keep_weekly),
+            ("keep_monthly", self.keep_monthly),
+        ] {
+            if n > SNAPSHOT_KEEP_MAX {
+                return Err(Error::Invalid(format!(
+                    "snapshots.{key} = {n} is more than {SNAPSHOT_KEEP_MAX}"
+                )));
+            }
+        }
+        if self.interval_minutes > 0 && self.keep().is_empty() {
+            return Err(Error::Invalid(format!(
+                "snapshots.interval_minutes = {} with no keep rule: every scheduled snapshot \
+                 would be deleted as soon as it is taken. Set at least one of keep_last, \
+                 keep_daily, keep_weekly, keep_monthly (or interval_minutes = 0 for no schedule)",
+                self.interval_minutes
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// `[recycle]`: insider protection. Files deleted (or replaced by a rename or a WebDAV PUT)
@@ -1091,6 +1166,7 @@ impl Config {
                 self.recycle.days
             )));
         }
+        self.snapshots.validate()?;
         if self.gc.max_rate.bytes() < MIB {
             return Err(Error::Invalid(format!(
                 "gc.max_rate = {} is below 1 MiB per second",
@@ -1234,6 +1310,12 @@ mod tests {
                     assert_eq!(cfg.s3.unwrap().key_prefix(), "tenant-0042/");
                     assert_eq!(cfg.quota.limit, Some(ByteSize(2 << 40)));
                     assert_eq!(cfg.recycle.days, 14);
+                    let s = &cfg.snapshots;
+                    assert_eq!(
+                        (s.interval_minutes, s.keep_last, s.keep_daily, s.keep_weekly),
+                        (1440, 0, 14, 8)
+                    );
+                    assert_eq!(s.keep_monthly, 6);
                 }
                 other => panic!("add a check for config/examples/{other}"),
             }
@@ -1248,6 +1330,44 @@ mod tests {
         );
         assert_eq!((cfg.recycle.days, cfg.quota.limit), (7, None));
         assert_eq!((cfg.gc.min_live_percent, cfg.gc.grace_minutes), (50, 1440));
+        let s = &cfg.snapshots;
+        assert_eq!(
+            (s.interval_minutes, s.keep_last, s.keep_daily, s.keep_weekly),
+            (1440, 3, 7, 4)
+        );
+        assert_eq!(s.keep_monthly, 3);
+    }
+
+    #[test]
+    fn snapshots_section_defaults_and_good_values() {
+        let base = "[volume]\npath = \"x\"\n";
+        // Absent: no schedule, no rules.
+        let cfg = Config::parse(base).unwrap();
+        assert_eq!(cfg.snapshots.interval_minutes, 0);
+        assert!(cfg.snapshots.keep().is_empty());
+        for (extra, want) in [
+            ("interval_minutes = 60\nkeep_last = 24", (60, 24, 0, 0, 0)),
+            (
+                "interval_minutes = 525600\nkeep_monthly = 10000",
+                (525600, 0, 0, 0, 10000),
+            ),
+            (
+                "interval_minutes = 1\nkeep_daily = 1\nkeep_weekly = 2",
+                (1, 0, 1, 2, 0),
+            ),
+            // Rules without a schedule are accepted (they prune nothing taken by hand).
+            ("keep_daily = 7", (0, 0, 7, 0, 0)),
+            ("interval_minutes = 0", (0, 0, 0, 0, 0)),
+        ] {
+            let cfg = Config::parse(&format!("{base}[snapshots]\n{extra}\n"))
+                .unwrap_or_else(|e| panic!("{extra}: {e}"));
+            let (s, k) = (&cfg.snapshots, cfg.snapshots.keep());
+            assert_eq!(
+                (s.interval_minutes, k.last, k.daily, k.weekly, k.monthly),
+                want,
+                "{extra}"
+            );
+        }
     }
 
     #[test]
@@ -1261,6 +1381,30 @@ mod tests {
             ("[gc]\nmax_rate = \"10KiB\"", "gc.max_rate"),
             ("[recycle]\ndays = 5000", "recycle.days"),
             ("[recycle]\nweeks = 1", "weeks"),
+            (
+                "[snapshots]\ninterval_minutes = 1440",
+                "snapshots.interval_minutes = 1440 with no keep rule",
+            ),
+            (
+                "[snapshots]\ninterval_minutes = 525601\nkeep_last = 1",
+                "snapshots.interval_minutes = 525601",
+            ),
+            (
+                "[snapshots]\ninterval_minutes = 60\nkeep_last = 10001",
+                "snapshots.keep_last = 10001",
+            ),
+            ("[snapshots]\nkeep_daily = 99999", "snapshots.keep_daily"),
+            ("[snapshots]\nkeep_weekly = 20000", "snapshots.keep_weekly"),
+            (
+                "[snapshots]\nkeep_monthly = 12345",
+                "snapshots.keep_monthly",
+            ),
+            ("[snapshots]\nkeep_hourly = 24", "keep_hourly"),
+            ("[snapshots]\nkeep_last = -1", "keep_last"),
+            (
+                "[snapshots]\ninterval_minutes = \"daily\"",
+                "interval_minutes",
+            ),
         ] {
             let e = Config::parse(&format!("{base}{extra}\n"))
                 .unwrap_err()

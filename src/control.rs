@@ -3,8 +3,9 @@
 //!
 //! A Unix socket `control.sock` in the volume directory, mode 0600 (whoever may run the daemon
 //! may control it; nobody else). One request per connection: a single line (`sync [SECONDS]`,
-//! `evict`, `status` (tiering counters), `report` (the whole status document of
-//! src/status.rs)), answered with a single line of JSON and the connection closed.
+//! `evict`, `gc`, `status` (tiering counters), `report` (the whole status document of
+//! src/status.rs), `recycle list|restore ...`, `snapshot list|create [NAME]|delete NAME`),
+//! answered with a single line of JSON and the connection closed.
 //! Unknown or malformed requests get `{"error": "..."}`.
 
 use std::io::{BufRead, BufReader, Write};
@@ -21,8 +22,8 @@ use crate::status::Reporter;
 use crate::tiering::{SyncReport, TieringStatus};
 
 pub const SOCKET_NAME: &str = "control.sock";
-/// Longest request line accepted.
-const MAX_REQUEST: usize = 256;
+/// Longest request line accepted: room for a path of PATH_MAX (4096) bytes and the words before.
+const MAX_REQUEST: usize = 8192;
 
 pub fn socket_path(volume_dir: &Path) -> PathBuf {
     volume_dir.join(SOCKET_NAME)
@@ -66,9 +67,14 @@ async fn handle(conn: tokio::net::UnixStream, r: Arc<Reporter>) -> std::io::Resu
     let mut line = String::new();
     let mut rd = tokio::io::BufReader::new(rd).take(MAX_REQUEST as u64);
     rd.read_line(&mut line).await?;
-    let reply = match request(&line, r).await {
-        Ok(v) => v,
-        Err(e) => json!({ "error": e.to_string() }),
+    // Cut at MAX_REQUEST: never act on part of a name or path.
+    let reply = if line.len() >= MAX_REQUEST && !line.ends_with('\n') {
+        json!({ "error": format!("request longer than {MAX_REQUEST} bytes") })
+    } else {
+        match request(&line, r).await {
+            Ok(v) => v,
+            Err(e) => json!({ "error": e.to_string() }),
+        }
     };
     wr.write_all(format!("{reply}\n").as_bytes()).await?;
     wr.shutdown().await
@@ -118,11 +124,7 @@ async fn request(line: &str, r: Arc<Reporter>) -> Result<serde_json::Value> {
                 .parse()
                 .map_err(|_| Error::Invalid(format!("bad inode number {ino:?}")))?;
             // The destination is the rest of the line: a path may hold spaces.
-            let to = line
-                .trim()
-                .splitn(4, char::is_whitespace)
-                .nth(3)
-                .map(|p| p.trim().to_string());
+            let to = after_words(line, 3).map(str::to_string);
             let vol = r.volume().clone();
             let (dir, name) = tokio::task::spawn_blocking(move || {
                 let to = match &to {
@@ -137,6 +139,46 @@ async fn request(line: &str, r: Arc<Reporter>) -> Result<serde_json::Value> {
             .map_err(|e| Error::Invalid(format!("recycle task: {e}")))??;
             Ok(json!({ "dir": dir, "name": String::from_utf8_lossy(&name) }))
         }
+        ["snapshot", "list"] => {
+            let vol = r.volume().clone();
+            let (list, status) = tokio::task::spawn_blocking(move || {
+                Ok::<_, Error>((vol.snapshot_list()?, vol.snapshot_status()))
+            })
+            .await
+            .map_err(|e| Error::Invalid(format!("snapshot task: {e}")))??;
+            Ok(json!({ "snapshots": list, "status": status }))
+        }
+        ["snapshot", "create", ..] => {
+            // The name is the rest of the line (the core says whether it is a good one).
+            let name = after_words(line, 2).map(str::to_string);
+            let vol = r.volume().clone();
+            let asked = name.clone();
+            let info = tokio::task::spawn_blocking(move || vol.snapshot_create(asked.as_deref()))
+                .await
+                .map_err(|e| Error::Invalid(format!("snapshot task: {e}")))?
+                .map_err(|e| match (e, &name) {
+                    (Error::Exists, Some(n)) => {
+                        Error::Invalid(format!("a snapshot named {n:?} exists already"))
+                    }
+                    (e, _) => e,
+                })?;
+            serde_json::to_value(info).map_err(|e| Error::Invalid(format!("snapshot info: {e}")))
+        }
+        ["snapshot", "delete", _, ..] => {
+            let name = after_words(line, 2).unwrap_or_default().to_string();
+            let vol = r.volume().clone();
+            let asked = name.clone();
+            tokio::task::spawn_blocking(move || vol.snapshot_delete(&asked))
+                .await
+                .map_err(|e| Error::Invalid(format!("snapshot task: {e}")))?
+                .map_err(|e| match e {
+                    Error::NotFound => Error::Invalid(format!(
+                        "no snapshot named {name:?} (`tiergate snapshot list` shows them)"
+                    )),
+                    e => e,
+                })?;
+            Ok(json!({ "deleted": name }))
+        }
         ["gc"] => {
             let rep = tokio::task::spawn_blocking(move || t.gc())
                 .await
@@ -145,10 +187,22 @@ async fn request(line: &str, r: Arc<Reporter>) -> Result<serde_json::Value> {
         }
         _ => Err(Error::Invalid(format!(
             "unknown request {:?} (expected sync [SECONDS], evict, gc, recycle list, recycle restore INO [PATH], \
-             status or report)",
+             snapshot list, snapshot create [NAME], snapshot delete NAME, status or report)",
             line.trim()
         ))),
     }
+}
+
+/// The rest of a request line after its first `n` words, trimmed; None if nothing is left. A
+/// name or path there may hold spaces.
+fn after_words(line: &str, n: usize) -> Option<&str> {
+    let mut rest = line.trim();
+    for _ in 0..n {
+        let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+        rest = rest[end..].trim_start();
+    }
+    let rest = rest.trim_end();
+    (!rest.is_empty()).then_some(rest)
 }
 
 fn sync_json(r: &SyncReport) -> serde_json::Value {
@@ -195,6 +249,12 @@ pub fn status_json(s: &TieringStatus) -> serde_json::Value {
 /// Sends one request to the daemon serving `volume_dir` and returns its JSON answer (an
 /// `{"error": ...}` answer becomes an error).
 pub fn call(volume_dir: &Path, req: &str) -> Result<serde_json::Value> {
+    // One line per request: a name or path with a line break would be cut there.
+    if req.contains(['\n', '\r']) {
+        return Err(Error::Invalid(format!(
+            "{req:?}: a line break in a name or path cannot be sent to the daemon"
+        )));
+    }
     let path = socket_path(volume_dir);
     let mut s = UnixStream::connect(&path).map_err(|e| {
         Error::io(
@@ -214,7 +274,58 @@ pub fn call(volume_dir: &Path, req: &str) -> Result<serde_json::Value> {
     let v: serde_json::Value = serde_json::from_str(&line)
         .map_err(|e| Error::Invalid(format!("bad answer from the daemon ({e}): {line:?}")))?;
     if let Some(msg) = v.get("error").and_then(|m| m.as_str()) {
+        // Said once: the daemon's message already starts with "invalid argument: " when it is one.
+        let prefix = Error::Invalid(String::new()).to_string();
+        let msg = msg.strip_prefix(prefix.as_str()).unwrap_or(msg);
         return Err(Error::Invalid(msg.to_string()));
     }
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rest_of_a_request_line_keeps_its_spaces() {
+        assert_eq!(after_words("snapshot create\n", 2), None);
+        assert_eq!(after_words("snapshot create   \n", 2), None);
+        assert_eq!(
+            after_words("snapshot create before upgrade\n", 2),
+            Some("before upgrade")
+        );
+        assert_eq!(after_words("  snapshot   delete  x  y \n", 2), Some("x  y"));
+        assert_eq!(
+            after_words("recycle restore 17 a b/c d\n", 3),
+            Some("a b/c d")
+        );
+        assert_eq!(after_words("recycle restore 17", 3), None);
+    }
+
+    #[test]
+    fn the_daemons_error_is_said_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = std::os::unix::net::UnixListener::bind(socket_path(dir.path())).unwrap();
+        let daemon = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut line = String::new();
+            BufReader::new(&conn).read_line(&mut line).unwrap();
+            let e = Error::Invalid("no snapshot named \"x\"".into()).to_string();
+            writeln!(conn, "{}", json!({ "error": e })).unwrap();
+        });
+        let e = call(dir.path(), "snapshot delete x")
+            .unwrap_err()
+            .to_string();
+        daemon.join().unwrap();
+        assert_eq!(e, "invalid argument: no snapshot named \"x\"");
+    }
+
+    #[test]
+    fn a_request_with_a_line_break_is_not_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = call(dir.path(), "snapshot create a\nb")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line break"), "{e}");
+    }
 }

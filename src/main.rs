@@ -101,6 +101,12 @@ enum Cmd {
         #[command(subcommand)]
         cmd: RecycleCmd,
     },
+    /// Snapshots: read-only views of the whole volume under /.snapshots/NAME/ in the mount and
+    /// the share (asks the running daemon).
+    Snapshot {
+        #[command(subcommand)]
+        cmd: SnapshotCmd,
+    },
     /// Manage the users of the WebDAV share (its `webdav.users_file`).
     User {
         #[command(subcommand)]
@@ -150,6 +156,35 @@ enum RecycleCmd {
         config: PathBuf,
         #[arg(long)]
         to: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SnapshotCmd {
+    /// Take a snapshot now; it stays until `tiergate snapshot delete` (the schedule's keep rules
+    /// prune only scheduled ones).
+    Create {
+        /// Its name. Default: "manual-YYYY-MM-DD_HHMMSSZ" (UTC).
+        name: Option<String>,
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print the daemon's answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The snapshots, oldest first: name, when taken (UTC), scheduled or manual; and the
+    /// schedule.
+    List {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a snapshot. Data only it held is freed by the next GC pass.
+    Delete {
+        name: String,
+        #[arg(long, short)]
+        config: PathBuf,
     },
 }
 
@@ -211,6 +246,7 @@ fn main() {
         Cmd::Evict { config } => evict(&config),
         Cmd::Gc { config, json } => gc(&config, json),
         Cmd::Recycle { cmd } => recycle(cmd),
+        Cmd::Snapshot { cmd } => snapshot(cmd),
         Cmd::Key {
             cmd: KeyCmd::Change { config },
         } => key_change(&config),
@@ -263,6 +299,7 @@ fn open(cfg: &Config) -> Result<Arc<Volume>> {
     vol.set_quota(cfg.quota.limit.map(|l| l.bytes()));
     vol.set_quota_warn_percent(cfg.quota.warn_percent);
     vol.set_recycle_days(cfg.recycle.days);
+    vol.set_snapshot_schedule(cfg.snapshots.interval_minutes, cfg.snapshots.keep());
     Ok(vol)
 }
 
@@ -324,10 +361,9 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
 }
 
-fn sync(path: &Path, timeout: Option<Duration>, json: bool) -> Result<()> {
-    let cfg = Config::load(path)?;
-    // With the writeback cache the kernel holds written pages and file times for a while:
-    // hand them to the daemon first, so the sync covers what users see on the mount.
+/// With the writeback cache the kernel holds written pages and file times for a while: hands
+/// them to the daemon (syncfs of the mount), so that what follows covers what users see there.
+fn flush_kernel_cache(cfg: &Config) {
     if let Some(mp) = &cfg.fuse.mountpoint {
         if let Ok(dir) = std::fs::File::open(mp) {
             use std::os::fd::AsRawFd;
@@ -341,6 +377,11 @@ fn sync(path: &Path, timeout: Option<Duration>, json: bool) -> Result<()> {
             }
         }
     }
+}
+
+fn sync(path: &Path, timeout: Option<Duration>, json: bool) -> Result<()> {
+    let cfg = Config::load(path)?;
+    flush_kernel_cache(&cfg);
     let req = match timeout {
         Some(t) => format!("sync {}", t.as_secs_f64()),
         None => "sync".into(),
@@ -480,6 +521,18 @@ fn status(path: &Path, json: bool) -> Result<()> {
                 ""
             }
         );
+    }
+    let snap = &r["snapshots"];
+    println!(
+        "snapshots:          {}; {}",
+        match (snap["newest_name"].as_str(), snap["newest_unix"].as_u64()) {
+            (Some(n), Some(t)) => format!("{}, newest {n} ({})", snap["count"], utc_time(t)),
+            _ => "none".to_string(),
+        },
+        schedule_text(snap["every_minutes"].as_u64().unwrap_or(0))
+    );
+    if let Some(e) = snap["last_error"].as_str() {
+        println!("snapshot error:     {e}");
     }
     println!(
         "front-ends:         {} open handles, {} WebDAV requests",
@@ -654,6 +707,95 @@ fn recycle(cmd: RecycleCmd) -> Result<()> {
     }
 }
 
+/// A Unix time as "2026-12-03 07:00:00Z".
+fn utc_time(unix: u64) -> String {
+    tiergate::backend::utc_date(unix).replacen('T', " ", 1)
+}
+
+/// The snapshot schedule in words (`[snapshots] interval_minutes`; 0: none).
+fn schedule_text(every_minutes: u64) -> String {
+    match every_minutes {
+        0 => "no schedule".into(),
+        m => format!("a scheduled one every {m} min"),
+    }
+}
+
+fn snapshot(cmd: SnapshotCmd) -> Result<()> {
+    match cmd {
+        SnapshotCmd::Create { name, config, json } => {
+            let cfg = Config::load(&config)?;
+            // The snapshot then holds every write made through the mount before this command.
+            flush_kernel_cache(&cfg);
+            let req = match &name {
+                Some(n) => format!("snapshot create {n}"),
+                None => "snapshot create".into(),
+            };
+            let r = tiergate::control::call(&cfg.volume.path, &req)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+                return Ok(());
+            }
+            let name = r["name"].as_str().unwrap_or("?");
+            println!(
+                "took snapshot {name} at {}: read-only under /{}/{name}/ in the mount and the share",
+                utc_time(r["created_unix"].as_u64().unwrap_or(0)),
+                tiergate::volume::SNAPSHOT_DIR_NAME
+            );
+            Ok(())
+        }
+        SnapshotCmd::List { config, json } => {
+            let cfg = Config::load(&config)?;
+            let r = tiergate::control::call(&cfg.volume.path, "snapshot list")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+                return Ok(());
+            }
+            let list = r["snapshots"].as_array().cloned().unwrap_or_default();
+            let st = &r["status"];
+            println!(
+                "{} snapshots; {}",
+                list.len(),
+                schedule_text(st["every_minutes"].as_u64().unwrap_or(0))
+            );
+            if let Some(e) = st["last_error"].as_str() {
+                println!("last scheduled snapshot failed: {e}");
+            }
+            let width = list
+                .iter()
+                .filter_map(|s| s["name"].as_str())
+                .map(str::len)
+                .chain([4])
+                .max()
+                .unwrap_or(4);
+            if !list.is_empty() {
+                println!("{:<width$}  {:<20}  kind", "name", "created (UTC)");
+            }
+            for s in list {
+                println!(
+                    "{:<width$}  {:<20}  {}",
+                    s["name"].as_str().unwrap_or("?"),
+                    utc_time(s["created_unix"].as_u64().unwrap_or(0)),
+                    if s["scheduled"] == true {
+                        "scheduled"
+                    } else {
+                        "manual"
+                    }
+                );
+            }
+            Ok(())
+        }
+        SnapshotCmd::Delete { name, config } => {
+            let cfg = Config::load(&config)?;
+            tiergate::control::call(&cfg.volume.path, &format!("snapshot delete {name}"))?;
+            println!(
+                "deleted snapshot {name}; data only it held is freed by the next GC pass \
+                 (`tiergate gc` runs one now)"
+            );
+            Ok(())
+        }
+    }
+}
+
 fn user(cmd: UserCmd) -> Result<()> {
     use tiergate::auth;
     match cmd {
@@ -763,6 +905,7 @@ fn serve(config: Option<&Path>, take_over: bool) -> Result<()> {
                 }
             })?
     };
+    let snapshots = start_snapshots(&vol)?;
 
     // The WebDAV share starts before the mount, so its address is in the log by the time the
     // mount appears. It runs on its own small tokio runtime; blocking core calls go to that
@@ -865,6 +1008,12 @@ fn serve(config: Option<&Path>, take_over: bool) -> Result<()> {
         app.stop();
         let _ = stop.send(true);
     }
+    // No scheduled snapshot after the final commit: wait for one in progress, then stop.
+    let (stop_snapshots, snapshot_thread) = snapshots;
+    drop(stop_snapshots);
+    if snapshot_thread.join().is_err() {
+        tracing::error!("the snapshot thread panicked");
+    }
     tiergate::notify::status("stopping: sealing and committing");
     let done = vol.shutdown().context("final commit");
     // Leave as much off-site as a short wait allows, unless the store is failing anyway.
@@ -888,6 +1037,32 @@ fn serve(config: Option<&Path>, take_over: bool) -> Result<()> {
     drop(ticker);
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// How often the daemon asks the volume whether a scheduled snapshot is due.
+const SNAPSHOT_TICK: Duration = Duration::from_secs(60);
+
+/// Starts the thread "snapshots": [`Volume::snapshot_tick`] at once and then every
+/// [`SNAPSHOT_TICK`] (the volume knows the schedule and keep rules; a tick with nothing due costs
+/// nothing). It ends when the returned sender is dropped, after the tick in progress.
+fn start_snapshots(
+    vol: &Arc<Volume>,
+) -> Result<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)> {
+    use std::sync::mpsc::RecvTimeoutError;
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let vol = vol.clone();
+    let thread = std::thread::Builder::new()
+        .name("snapshots".into())
+        .spawn(move || loop {
+            if let Err(e) = vol.snapshot_tick() {
+                tracing::error!("scheduled snapshot: {e}");
+            }
+            match stopped.recv_timeout(SNAPSHOT_TICK) {
+                Err(RecvTimeoutError::Timeout) => {}
+                Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+            }
+        })?;
+    Ok((stop, thread))
 }
 
 /// Connects the off-site store (probing it in the background: a failure is logged with what

@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 use crate::tiering::Tiering;
-use crate::volume::Volume;
+use crate::volume::{SnapshotStatus, Volume};
 
 pub const SCHEMA_VERSION: u32 = 1;
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(30);
@@ -35,6 +35,8 @@ pub struct Status {
     pub store: Store,
     pub frontends: Frontends,
     pub gc: Gc,
+    /// Read-only snapshots of the volume (src/volume/snapshot.rs, docs/RETENTION.md#snapshots).
+    pub snapshots: SnapshotStatus,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -319,6 +321,7 @@ impl Reporter {
                     garbage_bytes: g.as_ref().map_or(0, |g| g.core.garbage_left_bytes),
                 }
             },
+            snapshots: self.vol.snapshot_status(),
         }
     }
 

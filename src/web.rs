@@ -721,6 +721,16 @@ pub fn metrics_text(s: &Status) -> String {
         s.gc.garbage_bytes,
     );
     m.gauge(
+        "tiergate_snapshots",
+        "Snapshots of the volume (scheduled and hand-made).",
+        s.snapshots.count,
+    );
+    m.gauge(
+        "tiergate_snapshot_newest_timestamp_seconds",
+        "When the newest snapshot was taken (Unix seconds); 0: there is none.",
+        s.snapshots.newest_unix.unwrap_or(0),
+    );
+    m.gauge(
         "tiergate_dedup_ratio",
         "Logical bytes per unique byte (1 when empty).",
         sp.dedup_ratio,
@@ -1651,6 +1661,14 @@ mod tests {
                 retention_until_unix: None,
                 garbage_bytes: 5,
             },
+            snapshots: crate::volume::SnapshotStatus {
+                count: 2,
+                newest_name: Some("auto-2023-11-14_220000Z".into()),
+                newest_unix: Some(1_700_000_000),
+                oldest_unix: Some(1_699_900_000),
+                every_minutes: 60,
+                last_error: None,
+            },
         }
     }
 
@@ -1684,10 +1702,21 @@ mod tests {
             samples["tiergate_build_info{version=\"1.2.3-\\\"x\\\"\"}"],
             1.0
         );
-        assert_eq!(typed.len(), 35);
+        assert_eq!(typed.len(), 37);
         assert_eq!(samples["tiergate_quota_bytes"], 0.0);
         assert_eq!(samples["tiergate_gc_packs_waiting"], 1.0);
         assert_eq!(samples["tiergate_gc_packs_waiting_retention"], 0.0);
+        assert_eq!(samples["tiergate_snapshots"], 2.0);
+        assert_eq!(
+            samples["tiergate_snapshot_newest_timestamp_seconds"],
+            1_700_000_000.0
+        );
+        // No snapshot: the newest's time is 0 (alerts on its age then fire).
+        let mut s = sample_status(None);
+        s.snapshots = Default::default();
+        let text = metrics_text(&s);
+        assert!(text.contains("\ntiergate_snapshots 0\n"));
+        assert!(text.contains("\ntiergate_snapshot_newest_timestamp_seconds 0\n"));
         // Unlimited: the family is declared, without a sample.
         let text = metrics_text(&sample_status(None));
         assert!(text.contains("# TYPE tiergate_upload_limit_bytes_per_second gauge"));

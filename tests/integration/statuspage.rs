@@ -511,14 +511,27 @@ fn check_texts(fields: &[Shown], errors: &mut Vec<String>) {
                 "limit_bps" => t == "unlimited",
                 "quota_bytes" => t == "no quota",
                 "quota_used_percent" | "last_error_unix" => t.is_empty(),
-                "last_run_unix" => t == "never",
+                "last_run_unix" | "newest_unix" | "oldest_unix" => t == "never",
                 "quota_used_bytes" | "last_seconds" | "retention_until_unix" => t.is_empty(),
-                "last_error" => t == "none",
+                "last_error" | "newest_name" => t == "none",
                 "lease_held_by" => t == "this appliance",
                 _ => false,
             };
             if !ok {
                 bad("not the text for null");
+            }
+        } else if leaf == "newest_name" {
+            if t != raw {
+                bad("not the snapshot's name");
+            }
+        } else if leaf == "every_minutes" {
+            let want = match val {
+                Some(0.0) => "no schedule".to_string(),
+                Some(v) => format!("every {v} min"),
+                None => String::new(),
+            };
+            if t.replace(',', "") != want {
+                bad("not the schedule (\"every N min\" or \"no schedule\")");
             }
         } else if leaf.ends_with("_bytes") {
             let v = val.unwrap();
@@ -1081,6 +1094,17 @@ fn status_page_shows_what_the_api_says() {
     let mut second = first.clone();
     second["uptime_s"] = (first["uptime_s"].as_u64().unwrap() + 5).into();
     second["now_unix"] = (first["now_unix"].as_u64().unwrap() + 5).into();
+    // The live volume has no snapshots: the second document has some, so the page's texts for
+    // them are checked too.
+    let now = second["now_unix"].as_u64().unwrap();
+    second["snapshots"] = serde_json::json!({
+        "count": 12,
+        "newest_name": "auto-2026-12-03_070000Z",
+        "newest_unix": now - 3600,
+        "oldest_unix": now - 9 * 86400,
+        "every_minutes": 1440,
+        "last_error": "metadata store: disk full",
+    });
     let docs = [&first, &second]
         .map(|d| serde_json::to_vec(d).unwrap())
         .to_vec();
