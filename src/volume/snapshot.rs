@@ -548,8 +548,275 @@ impl CopyPage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::KdfParams;
 
     const DAY: u64 = 86400;
+    const ME: Caller = Caller { uid: 0, gid: 0 };
+
+    fn data(seed: u64, len: usize) -> Vec<u8> {
+        let mut x = seed * 2 + 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    fn volume(tmp: &tempfile::TempDir) -> Arc<Volume> {
+        let dir = tmp.path().join("vol");
+        if !Volume::exists(&dir) {
+            let params = ChunkerParams {
+                min_size: 16 << 10,
+                avg_size: 64 << 10,
+                max_size: 256 << 10,
+            };
+            Volume::create(&dir, "pw", params, KdfParams::for_tests()).unwrap();
+        }
+        Volume::open(&dir, "pw", VolumeOptions::default()).unwrap()
+    }
+
+    fn write(vol: &Volume, parent: u64, name: &str, bytes: &[u8]) -> u64 {
+        let (a, fh) = vol.create_file(parent, name.as_bytes(), 0o644, ME).unwrap();
+        vol.write(a.ino, 0, bytes).unwrap();
+        vol.release(fh).unwrap();
+        a.ino
+    }
+
+    fn read_path(vol: &Volume, path: &str) -> Vec<u8> {
+        let a = vol.resolve(path.as_bytes()).unwrap();
+        vol.read(a.ino, 0, a.inode.size as u32).unwrap()
+    }
+
+    /// Every chunk record's count equals the extents naming it; no extent names a chunk the
+    /// index lacks. Returns the number of chunk records.
+    fn check_refs(vol: &Volume) -> usize {
+        let mut uses: HashMap<ChunkId, u64> = HashMap::new();
+        let ep = meta::extent_prefix(0)[..1].to_vec();
+        for (_, v) in vol.kv.range(&ep, prefix_end(&ep).as_deref()).unwrap() {
+            *uses.entry(Extent::decode(&v).unwrap().chunk).or_default() += 1;
+        }
+        let cp = meta::chunk_prefix();
+        let index = vol.kv.range(&cp, prefix_end(&cp).as_deref()).unwrap();
+        for (k, v) in &index {
+            let id = ChunkId(k[1..].try_into().unwrap());
+            let r = ChunkRecord::decode(v).unwrap();
+            assert_eq!(uses.remove(&id), Some(r.refs), "chunk {id}");
+        }
+        assert!(uses.is_empty(), "extents name chunks not indexed: {uses:?}");
+        index.len()
+    }
+
+    fn records_of(vol: &Volume, id: u64) -> usize {
+        let (lo, hi) = (snap_ino(id, 0), snap_ino(id + 1, 0));
+        [
+            meta::inode_key as fn(u64) -> Vec<u8>,
+            meta::dirent_prefix,
+            meta::extent_prefix,
+            meta::xattr_prefix,
+        ]
+        .iter()
+        .map(|k| vol.kv.range(&k(lo), Some(&k(hi))).unwrap().len())
+        .sum()
+    }
+
+    #[test]
+    fn a_snapshot_keeps_the_old_contents_is_read_only_and_purges_exactly() {
+        let tmp = tempfile::tempdir().unwrap();
+        let vol = volume(&tmp);
+        let d = vol.mkdir(ROOT_INO, b"d", 0o755, ME).unwrap().ino;
+        let (a, b) = (data(1, 700 << 10), data(2, 300 << 10));
+        let fa = write(&vol, d, "a", &a);
+        write(&vol, ROOT_INO, "b", &b);
+        write(&vol, ROOT_INO, "b-again", &b); // dedup: chunks with two references
+        vol.link(fa, ROOT_INO, b"a-link").unwrap();
+        vol.setxattr(fa, b"user.k", b"v", XattrSet::Any).unwrap();
+        vol.symlink(d, b"s", b"../b", ME).unwrap();
+        // Dirty data written before the call is in the snapshot.
+        let (tail, fh) = vol.create_file(ROOT_INO, b"tail", 0o644, ME).unwrap();
+        vol.write(tail.ino, 0, b"not yet committed").unwrap();
+        let stored = vol.stats().unwrap().stats;
+        let chunks = check_refs(&vol);
+
+        let info = vol.snapshot_create(Some("s1")).unwrap();
+        vol.release(fh).unwrap();
+        assert_eq!(
+            vol.snapshot_create(Some("s1")).unwrap_err().errno(),
+            libc::EEXIST
+        );
+        // No chunk but the one of the dirty bytes it committed first.
+        assert_eq!(check_refs(&vol), chunks + 1);
+        let after = vol.stats().unwrap().stats;
+        assert_eq!(after.logical_bytes, stored.logical_bytes + 17);
+        assert!(after.stored_bytes - stored.stored_bytes < 100, "{after:?}");
+
+        // The live files change completely.
+        vol.unlink(d, b"a").unwrap();
+        vol.unlink(ROOT_INO, b"a-link").unwrap();
+        let e = vol.lookup(ROOT_INO, b"b").unwrap().ino;
+        vol.write(e, 0, &data(3, 300 << 10)).unwrap();
+        vol.fsync(e).unwrap();
+
+        let root = "/.snapshots/s1";
+        assert_eq!(read_path(&vol, &format!("{root}/d/a")), a);
+        assert_eq!(read_path(&vol, &format!("{root}/a-link")), a);
+        assert_eq!(read_path(&vol, &format!("{root}/b")), b);
+        assert_eq!(
+            read_path(&vol, &format!("{root}/tail")),
+            b"not yet committed"
+        );
+        let sa = vol.resolve(format!("{root}/d/a").as_bytes()).unwrap();
+        let sl = vol.resolve(format!("{root}/a-link").as_bytes()).unwrap();
+        assert_eq!(
+            (sa.ino, sa.inode.nlink),
+            (sl.ino, 2),
+            "one inode, two names"
+        );
+        assert_eq!(vol.getxattr(sa.ino, b"user.k").unwrap(), b"v");
+        let s = vol.resolve(format!("{root}/d/s").as_bytes()).unwrap();
+        assert_eq!(vol.readlink(s.ino).unwrap(), b"../b");
+        let sroot = vol.resolve(root.as_bytes()).unwrap();
+        assert_eq!(sroot.inode.parent, SNAPSHOT_DIR_INO);
+        assert_eq!(vol.lookup(sroot.ino, b"..").unwrap().ino, SNAPSHOT_DIR_INO);
+        assert_eq!(vol.getattr(SNAPSHOT_DIR_INO).unwrap().inode.nlink, 3);
+        // Hidden in the root's listing.
+        let fh = vol.opendir(ROOT_INO).unwrap();
+        let names: Vec<Vec<u8>> = vol
+            .readdir(fh, 0, 100)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert!(!names.contains(&SNAPSHOT_DIR_NAME.as_bytes().to_vec()));
+
+        // Read-only, every way.
+        let rofs = |r: Result<()>| assert_eq!(r.unwrap_err().errno(), libc::EROFS);
+        rofs(vol.write(sa.ino, 0, b"x").map(|_| ()));
+        rofs(vol.unlink(sroot.ino, b"b"));
+        rofs(vol.rmdir(ROOT_INO, SNAPSHOT_DIR_NAME.as_bytes()));
+        rofs(vol.mkdir(sroot.ino, b"new", 0o755, ME).map(|_| ()));
+        rofs(vol.rename(sroot.ino, b"b", ROOT_INO, b"stolen", RenameMode::Replace));
+        rofs(vol.rename(ROOT_INO, b"b", sroot.ino, b"planted", RenameMode::Replace));
+        rofs(vol.link(sa.ino, ROOT_INO, b"l").map(|_| ()));
+        rofs(vol.setxattr(sa.ino, b"user.k", b"w", XattrSet::Any));
+        rofs(vol.removexattr(sa.ino, b"user.k"));
+        let chmod = SetAttr {
+            mode: Some(0o777),
+            ..SetAttr::default()
+        };
+        rofs(vol.setattr(sa.ino, &chmod).map(|_| ()));
+        rofs(vol.copy_range(e, 0, sa.ino, 0, 10).map(|_| ()));
+        let mkdir_reserved = vol.mkdir(ROOT_INO, SNAPSHOT_DIR_NAME.as_bytes(), 0o755, ME);
+        assert_eq!(mkdir_reserved.unwrap_err().errno(), libc::EEXIST);
+        // Cloning out of a snapshot is the cheap way back.
+        let (back, fh) = vol.create_file(ROOT_INO, b"back", 0o644, ME).unwrap();
+        vol.copy_range(sa.ino, 0, back.ino, 0, a.len() as u64)
+            .unwrap();
+        vol.release(fh).unwrap();
+        assert_eq!(read_path(&vol, "/back"), a);
+
+        vol.snapshot_delete("s1").unwrap();
+        assert_eq!(vol.snapshot_delete("s1").unwrap_err().errno(), libc::ENOENT);
+        assert_eq!(records_of(&vol, info.id), 0);
+        assert!(vol.resolve(root.as_bytes()).is_err());
+        assert_eq!(vol.getattr(SNAPSHOT_DIR_INO).unwrap().inode.nlink, 2);
+        check_refs(&vol);
+        assert_eq!(read_path(&vol, "/back"), a, "the clone keeps its chunks");
+    }
+
+    #[test]
+    fn a_restart_purges_a_snapshot_left_half_made_or_half_deleted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let vol = volume(&tmp);
+        for i in 0..30 {
+            write(&vol, ROOT_INO, &format!("f{i}"), &data(i, 50 << 10));
+        }
+        let chunks = check_refs(&vol);
+        let stats = vol.stats().unwrap().stats;
+        let half_made = vol.snapshot_create(Some("half-made")).unwrap();
+        let half_deleted = vol.snapshot_create(Some("half-deleted")).unwrap();
+        let kept = vol.snapshot_create(Some("kept")).unwrap();
+        // As a crash would leave them: one copied but never marked ready (nor named), one
+        // marked for deletion with its records still there.
+        for (info, state) in [
+            (&half_made, SnapshotState::Creating),
+            (&half_deleted, SnapshotState::Deleting),
+        ] {
+            let rec = SnapshotRecord {
+                name: info.name.clone(),
+                created_unix: info.created_unix,
+                scheduled: false,
+                state,
+            };
+            let mut b = Batch::default();
+            b.put(meta::snapshot_key(info.id), rec.encode());
+            b.delete(meta::dirent_key(SNAPSHOT_DIR_INO, info.name.as_bytes()));
+            vol.kv.apply(b).unwrap();
+        }
+        assert!(records_of(&vol, half_made.id) > 60);
+        assert_eq!(
+            vol.snapshot_list().unwrap().len(),
+            1,
+            "only ready ones are listed"
+        );
+        drop(vol);
+        let vol = volume(&tmp);
+        assert_eq!(records_of(&vol, half_made.id), 0);
+        assert_eq!(records_of(&vol, half_deleted.id), 0);
+        assert!(records_of(&vol, kept.id) > 60);
+        assert_eq!(vol.snapshot_list().unwrap()[0].name, "kept");
+        assert_eq!(check_refs(&vol), chunks);
+        vol.snapshot_delete("kept").unwrap();
+        assert_eq!(check_refs(&vol), chunks);
+        assert_eq!(vol.stats().unwrap().stats, stats);
+        assert!(vol.snapshot_records().unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_schedule_keeps_what_the_policy_says_and_never_prunes_manual_snapshots() {
+        let tmp = tempfile::tempdir().unwrap();
+        let vol = volume(&tmp);
+        write(&vol, ROOT_INO, "f", b"some data");
+        vol.snapshot_create(Some("by-hand")).unwrap();
+        let keep = KeepPolicy {
+            last: 0,
+            daily: 3,
+            weekly: 2,
+            monthly: 0,
+        };
+        // Every 6 hours for 30 simulated days, a schedule of one a day: each tick may take one.
+        let start = 1_767_614_400; // Monday 2026-01-05T12:00:00Z
+        let mut taken = 0;
+        for tick in 0..(30 * 4) {
+            let now = start + tick * 6 * 3600;
+            let newest = || {
+                let list = vol.snapshot_list().unwrap();
+                list.iter().filter(|s| s.scheduled).map(|s| s.id).max()
+            };
+            let before = newest();
+            vol.run_schedule(now, 1440, keep).unwrap();
+            taken += (newest() != before) as u32;
+            let n = vol.snapshot_list().unwrap().len();
+            assert!(n <= 1 + 3 + 2, "tick {tick}: {n} snapshots");
+        }
+        assert_eq!(taken, 30, "one a day");
+        let list = vol.snapshot_list().unwrap();
+        let names: Vec<&str> = list.iter().map(|s| s.name.as_str()).collect();
+        // The last three days, and the Sunday before (the newest week's newest is the newest
+        // day): 2026-02-03 is the 30th day, a Tuesday.
+        assert_eq!(names[0], "by-hand");
+        assert_eq!(
+            &names[1..],
+            [
+                "auto-2026-02-01_120000Z",
+                "auto-2026-02-02_120000Z",
+                "auto-2026-02-03_120000Z"
+            ]
+        );
+        check_refs(&vol);
+    }
 
     #[test]
     fn keep_policy_keeps_the_newest_of_each_period() {

@@ -12,6 +12,7 @@ mod objectlock;
 mod recovery;
 mod repair;
 mod retention;
+mod snapshots;
 mod statuspage;
 mod tiering;
 mod web;

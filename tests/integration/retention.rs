@@ -18,7 +18,7 @@ use crate::tiering::{backend_of, rt, sync_ok};
 use crate::webdav::share;
 
 /// Small chunks and packs, so a few MiB make many packs (GC works per pack).
-const SMALL: &str = "pack_size_mib = 1\n\n[chunking]\nmin_size = 16384\navg_size = 65536\n\
+pub(crate) const SMALL: &str = "pack_size_mib = 1\n\n[chunking]\nmin_size = 16384\navg_size = 65536\n\
                      max_size = 262144\n";
 
 /// `tiergate gc --json`, asserting success.
@@ -38,7 +38,7 @@ fn waiting(r: &serde_json::Value) -> u64 {
 
 /// Sync and collect until no dropped pack waits to leave the store (grace 0: a pack waits only
 /// for the metadata and a checkpoint that no longer name it). Returns the pass reports.
-fn gc_until_settled(v: &TestVolume) -> Vec<serde_json::Value> {
+pub(crate) fn gc_until_settled(v: &TestVolume) -> Vec<serde_json::Value> {
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut reports = Vec::new();
     loop {
@@ -59,7 +59,7 @@ fn gc_until_settled(v: &TestVolume) -> Vec<serde_json::Value> {
 }
 
 /// Pack objects in the bucket under `prefix`.
-fn pack_objects(s3: &S3, prefix: &str) -> BTreeMap<String, u64> {
+pub(crate) fn pack_objects(s3: &S3, prefix: &str) -> BTreeMap<String, u64> {
     let b = backend_of(s3, prefix);
     rt().block_on(list_all(&b, layout::PACKS_PREFIX, 1000))
         .unwrap()
@@ -78,14 +78,14 @@ fn local_packs(v: &TestVolume) -> BTreeSet<String> {
         .collect()
 }
 
-fn status(v: &TestVolume) -> serde_json::Value {
+pub(crate) fn status(v: &TestVolume) -> serde_json::Value {
     let o = tiergate(&["status", "--json"], &v.config);
     assert!(o.status.success(), "status: {}", text(&o));
     serde_json::from_slice(&o.stdout).unwrap()
 }
 
 /// Destroys the volume directory, recovers it from the bucket and serves it again.
-fn lose_and_recover(v: &mut TestVolume) {
+pub(crate) fn lose_and_recover(v: &mut TestVolume) {
     v.stop();
     std::fs::remove_dir_all(v.vol_dir()).unwrap();
     let o = tiergate(&["recover"], &v.config);
@@ -93,7 +93,7 @@ fn lose_and_recover(v: &mut TestVolume) {
     v.start_with(&["--take-over"]);
 }
 
-fn check_files(v: &TestVolume, files: &BTreeMap<String, Vec<u8>>, when: &str) {
+pub(crate) fn check_files(v: &TestVolume, files: &BTreeMap<String, Vec<u8>>, when: &str) {
     for (name, data) in files {
         let got = std::fs::read(v.path(name))
             .unwrap_or_else(|e| panic!("{when}: reading {name}: {e}\n{}", v.log_tail()));
