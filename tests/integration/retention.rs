@@ -18,7 +18,8 @@ use crate::tiering::{backend_of, rt, sync_ok};
 use crate::webdav::share;
 
 /// Small chunks and packs, so a few MiB make many packs (GC works per pack).
-pub(crate) const SMALL: &str = "pack_size_mib = 1\n\n[chunking]\nmin_size = 16384\navg_size = 65536\n\
+pub(crate) const SMALL: &str =
+    "pack_size_mib = 1\n\n[chunking]\nmin_size = 16384\navg_size = 65536\n\
                      max_size = 262144\n";
 
 /// `tiergate gc --json`, asserting success.

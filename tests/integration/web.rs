@@ -24,7 +24,7 @@ const HB_TOKEN: &str = "tg-test-heartbeat-token";
 
 // ------------------------------------------------------------------------ a small client
 
-struct Resp {
+pub(crate) struct Resp {
     status: u16,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
@@ -37,7 +37,7 @@ impl Resp {
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
     fn json(&self) -> Value {
@@ -50,7 +50,7 @@ impl Resp {
 }
 
 #[derive(Clone, Copy)]
-struct Web {
+pub(crate) struct Web {
     addr: SocketAddr,
 }
 
@@ -99,11 +99,11 @@ impl Web {
         }
     }
 
-    fn get(&self, path: &str) -> Resp {
+    pub(crate) fn get(&self, path: &str) -> Resp {
         self.call("GET", path, None, "")
     }
 
-    fn status(&self) -> Value {
+    pub(crate) fn status(&self) -> Value {
         let r = self.get("/api/v1/status");
         assert_eq!(r.status, 200, "{}", r.text());
         r.json()
@@ -122,7 +122,7 @@ impl Web {
 
 /// The status server of the `nth` start of the daemon (1 = first), from the log, which is
 /// appended to across restarts.
-fn web(v: &TestVolume, nth: usize) -> Web {
+pub(crate) fn web(v: &TestVolume, nth: usize) -> Web {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let log = std::fs::read_to_string(v.log_path()).unwrap_or_default();

@@ -125,7 +125,13 @@ impl Dav {
     }
 
     /// One request with a body held in memory.
-    pub(crate) fn req(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+    pub(crate) fn req(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Resp {
         let mut s = self.connect();
         let len = (!body.is_empty() || method == "PUT").then_some(body.len() as u64);
         // The server may refuse a request head (431) or answer (401, 507) before reading the
