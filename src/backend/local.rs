@@ -5,7 +5,8 @@
 //! Durability: a put writes `<root>/.tmp/<random>`, fsyncs it, renames it into place (creating
 //! parent directories, each fsynced), then fsyncs the target directory, so an object is either
 //! absent, the old version, or complete. A crash can leave files in `.tmp/`; [`LocalDir::open`]
-//! removes them. Listing walks the tree and sorts keys, so pages are stable: a page token is the
+//! removes those not written to for [`STALE_TMP`] (another open of the same store, the probe at
+//! serve start, must not take the temp file of a put in progress). Listing walks the tree and sorts keys, so pages are stable: a page token is the
 //! last key of the previous page.
 //!
 //! All file work runs on tokio's blocking pool.
@@ -31,6 +32,8 @@ use super::{
 
 /// Temporary files of puts in progress.
 const TMP_DIR: &str = ".tmp";
+/// A temp file untouched this long is a leftover of an interrupted put.
+const STALE_TMP: std::time::Duration = std::time::Duration::from_secs(600);
 /// Buffer for copying a file into the store.
 const COPY_BUF: usize = 1 << 20;
 
@@ -49,7 +52,14 @@ impl LocalDir {
         let entries =
             fs::read_dir(&tmp).map_err(|e| BackendError::io(format!("{}", tmp.display()), e))?;
         for e in entries.flatten() {
-            let _ = fs::remove_file(e.path());
+            let idle = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok());
+            if idle.is_some_and(|d| d >= STALE_TMP) {
+                let _ = fs::remove_file(e.path());
+            }
         }
         Ok(LocalDir {
             root: Arc::new(root.to_path_buf()),
@@ -374,14 +384,29 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalDir::open(dir.path()).unwrap();
         store.put("a/b", Bytes::from_static(b"x")).await.unwrap();
-        fs::write(dir.path().join(TMP_DIR).join("half"), b"partial").unwrap();
+        let tmp = dir.path().join(TMP_DIR);
+        fs::write(tmp.join("half"), b"partial").unwrap();
+        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        File::options()
+            .write(true)
+            .open(tmp.join("half"))
+            .unwrap()
+            .set_modified(hour_ago)
+            .unwrap();
+        // A put in progress (written to just now) belongs to someone else: left alone.
+        fs::write(tmp.join("in-progress"), b"being written").unwrap();
         let listed = super::super::list_all(&store, "", 10).await.unwrap();
         assert_eq!(
             listed.iter().map(|o| o.key.as_str()).collect::<Vec<_>>(),
             ["a/b"]
         );
         LocalDir::open(dir.path()).unwrap();
-        assert_eq!(fs::read_dir(dir.path().join(TMP_DIR)).unwrap().count(), 0);
+        let left: Vec<_> = fs::read_dir(&tmp)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left, ["in-progress"]);
         // Keys cannot escape the root.
         let e = store.get("../etc/passwd").await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Invalid);
