@@ -14,8 +14,8 @@
 //!   it is reported as stored.
 //!
 //! Errors are [`BackendError`]: a [`ErrorKind`] that says which class of failure it is (the
-//! probe and the future uploader act on the class: retry later, stop and tell the admin, treat
-//! as missing) plus a message naming the operation, the object and the store. It converts into
+//! probe, the uploader, the fetcher and GC act on the class: retry later, stop and tell the
+//! admin, treat as missing, wait out an Object Lock retention) plus a message naming the operation, the object and the store. It converts into
 //! the core's [`crate::Error`] as `Error::Remote` (EIO / 502), except corruption and local
 //! errno-carrying I/O errors, which keep their own variants.
 //!
@@ -23,8 +23,10 @@
 //! credentials accepted, bucket present, a probe object written, read back, listed and deleted,
 //! object lock availability. Each failure class gets a message that says what to fix.
 //!
-//! Nothing here is called by the filesystem core yet; the uploader, evictor and fetcher
-//! (issue 4) will drive it.
+//! The filesystem core never calls a backend: src/tiering/ does (the uploader, the fetcher,
+//! metadata sync and GC's off-site deletes), so a slow or failing store delays only what waits
+//! for it, never a front-end request on cached data. With `[s3.object_lock]`, puts of packs and
+//! metadata carry a retention and deletes remove every version (src/backend/s3.rs).
 
 use std::fmt;
 use std::ops::Range;
