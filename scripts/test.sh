@@ -12,6 +12,9 @@
 #   cargo-test   cargo test --release --no-fail-fast: unit tests, and integration tests that mount FUSE themselves
 #   fuzz         fuzz/run.sh: builds the cargo-fuzz targets (nightly) and runs each for
 #                FUZZ_SECS (default 25) seconds; a crash fails the step (docs/FUZZING.md)
+#   bench-smoke  benches/run.sh --quick on 64 MiB, every workload and the chunk-size study against
+#                every contender, then benches/smoke-check.py: the harness still runs end to end
+#                and every figure is there (the figures themselves mean nothing on CI)
 #   mount        a fresh volume in a temporary directory, `tiergate serve`, wait for the mount
 #   litmus       tests/suites/litmus.sh against the WebDAV share of that daemon (address from its log)
 #   clients      tests/suites/clients.sh: restic, borg, duplicity, rclone, tar and rsync back up a
@@ -24,7 +27,7 @@
 # "Summary: N passed, N failed, N skipped" counting test cases (and failed steps that have no
 # cases of their own); exits non-zero if anything failed.
 #
-# Environment: TG_SKIP_DEPS=1, TG_SKIP_CARGO_TEST=1, TG_SKIP_FUZZ=1 skip those steps (for quick
+# Environment: TG_SKIP_DEPS=1, TG_SKIP_CARGO_TEST=1, TG_SKIP_FUZZ=1, TG_SKIP_BENCH=1 skip those steps (for quick
 # iterations);
 # CARGO_TEST_TIMEOUT (seconds, default 1800); TG_KEEP_WORKDIR=1 keeps the temporary volume; the
 # suites' own variables (FSX_OPS, PJD_NAPTIME, ...) pass through.
@@ -205,6 +208,25 @@ else
     f="$(sum_field "$LOGDIR/fuzz.log" '^fuzz: [0-9]+ passed' failed)"
     count_step fuzz "$rc" "$p" "$f" 0 \
         "$(grep -E '^fuzz: [0-9]+ passed' "$LOGDIR/fuzz.log" | tail -n 1 | sed 's/^fuzz: //')"
+fi
+
+# --- the benchmark harness, tiny: it must keep working (its figures mean nothing here) ----------
+bench_smoke() {
+    TIERGATE_BIN="$PWD/target/release/tiergate" bash benches/run.sh --quick --size 64M \
+        --study-size 64M --chunk-sizes 512K,1M --no-publish &&
+        python3 benches/smoke-check.py target/bench-results/bench-64M-quick.json
+}
+if [ "${TG_SKIP_BENCH:-0}" = 1 ]; then
+    skip_step bench-smoke "TG_SKIP_BENCH=1"
+elif [ "$build_ok" != 1 ]; then
+    skip_step bench-smoke "the build failed"
+else
+    rc=0
+    step bench-smoke bench_smoke || rc=$?
+    p="$(sum_field "$LOGDIR/bench-smoke.log" '^bench-smoke: [0-9]+ passed' passed)"
+    f="$(sum_field "$LOGDIR/bench-smoke.log" '^bench-smoke: [0-9]+ passed' failed)"
+    count_step bench-smoke "$rc" "$p" "$f" 0 \
+        "$(grep -E '^bench-smoke: [0-9]+ passed' "$LOGDIR/bench-smoke.log" | tail -n 1 | sed 's/^bench-smoke: //')"
 fi
 
 # --- third-party suites against a live mount ---------------------------------------------------
