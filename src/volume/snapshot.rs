@@ -554,15 +554,10 @@ mod tests {
     const ME: Caller = Caller { uid: 0, gid: 0 };
 
     fn data(seed: u64, len: usize) -> Vec<u8> {
-        let mut x = seed * 2 + 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
+        use rand::{RngCore, SeedableRng};
+        let mut v = vec![0u8; len];
+        rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
+        v
     }
 
     fn volume(tmp: &tempfile::TempDir) -> Arc<Volume> {
