@@ -211,11 +211,15 @@ fn snapshot(c: &mut Criterion) {
     Volume::create(&dir, "pw", ChunkerParams::default(), KdfParams::for_tests()).unwrap();
     let vol = Volume::open(&dir, "pw", VolumeOptions::default()).unwrap();
     for d in 0..100u64 {
-        let di = vol.mkdir(ROOT_INO, format!("d{d}").as_bytes(), 0o755, ME).unwrap().ino;
+        let di = vol
+            .mkdir(ROOT_INO, format!("d{d}").as_bytes(), 0o755, ME)
+            .unwrap()
+            .ino;
         for f in 0..100u64 {
             let name = format!("f{f}");
             let (a, fh) = vol.create_file(di, name.as_bytes(), 0o644, ME).unwrap();
-            vol.write(a.ino, 0, &random_bytes(100, d * 100 + f)).unwrap();
+            vol.write(a.ino, 0, &random_bytes(100, d * 100 + f))
+                .unwrap();
             vol.release(fh).unwrap();
         }
     }
