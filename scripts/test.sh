@@ -6,6 +6,7 @@
 # Steps, each logged to target/test-logs/<step>.log:
 #   deps         scripts/install-test-deps.sh (apt packages, dummy user, pinned pjdfstest, fsx
 #                and garage)
+#   fmt          cargo fmt --check: the tree is formatted
 #   build        cargo build --release
 #   garage       scripts/garage.sh: a single-node Garage S3 server on 127.0.0.1 for the backend
 #                tests (TIERGATE_TEST_S3_* in the environment of cargo test); stopped at exit
@@ -157,6 +158,9 @@ if [ "${TG_SKIP_DEPS:-0}" = 1 ]; then
 else
     plain_step deps bash scripts/install-test-deps.sh || true
 fi
+
+# Formatting is part of the code's contract (STYLE.md); a second of work.
+plain_step fmt cargo fmt --all --check || true
 
 build_ok=1
 plain_step build cargo build --release || build_ok=0
