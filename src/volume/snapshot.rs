@@ -35,8 +35,9 @@ const ID_SHIFT: u32 = 40;
 const MAX_LIVE_INO: u64 = (1 << ID_SHIFT) - 1;
 /// Snapshot ids are 1..MAX_ID (id 0 is the range of the `.snapshots` directory).
 const MAX_ID: u64 = (1 << (63 - ID_SHIFT)) - 1;
-/// Records copied or purged per metadata batch.
-const COPY_PAGE: usize = 2000;
+/// Records copied or purged per metadata batch (a few in unit tests, so that their copies and
+/// purges span many pages, splitting files and directories).
+const COPY_PAGE: usize = if cfg!(test) { 7 } else { 2000 };
 
 pub fn is_snapshot_ino(ino: u64) -> bool {
     ino >= SNAPSHOT_BASE
@@ -297,7 +298,18 @@ impl Volume {
             (id + 1).to_le_bytes().to_vec(),
         );
         self.kv.apply(b)?;
-        let (files, records) = self.copy_tree(id, &mut cs)?;
+        let (files, records) = match self.copy_tree(id, &mut cs) {
+            Ok(n) => n,
+            Err(e) => {
+                // Take back what was copied now (a restart would too), so that no chunk keeps
+                // a reference from a snapshot that will never exist.
+                drop((cs, dd, _ns));
+                if let Err(p) = self.purge_snapshot(id) {
+                    tracing::error!(snapshot = name, "removing a failed snapshot: {p}");
+                }
+                return Err(e);
+            }
+        };
         // Last: the snapshot becomes visible and ready in one batch.
         let t = now();
         dd.attr.nlink += 1;
@@ -341,15 +353,10 @@ impl Volume {
         let mut linked = HashSet::new();
         let mut inodes = 0u64;
         while let Some(dir) = queue.pop_front() {
-            self.copy_inode(id, dir, &mut page)?;
+            self.copy_inode(id, dir, &mut page, cs)?;
             inodes += 1;
             let p = meta::dirent_prefix(dir);
-            let mut start = p.clone();
-            let end = prefix_end(&p);
-            loop {
-                let entries = self.kv.range_limit(&start, end.as_deref(), COPY_PAGE)?;
-                let Some(last) = entries.last() else { break };
-                start = [last.0.as_slice(), &[0]].concat();
+            self.scan_pages(&p, |entries| {
                 for (k, v) in entries {
                     let (child, kind) = meta::decode_dirent(&v)?;
                     page.put(
@@ -358,25 +365,29 @@ impl Volume {
                     );
                     if kind == FileKind::Dir {
                         queue.push_back(child);
-                    } else {
-                        let attr = self.load_inode(child)?;
-                        if attr.nlink > 1 && !linked.insert(child) {
-                            continue;
-                        }
-                        self.copy_inode(id, child, &mut page)?;
+                    } else if self.load_inode(child)?.nlink < 2 || linked.insert(child) {
+                        self.copy_inode(id, child, &mut page, cs)?;
                         inodes += 1;
                     }
                     page.flush_if_full(self, cs)?;
                 }
-            }
+                Ok(())
+            })?;
         }
         let records = page.total + page.b.len() as u64;
         page.flush(self, cs)?;
         Ok((inodes, records))
     }
 
-    /// Copies one inode's record, xattrs and extents into `page`.
-    fn copy_inode(&self, id: u64, ino: u64, page: &mut CopyPage) -> Result<()> {
+    /// Copies one inode's record, xattrs and extents into `page` (flushing it as it fills: a
+    /// large file has many extents).
+    fn copy_inode(
+        &self,
+        id: u64,
+        ino: u64,
+        page: &mut CopyPage,
+        cs: &mut CommitState,
+    ) -> Result<()> {
         let mut attr = self.load_inode(ino)?;
         attr.parent = if ino == ROOT_INO {
             SNAPSHOT_DIR_INO
@@ -389,20 +400,33 @@ impl Volume {
         for (k, v) in self.kv.range(&xp, prefix_end(&xp).as_deref())? {
             page.put(meta::xattr_key(to, &k[xp.len()..]), v);
         }
-        let ep = meta::extent_prefix(ino);
-        let mut start = ep.clone();
-        let end = prefix_end(&ep);
-        loop {
-            let extents = self.kv.range_limit(&start, end.as_deref(), COPY_PAGE)?;
-            let Some(last) = extents.last() else { break };
-            start = [last.0.as_slice(), &[0]].concat();
+        self.scan_pages(&meta::extent_prefix(ino), |extents| {
             for (k, v) in extents {
                 let x = Extent::decode(&v)?;
                 *page.refs.entry(x.chunk).or_default() += 1;
                 page.put(meta::extent_key(to, meta::key_tail_u64(&k)), v);
+                page.flush_if_full(self, cs)?;
             }
+            Ok(())
+        })
+    }
+
+    /// Calls `f` with the records under `prefix`, [`COPY_PAGE`] at a time, in key order.
+    fn scan_pages(
+        &self,
+        prefix: &[u8],
+        mut f: impl FnMut(Vec<(Vec<u8>, Vec<u8>)>) -> Result<()>,
+    ) -> Result<()> {
+        let end = prefix_end(prefix);
+        let mut start = prefix.to_vec();
+        loop {
+            let page = self.kv.range_limit(&start, end.as_deref(), COPY_PAGE)?;
+            let Some(last) = page.last() else {
+                return Ok(());
+            };
+            start = [last.0.as_slice(), &[0]].concat();
+            f(page)?;
         }
-        Ok(())
     }
 
     /// Removes snapshot `id`'s records (its name is already gone) and the chunk references
