@@ -17,7 +17,7 @@
 //! dropped packs here without waiting for any retention.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -34,8 +34,6 @@ use super::{
 const TMP_DIR: &str = ".tmp";
 /// A temp file untouched this long is a leftover of an interrupted put.
 const STALE_TMP: std::time::Duration = std::time::Duration::from_secs(600);
-/// Buffer for copying a file into the store.
-const COPY_BUF: usize = 1 << 20;
 
 /// Objects as files under a directory.
 #[derive(Debug, Clone)]
@@ -220,18 +218,9 @@ impl Backend for LocalDir {
                 .metadata()
                 .map_err(|e| BackendError::io(format!("stat {}", src.display()), e))?
                 .len();
-            let size = Self::store(root, &key, |f| {
-                let mut buf = vec![0u8; COPY_BUF];
-                let mut n = 0u64;
-                loop {
-                    let r = input.read(&mut buf)?;
-                    if r == 0 {
-                        return Ok(n);
-                    }
-                    f.write_all(&buf[..r])?;
-                    n += r as u64;
-                }
-            })?;
+            // File to file: std copies in the kernel (copy_file_range), with no pass through
+            // a buffer here; a pack is written once more, not read and written again.
+            let size = Self::store(root, &key, |f| std::io::copy(&mut input, f))?;
             if size != expect {
                 return Err(BackendError::new(
                     ErrorKind::Corrupt,
@@ -245,7 +234,7 @@ impl Backend for LocalDir {
                 size,
                 etag: None,
                 parts: 0,
-                peak_buffered: COPY_BUF.min(size as usize) as u64,
+                peak_buffered: 0,
             })
         })
         .await
