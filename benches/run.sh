@@ -232,6 +232,13 @@ prefix = \"$TG_PREFIX\"
 path_style = true
 access_key_id = \"$TIERGATE_TEST_S3_ACCESS_KEY_ID\"
 secret_access_key = \"$TIERGATE_TEST_S3_SECRET_ACCESS_KEY\"
+[recycle]
+days = 0
+[gc]
+interval_minutes = 0
+grace_minutes = 0
+min_live_percent = 95
+max_rate = \"4GiB\"
 [webdav]
 enabled = true
 listen = \"127.0.0.1:$port\"
@@ -241,6 +248,26 @@ enabled = false" make_volume "$dir" 2>>"$work/logs/tg-init.log")"
     TG_URL="http://127.0.0.1:$port"
 }
 tg_sync() { "$TIERGATE_BIN" sync --config "$TG_CFG" >>"$work/logs/tg-sync.log"; }
+# tg_retire FILE: retention on tiergate, the counterpart of restic's `forget --prune`: delete
+# FILE, then collect garbage (no recycle bin, no grace period, packs under 95% live rewritten:
+# tg_start's [recycle] and [gc]) until no dropped pack waits to leave the bucket: a pass drops
+# and rewrites packs, and deletes their objects once metadata and a checkpoint that no longer
+# name them are off-site (docs/RETENTION.md).
+tg_retire() {
+    local pass report
+    rm -- "$1"
+    for pass in 1 2 3 4 5 6; do
+        tg_sync
+        report="$("$TIERGATE_BIN" gc --json --config "$TG_CFG")"
+        printf '%s\n' "$report" >>"$work/logs/tg-gc.log"
+        python3 -c 'import json, sys
+r = json.loads(sys.argv[1])
+sys.exit(0 if r["waiting_grace"] + r["waiting_metadata"] + r["waiting_checkpoint"] == 0 else 1)' \
+            "$report" && return 0
+        sleep 1
+    done
+    log "WARN: dropped packs still wait to leave the bucket after $pass GC passes (logs/tg-gc.log)"
+}
 tg_stop() {
     local dir
     dir="$(dirname "$TG_CFG")"
@@ -429,11 +456,12 @@ chain_stage() {
     "$GEN" synth "$1" "$1/full2.vbk" "$2" "$CHAIN_BLOCK" "$CHAIN_PCT" "$CHAIN_DAYS" "$CHAIN_SEED"
 }
 
-# chain_run WORKLOAD CONTENDER TARGET_DIR STAGE BYTES OFFSITE_CMD PREFIX: the chain into a
-# mounted target, each step followed by OFFSITE_CMD (tiergate sync / rclone's queue empty).
+# chain_run WORKLOAD CONTENDER TARGET_DIR STAGE BYTES OFFSITE_CMD PREFIX [RETIRE_CMD]: the chain
+# into a mounted target, each step followed by OFFSITE_CMD (tiergate sync / rclone's queue empty);
+# retention deletes the original full with RETIRE_CMD FILE (default rm).
 # Records ingest MiB/s, time to off-site, S3 traffic, stored bytes before and after retention.
 chain_run() {
-    local w="$1" c="$2" t="$3" stage="$4" bytes="$5" offsite="$6" prefix="$7"
+    local w="$1" c="$2" t="$3" stage="$4" bytes="$5" offsite="$6" prefix="$7" retire="${8:-rm}"
     local s3a s3b t0 t1 write_s=0 total_s=0 logical=0 d f step_w stored
     s3a="$(s3stats)"
     step() { # step CMD...: one day's backup, then wait until it is off-site
@@ -457,7 +485,7 @@ chain_run() {
     rec "$w" "stored bytes before retention" MiB "$c" "$(mib "$stored")" restic
     rec "$w" "dedup ratio before retention (bytes written / stored)" ratio "$c" \
         "$(awk -v a="$logical" -v b="$stored" 'BEGIN { printf "%.3f", a / b }')" restic
-    step rm "$t/full.vbk"
+    step "$retire" "$t/full.vbk"
     s3b="$(s3stats)"
     rec "$w" "ingest (bytes written / time writing)" MiB/s "$c" "$(mibps "$logical" "$write_s")" rclone
     rec "$w" "time until every step is off-site" s "$c" "$total_s" rclone
@@ -524,7 +552,7 @@ chain_workload() {
     chain_stage "$stage" "$N"
     log "workload c: tiergate"
     tg_start c
-    chain_run c tiergate "$TIERGATE_MNT" "$stage" "$N" tg_sync "$TG_PREFIX"
+    chain_run c tiergate "$TIERGATE_MNT" "$stage" "$N" tg_sync "$TG_PREFIX" tg_retire
     rec c "daemon peak RSS" MiB tiergate "$(($(peak_rss_kib "$TIERGATE_PID") >> 10))" rclone
     tg_stop
     log "workload c: rclone mount"
@@ -546,7 +574,7 @@ study_workload() {
         b="$(parse_size "$avg")"
         log "chunk-size study: average $avg"
         tg_start "study-$avg" "$b"
-        chain_run "study" "avg $avg" "$TIERGATE_MNT" "$stage" "$SN" tg_sync "$TG_PREFIX"
+        chain_run "study" "avg $avg" "$TIERGATE_MNT" "$stage" "$SN" tg_sync "$TG_PREFIX" tg_retire
         rec study "daemon peak RSS" MiB "avg $avg" "$(($(peak_rss_kib "$TIERGATE_PID") >> 10))"
         tg_stop
     done
