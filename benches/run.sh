@@ -237,7 +237,6 @@ days = 0
 [gc]
 interval_minutes = 0
 grace_minutes = 0
-min_live_percent = 95
 max_rate = \"4GiB\"
 [webdav]
 enabled = true
@@ -249,10 +248,10 @@ enabled = false" make_volume "$dir" 2>>"$work/logs/tg-init.log")"
 }
 tg_sync() { "$TIERGATE_BIN" sync --config "$TG_CFG" >>"$work/logs/tg-sync.log"; }
 # tg_retire FILE: retention on tiergate, the counterpart of restic's `forget --prune`: delete
-# FILE, then collect garbage (no recycle bin, no grace period, packs under 95% live rewritten:
-# tg_start's [recycle] and [gc]) until no dropped pack waits to leave the bucket: a pass drops
-# and rewrites packs, and deletes their objects once metadata and a checkpoint that no longer
-# name them are off-site (docs/RETENTION.md).
+# FILE, then collect garbage (no recycle bin, no grace period, tg_start's [recycle] and [gc]; the
+# default min_live_percent, so packs are rewritten only when under half live) until no dropped
+# pack waits to leave the bucket: a pass drops and rewrites packs, and deletes their objects
+# once metadata and a checkpoint that no longer name them are off-site (docs/RETENTION.md).
 tg_retire() {
     local pass report
     rm -- "$1"
