@@ -66,8 +66,10 @@ const FILE_DIRTY_COMMIT: u64 = 64 << 20;
 /// largest chunks): a commit of more is stored and applied in pieces, which bounds its memory.
 /// Random overwrites spread over a large file touch a chunk per write; a commit of hundreds of
 /// them rebuilt every touched chunk at once before (~120-600 MiB, docs/BENCHMARKS.md (d)).
-/// 32 MiB keeps a sequential 64 MiB commit to two or three pack fsyncs.
-const COMMIT_PIECE: usize = 32 << 20;
+/// Two pieces are in flight (one chunked while the one before is stored): at 32 MiB that
+/// raised the daemon's peak in (d) from ~0.9 to 1.2 GiB; 16 MiB brought it back to 0.9 GiB at
+/// the same write speed (pack writeback starts at each append, so more fsyncs cost little).
+const COMMIT_PIECE: usize = 16 << 20;
 /// Extents removed per metadata batch when a large file is deleted (sled grows badly with huge
 /// batches; see BRIEF §9).
 const DELETE_PAGE: usize = 1000;

@@ -357,9 +357,10 @@ fn random_overwrites_store_touched_chunks_in_bounded_pieces() {
         grew <= touched_bytes as u64 + touched.len() as u64 * 1024 + (4 << 20),
         "packs grew {grew} for {touched_bytes} bytes of touched chunks"
     );
-    // The commit held at most one piece (32 MiB, or four of the largest chunks) at a time.
+    // Each piece of the commit rebuilt at most 16 MiB (or four of the largest chunks).
     assert!(
-        piece > 0 && piece <= (32 << 20) + 2 * params.max_size as u64,
+        piece > 0
+            && piece <= (16 << 20).max(4 * params.max_size as u64) + 2 * params.max_size as u64,
         "{piece}"
     );
     assert!(
