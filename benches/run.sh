@@ -13,7 +13,7 @@
 #   --only LIST       workloads to run, comma-separated: a b c d e f study (default all; d
 #                     runs on the file a wrote, so it implies a)
 #   --chunk-sizes L   average chunk sizes of the study (default 256K,512K,1M,2M,4M; min and
-#                     max are avg/4 and avg*4, as in the shipped default 256K/1M/4M)
+#                     max are avg/4 and avg*4, as in the default 128K/512K/2M)
 #   --study-size S    size of the study's backup chain (default the smaller of --size and 1G)
 #   --no-publish      do not copy the results into docs/BENCHMARKS.md and benches/results/latest.*
 #   --work DIR        scratch directory (default /var/tmp/tiergate-bench.PID; removed at the end)
