@@ -619,7 +619,6 @@ fn footer_checksum(footer: &[u8], trailer_head: &[u8; 24]) -> [u8; FOOTER_CHECKS
         .unwrap()
 }
 
-/// fsyncs the directory holding `path`, so a created or renamed entry survives a crash.
 /// Asks the kernel to start writing `len` bytes at `offset` of `file` to the disk now, without
 /// waiting. A commit fsyncs its pack before naming the new records in metadata; without this
 /// the disk would start on a piece's data only at that fsync, and the commit would wait for all
@@ -637,6 +636,7 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
     }
 }
 
+/// fsyncs the directory holding `path`, so a created or renamed entry survives a crash.
 fn sync_dir(path: &Path) -> Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
