@@ -95,6 +95,10 @@ impl Tiering {
     /// Takes (or confirms) the lease of the volume's prefix. `Ok(false)`: another appliance
     /// holds it and `take_over` was not given.
     pub async fn claim_lease(&self) -> Result<bool> {
+        let _claiming = self.claiming.lock().await;
+        if self.leased.load(Ordering::SeqCst) {
+            return Ok(true);
+        }
         let me = self.appliance.clone();
         match self.backend.get(LEASE_OBJECT).await {
             Ok(bytes) => {

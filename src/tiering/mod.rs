@@ -249,6 +249,10 @@ pub struct Tiering {
     take_over: AtomicBool,
     /// The lease is ours: uploads may start.
     leased: AtomicBool,
+    /// Held by a lease claim: the start-up check and the metadata loop both claim, and two
+    /// claims racing would both read the old holder, and the second (its one-shot take-over
+    /// spent by the first) would refuse the volume it has just taken.
+    claiming: tokio::sync::Mutex<()>,
     /// The lease holder that stopped us, if another appliance holds it.
     fenced_by: Mutex<Option<metasync::Lease>>,
     /// Held by a GC pass (passes never overlap).
@@ -303,6 +307,7 @@ impl Tiering {
             appliance: metasync::appliance_id(vol.dir())?,
             take_over: AtomicBool::new(take_over),
             leased: AtomicBool::new(false),
+            claiming: tokio::sync::Mutex::new(()),
             fenced_by: Mutex::new(None),
             gc_running: Mutex::new(()),
             gc_last: Mutex::new(None),

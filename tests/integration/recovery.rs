@@ -8,7 +8,10 @@ use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+
+use tiergate::backend::{BResult, PutReceipt};
 
 use crate::common::{random_bytes, shared_s3, text, tiergate, unique_prefix, TestVolume};
 use crate::webdav::share;
@@ -391,4 +394,113 @@ fn a_small_change_ships_a_small_amount_of_metadata() {
         );
     }
     v.stop();
+}
+
+/// A real local store whose lease traffic is slow: a lease PUT reaches the store after 200 ms,
+/// and the second lease GET answers with what it read only 500 ms later (a slow reply).
+#[derive(Debug)]
+struct SlowLease {
+    inner: tiergate::backend::local::LocalDir,
+    lease_gets: std::sync::atomic::AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl tiergate::backend::Backend for SlowLease {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    async fn put(&self, key: &str, data: bytes::Bytes) -> BResult<PutReceipt> {
+        if key == "lease" {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        self.inner.put(key, data).await
+    }
+    async fn put_file(&self, key: &str, path: &Path) -> BResult<PutReceipt> {
+        self.inner.put_file(key, path).await
+    }
+    async fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> BResult<bytes::Bytes> {
+        self.inner.get_range(key, range).await
+    }
+    async fn get(&self, key: &str) -> BResult<bytes::Bytes> {
+        let r = self.inner.get(key).await;
+        if key == "lease" && self.lease_gets.fetch_add(1, Ordering::SeqCst) == 1 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        r
+    }
+    async fn head(&self, key: &str) -> BResult<tiergate::backend::ObjectInfo> {
+        self.inner.head(key).await
+    }
+    async fn list_page(
+        &self,
+        prefix: &str,
+        token: Option<String>,
+        max_keys: u32,
+    ) -> BResult<tiergate::backend::ListPage> {
+        self.inner.list_page(prefix, token, max_keys).await
+    }
+    async fn delete(&self, key: &str) -> BResult<()> {
+        self.inner.delete(key).await
+    }
+    async fn check_access(&self) -> BResult<()> {
+        self.inner.check_access().await
+    }
+    async fn object_lock(&self) -> BResult<tiergate::backend::ObjectLock> {
+        self.inner.object_lock().await
+    }
+}
+
+/// `serve --take-over` claims the lease at start while the metadata loop, already running,
+/// claims it too. Both once read the old holder's lease and the one that lost the race, its
+/// one-shot take-over spent by the other, refused the volume it had just taken (seen as a
+/// flaky CI failure against Garage). Against a store whose lease traffic is slow enough that
+/// the two claims always overlap, the take-over must hold and the lease name this appliance.
+#[test]
+fn a_take_over_is_not_refused_by_its_own_racing_claim() {
+    use std::sync::Arc;
+    use tiergate::backend::local::LocalDir;
+    use tiergate::backend::Backend;
+    use tiergate::chunker::ChunkerParams;
+    use tiergate::crypto::KdfParams;
+    use tiergate::tiering::{Tiering, TieringOptions};
+    use tiergate::volume::{Volume, VolumeOptions};
+
+    let cfg = tiergate::config::Config::parse("[volume]\npath = \"/unused\"\n").unwrap();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let vol_dir = dir.path().join("vol");
+    Volume::create(
+        &vol_dir,
+        "pw",
+        ChunkerParams::default(),
+        KdfParams::for_tests(),
+    )
+    .unwrap();
+    let vol = Volume::open(&vol_dir, "pw", VolumeOptions::default()).unwrap();
+    let store = Arc::new(SlowLease {
+        inner: LocalDir::open(&dir.path().join("store")).unwrap(),
+        lease_gets: Default::default(),
+    });
+    let old = br#"{"appliance":"gone","host":"elsewhere","since_unix":0}"#;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(store.inner.put("lease", bytes::Bytes::from_static(old)))
+        .unwrap();
+
+    // What `serve --take-over` does: start tiering (its metadata loop claims at once), then
+    // claim before mounting.
+    let opts = TieringOptions::from_config(&cfg).unwrap();
+    let t = Tiering::start(vol.clone(), store.clone(), opts, true).unwrap();
+    let claimed = t.handle().block_on(t.claim_lease());
+    // Whichever claim came second has answered by now (its slow GET is 500 ms).
+    std::thread::sleep(Duration::from_millis(1500));
+    let fenced_by = t.status().fenced_by;
+    t.stop();
+    vol.shutdown().unwrap();
+    assert!(matches!(claimed, Ok(true)), "{claimed:?}");
+    assert_eq!(
+        fenced_by, None,
+        "the metadata loop thinks the volume is someone else's"
+    );
+    let lease = rt.block_on(store.inner.get("lease")).unwrap();
+    let lease: serde_json::Value = serde_json::from_slice(&lease).unwrap();
+    assert_ne!(lease["appliance"], "gone", "{lease}");
 }
