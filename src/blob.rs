@@ -24,7 +24,7 @@
 
 use std::cell::RefCell;
 
-use aes_gcm::aead::AeadInPlace;
+use aes_gcm::aead::AeadInOut;
 use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
 use rand::RngCore;
 
@@ -46,8 +46,10 @@ pub const FLAG_COMPRESSED: u8 = 0b01;
 pub const FLAG_ENCRYPTED: u8 = 0b10;
 /// Header length before the nonce.
 pub const BLOB_HEADER_LEN: usize = 12;
+/// Header and nonce: the bytes of a blob before its payload.
+pub const BLOB_PREFIX_LEN: usize = BLOB_HEADER_LEN + NONCE_LEN;
 /// Header, nonce and tag: what a blob adds to its payload.
-pub const BLOB_OVERHEAD: usize = BLOB_HEADER_LEN + NONCE_LEN + TAG_LEN;
+pub const BLOB_OVERHEAD: usize = BLOB_PREFIX_LEN + TAG_LEN;
 /// Largest plaintext a blob may hold: fastcdc's largest allowed max chunk size (16 MiB).
 pub const MAX_PLAIN_LEN: usize = 16 * 1024 * 1024;
 
@@ -113,7 +115,7 @@ fn encode_inner(
 
     // Room for a raw payload plus the tag; a zstd frame goes straight in after the nonce and
     // is kept only if shorter than the plaintext.
-    let start = BLOB_HEADER_LEN + NONCE_LEN;
+    let start = BLOB_PREFIX_LEN;
     let mut out = Vec::with_capacity(BLOB_OVERHEAD + plain.len());
     out.extend_from_slice(&[0; BLOB_HEADER_LEN]);
     out.extend_from_slice(nonce);
@@ -128,10 +130,10 @@ fn encode_inner(
     out[..BLOB_HEADER_LEN].copy_from_slice(&header);
 
     let tag = cipher(keys)
-        .encrypt_in_place_detached(
-            Nonce::from_slice(nonce),
+        .encrypt_inout_detached(
+            &Nonce::from(*nonce),
             &aad(&header, id),
-            &mut out[start..],
+            (&mut out[start..]).into(),
         )
         .expect("AES-GCM encryption of at most 16 MiB cannot fail");
     out.extend_from_slice(&tag);
@@ -149,24 +151,40 @@ pub fn decode(keys: &Keys, id: &ChunkId, blob: &[u8]) -> Result<Vec<u8>> {
 /// [`decode`] taking ownership of the blob, which it decrypts in place: saves allocating and
 /// copying a second chunk-sized buffer (as returned by `pack::read_blob`, say).
 pub fn decode_vec(keys: &Keys, id: &ChunkId, mut blob: Vec<u8>) -> Result<Vec<u8>> {
-    let corrupt = |what: &str| Error::Corrupt(format!("chunk {id}: {what}"));
-    if blob.len() < BLOB_OVERHEAD {
-        return Err(corrupt(&format!(
-            "blob of {} bytes is truncated",
-            blob.len()
-        )));
+    if blob.len() < BLOB_PREFIX_LEN {
+        return Err(truncated(id, blob.len()));
     }
-    if blob[..4] != BLOB_MAGIC {
+    let mut prefix = [0u8; BLOB_PREFIX_LEN];
+    prefix.copy_from_slice(&blob[..BLOB_PREFIX_LEN]);
+    blob.drain(..BLOB_PREFIX_LEN);
+    decode_split(keys, id, &prefix, blob)
+}
+
+/// [`decode`] of a blob read in two parts: its header and nonce, and the rest (payload and
+/// tag), which it decrypts in place and returns as the plaintext when the payload is not
+/// compressed, without moving a byte (`pack::read_blob_split` reads blobs this way).
+pub fn decode_split(
+    keys: &Keys,
+    id: &ChunkId,
+    prefix: &[u8; BLOB_PREFIX_LEN],
+    mut body: Vec<u8>,
+) -> Result<Vec<u8>> {
+    let corrupt = |what: &str| Error::Corrupt(format!("chunk {id}: {what}"));
+    if body.len() < TAG_LEN {
+        return Err(truncated(id, BLOB_PREFIX_LEN + body.len()));
+    }
+    let (header, nonce) = prefix.split_at(BLOB_HEADER_LEN);
+    if header[..4] != BLOB_MAGIC {
         return Err(corrupt("not a blob (bad magic)"));
     }
-    if blob[4] != BLOB_VERSION {
+    if header[4] != BLOB_VERSION {
         return Err(corrupt(&format!(
             "unsupported blob version {} (this build reads version {BLOB_VERSION})",
-            blob[4]
+            header[4]
         )));
     }
-    let flags = blob[5];
-    if flags & !(FLAG_COMPRESSED | FLAG_ENCRYPTED) != 0 || blob[6..8] != [0, 0] {
+    let flags = header[5];
+    if flags & !(FLAG_COMPRESSED | FLAG_ENCRYPTED) != 0 || header[6..8] != [0, 0] {
         return Err(corrupt(&format!(
             "unknown flags {flags:#04x} or reserved bits"
         )));
@@ -175,11 +193,11 @@ pub fn decode_vec(keys: &Keys, id: &ChunkId, mut blob: Vec<u8>) -> Result<Vec<u8
         return Err(corrupt("blob is not encrypted; refusing it"));
     }
     let compressed = flags & FLAG_COMPRESSED != 0;
-    let plain_len = u32::from_le_bytes(blob[8..12].try_into().unwrap()) as usize;
+    let plain_len = u32::from_le_bytes(header[8..12].try_into().unwrap()) as usize;
     if plain_len > MAX_PLAIN_LEN {
         return Err(corrupt(&format!("absurd plaintext length {plain_len}")));
     }
-    let payload_len = blob.len() - BLOB_OVERHEAD;
+    let payload_len = body.len() - TAG_LEN;
     // Writers store compressed payloads only when strictly smaller, and raw ones exactly.
     let consistent = if compressed {
         payload_len < plain_len
@@ -192,16 +210,14 @@ pub fn decode_vec(keys: &Keys, id: &ChunkId, mut blob: Vec<u8>) -> Result<Vec<u8
         )));
     }
 
-    let start = BLOB_HEADER_LEN + NONCE_LEN;
-    let (head, rest) = blob.split_at_mut(start);
-    let header: [u8; BLOB_HEADER_LEN] = head[..BLOB_HEADER_LEN].try_into().unwrap();
-    let (payload, tag) = rest.split_at_mut(payload_len);
+    let header: [u8; BLOB_HEADER_LEN] = header.try_into().unwrap();
+    let (payload, tag) = body.split_at_mut(payload_len);
     cipher(keys)
-        .decrypt_in_place_detached(
-            Nonce::from_slice(&head[BLOB_HEADER_LEN..]),
+        .decrypt_inout_detached(
+            &Nonce::try_from(nonce).expect("nonce slice of NONCE_LEN"),
             &aad(&header, id),
-            payload,
-            Tag::from_slice(tag),
+            payload.into(),
+            &Tag::try_from(&*tag).expect("tag slice of TAG_LEN"),
         )
         .map_err(|_| corrupt("authentication failed (damaged, wrong key, or not this chunk)"))?;
 
@@ -215,14 +231,17 @@ pub fn decode_vec(keys: &Keys, id: &ChunkId, mut blob: Vec<u8>) -> Result<Vec<u8
         }
         out
     } else {
-        blob.copy_within(start..start + payload_len, 0);
-        blob.truncate(payload_len);
-        blob
+        body.truncate(payload_len);
+        body
     };
     if keys.chunk_id(&plain) != *id {
         return Err(corrupt("content does not hash to its chunk id"));
     }
     Ok(plain)
+}
+
+fn truncated(id: &ChunkId, len: usize) -> Error {
+    Error::Corrupt(format!("chunk {id}: blob of {len} bytes is truncated"))
 }
 
 fn header_bytes(flags: u8, plain_len: u32) -> [u8; BLOB_HEADER_LEN] {
@@ -544,7 +563,11 @@ mod tests {
         out.extend_from_slice(&nonce);
         let mut payload = frame.clone();
         let tag = cipher(&k)
-            .encrypt_in_place_detached(Nonce::from_slice(&nonce), &aad(&header, &id), &mut payload)
+            .encrypt_inout_detached(
+                &Nonce::from(nonce),
+                &aad(&header, &id),
+                payload.as_mut_slice().into(),
+            )
             .unwrap();
         out.extend_from_slice(&payload);
         out.extend_from_slice(&tag);

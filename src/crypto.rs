@@ -298,7 +298,7 @@ fn wrap_with(
     wipe(&mut kek);
     let sealed = cipher
         .encrypt(
-            Nonce::from_slice(nonce),
+            &Nonce::from(*nonce),
             Payload {
                 msg: &master.0,
                 aad: &out,
@@ -357,7 +357,7 @@ pub fn unwrap_master_key(bytes: &[u8], passphrase: &[u8]) -> Result<MasterKey> {
     wipe(&mut kek);
     let mut plain = cipher
         .decrypt(
-            Nonce::from_slice(nonce),
+            &Nonce::try_from(nonce).expect("nonce slice of NONCE_LEN"),
             Payload {
                 msg: sealed,
                 aad: header,

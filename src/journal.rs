@@ -16,8 +16,8 @@
 //! - `meta/checkpoint/<end>-<start>.ckpt`: every non-local key/value pair, read between journal
 //!   positions `start` and `end`; recovery loads it and replays the entries after `start`.
 
-use aes_gcm::aead::AeadInPlace;
-use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
+use aes_gcm::aead::AeadInOut;
+use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
 use parking_lot::Mutex;
 
 use crate::crypto::Keys;
@@ -297,7 +297,7 @@ fn seal(keys: &Keys, magic: [u8; 8], a: u64, b: u64, plain: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&nonce);
     let mut body = zstd::bulk::compress(plain, 3).expect("zstd compress to memory");
     let tag = cipher(keys)
-        .encrypt_in_place_detached(Nonce::from_slice(&nonce), &out, &mut body)
+        .encrypt_inout_detached(&Nonce::from(nonce), &out, body.as_mut_slice().into())
         .expect("AES-GCM encryption");
     out.extend_from_slice(&body);
     out.extend_from_slice(&tag);
@@ -319,11 +319,11 @@ fn open(keys: &Keys, magic: [u8; 8], what: &str, obj: &[u8]) -> Result<(u64, u64
     let (body, tag) = rest.split_at(rest.len() - TAG_LEN);
     let mut body = body.to_vec();
     cipher(keys)
-        .decrypt_in_place_detached(
-            Nonce::from_slice(&header[28..40]),
+        .decrypt_inout_detached(
+            &Nonce::try_from(&header[28..40]).expect("12-byte nonce"),
             header,
-            &mut body,
-            tag.into(),
+            body.as_mut_slice().into(),
+            &Tag::try_from(tag).expect("tag slice of TAG_LEN"),
         )
         .map_err(|_| bad("does not decrypt with this volume's key (damaged, or another volume)"))?;
     let plain = zstd::stream::decode_all(body.as_slice()).map_err(|e| bad(&e.to_string()))?;
