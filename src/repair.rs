@@ -1575,7 +1575,7 @@ mod tests {
         // "b" is in local packs only (off-site only chunks would need the tiering fetcher).
         let vol = Volume::open(&fx.dir, "pw", VolumeOptions::default()).unwrap();
         let (ino, bytes) = &fx.files[2];
-        assert!(vol.read(*ino, 0, bytes.len() as u32).unwrap() == *bytes);
+        assert!(*vol.read(*ino, 0, bytes.len() as u32).unwrap() == **bytes);
     }
 
     #[test]

@@ -1570,17 +1570,23 @@ impl Volume {
         Ok(plain)
     }
 
-    /// Fills `buf` with the committed bytes at `start` (holes stay as they are: zero).
-    fn read_committed(&self, ino: u64, start: u64, buf: &mut [u8]) -> Result<()> {
+    /// Fills `buf` with the committed bytes at `start` (holes stay as they are: zero), from
+    /// `extents`, those of `ino` around the range.
+    fn read_committed(
+        &self,
+        ino: u64,
+        extents: &[(u64, Extent)],
+        start: u64,
+        buf: &mut [u8],
+    ) -> Result<()> {
         let end = start + buf.len() as u64;
-        for (off, x) in self.extents(ino, start, end)? {
-            let s = off.max(start);
-            let e = (off + x.len as u64).min(end);
+        for (off, x) in extents {
+            let (s, e) = ((*off).max(start), (off + x.len as u64).min(end));
+            if s >= e {
+                continue;
+            }
             let data = self.chunk_data(&x.chunk)?;
-            let from = x.chunk_offset as usize + (s - off) as usize;
-            let src = data.get(from..from + (e - s) as usize).ok_or_else(|| {
-                Error::Corrupt(format!("extent of inode {ino} runs past chunk {}", x.chunk))
-            })?;
+            let src = extent_bytes(ino, &data, *off, x, s, e)?;
             buf[(s - start) as usize..(e - start) as usize].copy_from_slice(src);
         }
         Ok(())
@@ -1595,17 +1601,30 @@ impl Volume {
         overlay(&d.dirty, start, buf);
     }
 
-    pub fn read(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+    pub fn read(&self, ino: u64, offset: u64, size: u32) -> Result<ReadData> {
         let e = self.file_entry(ino)?;
         let d = e.data.read();
         if offset >= d.attr.size {
-            return Ok(Vec::new());
+            return Ok(ReadData::Owned(Vec::new()));
         }
         let n = (size as u64).min(d.attr.size - offset) as usize;
+        let end = offset + n as u64;
+        let extents = self.extents(ino, offset, end)?;
+        // The common case of a sequential read: one committed chunk holds the whole range.
+        // Lend a slice of the cached chunk instead of copying it into a fresh buffer.
+        if let [(off, x)] = extents.as_slice() {
+            let covered = *off <= offset && off + x.len as u64 >= end;
+            if covered && d.dirty.is_empty() && d.committing.is_none() {
+                let data = self.chunk_data(&x.chunk)?;
+                extent_bytes(ino, &data, *off, x, offset, end)?;
+                let from = x.chunk_offset as usize + (offset - off) as usize;
+                return Ok(ReadData::Chunk(data, from..from + n));
+            }
+        }
         let mut buf = vec![0u8; n];
-        self.read_committed(ino, offset, &mut buf)?;
+        self.read_committed(ino, &extents, offset, &mut buf)?;
         Self::overlay_uncommitted(&d, offset, &mut buf);
-        Ok(buf)
+        Ok(ReadData::Owned(buf))
     }
 
     // ------------------------------------------------------------------ data: write
@@ -2056,7 +2075,8 @@ impl Volume {
             }
         }
         let mut buf = vec![0u8; (end - start) as usize];
-        self.read_committed(ino, start, &mut buf)?;
+        let extents = self.extents(ino, start, end)?;
+        self.read_committed(ino, &extents, start, &mut buf)?;
         overlay(dirty, start, &mut buf);
         Ok(Cow::Owned(buf))
     }
@@ -2834,6 +2854,44 @@ struct NewChunk {
 }
 
 /// Copies the parts of `map`'s ranges that fall in `start..start+buf.len()` into `buf`.
+/// The bytes `s..e` of the file (within the extent at `off`) in the extent's chunk `data`.
+fn extent_bytes<'a>(
+    ino: u64,
+    data: &'a [u8],
+    off: u64,
+    x: &Extent,
+    s: u64,
+    e: u64,
+) -> Result<&'a [u8]> {
+    let from = x.chunk_offset as usize + (s - off) as usize;
+    data.get(from..from + (e - s) as usize)
+        .ok_or_else(|| Error::Corrupt(format!("extent of inode {ino} runs past chunk {}", x.chunk)))
+}
+
+/// What [`Volume::read`] returns: a range of a cached chunk when one chunk holds all of it (no
+/// copy), else a buffer put together from several chunks, holes and unwritten data.
+#[derive(Debug)]
+pub enum ReadData {
+    Chunk(Arc<Vec<u8>>, std::ops::Range<usize>),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for ReadData {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            ReadData::Chunk(chunk, range) => &chunk[range.clone()],
+            ReadData::Owned(v) => v,
+        }
+    }
+}
+
+impl AsRef<[u8]> for ReadData {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
 fn overlay(map: &DirtyMap, start: u64, buf: &mut [u8]) {
     let end = start + buf.len() as u64;
     let first = map

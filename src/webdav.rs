@@ -829,7 +829,7 @@ impl DavFile for TgFile {
             let n = count.min(READ_BATCH) as u32;
             let data = blocking(move || vol.read(ino, pos, n)).await?;
             self.pos += data.len() as u64;
-            Ok(Bytes::from(data))
+            Ok(Bytes::from_owner(data))
         }
         .boxed()
     }

@@ -606,7 +606,7 @@ mod tests {
 
     fn read_path(vol: &Volume, path: &str) -> Vec<u8> {
         let a = vol.resolve(path.as_bytes()).unwrap();
-        vol.read(a.ino, 0, a.inode.size as u32).unwrap()
+        vol.read(a.ino, 0, a.inode.size as u32).unwrap().to_vec()
     }
 
     /// Every chunk record's count equals the extents naming it; no extent names a chunk the

@@ -90,7 +90,7 @@ fn random_operations_match_a_reference_model() {
                 let end = (off + len).min(m.len());
                 let want = if off < m.len() { &m[off..end] } else { &[][..] };
                 assert!(
-                    got == want,
+                    *got == *want,
                     "step {step}: read {off}+{len} of file {f} differs"
                 );
             }
@@ -193,6 +193,38 @@ fn volume_with_big_file(tmp: &std::path::Path, data: &[u8]) -> (Arc<Volume>, u64
     }
     vol.fsync(a.ino).unwrap();
     (vol, a.ino, fh)
+}
+
+/// A read that one committed chunk holds lends a slice of the cached chunk (no copy); one that
+/// spans chunks, or sees data not yet committed, is put together in a buffer. Both read the
+/// same bytes.
+#[test]
+fn reads_inside_one_chunk_lend_the_cached_chunk() {
+    use tiergate::volume::ReadData;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = random_bytes(9, 16 << 20);
+    let (vol, ino, fh) = volume_with_big_file(tmp.path(), &data);
+    let (mut lent, mut built) = (0, 0);
+    for off in (0..data.len()).step_by(128 << 10) {
+        let got = vol.read(ino, off as u64, 128 << 10).unwrap();
+        assert!(
+            *got == data[off..off + (128 << 10)],
+            "read at {off} differs"
+        );
+        match got {
+            ReadData::Chunk(..) => lent += 1,
+            ReadData::Owned(_) => built += 1,
+        }
+    }
+    // 128 reads over chunks of 128 KiB to 2 MiB: most lie inside one chunk, a few span two.
+    assert!(lent > 64 && built >= 1, "lent {lent}, built {built}");
+    // Uncommitted data over a chunk: the read overlays it, so it is built.
+    vol.write(ino, 1000, b"fresh").unwrap();
+    let got = vol.read(ino, 0, 4096).unwrap();
+    assert!(matches!(got, ReadData::Owned(_)));
+    assert_eq!(&got[1000..1005], b"fresh");
+    assert_eq!(&got[..1000], &data[..1000]);
+    vol.release(fh).unwrap();
 }
 
 /// Overwriting 4 KiB inside a 256 MiB file stores about a chunk, not the file.
@@ -304,7 +336,7 @@ fn pack_creation_leftovers_and_torn_tails_are_recovered() {
     vol.fsync(b.ino).unwrap();
     vol.release(fh).unwrap();
     let vol = reopen(vol, &dir);
-    assert_eq!(vol.read(b.ino, 0, 100).unwrap(), b"after");
+    assert_eq!(&*vol.read(b.ino, 0, 100).unwrap(), b"after");
 }
 
 /// Random small overwrites spread over a large file: a commit rebuilds only the chunks the
