@@ -925,6 +925,14 @@ pub struct FuseConfig {
     /// Worker threads serving FUSE requests.
     #[serde(default = "default_threads")]
     pub threads: usize,
+    /// How far ahead the kernel reads a file being read sequentially (the mount's
+    /// `read_ahead_kb`, which is 128 KiB for a FUSE mount unless set). 0: leave it.
+    #[serde(default = "default_kernel_readahead")]
+    pub readahead: ByteSize,
+}
+
+fn default_kernel_readahead() -> ByteSize {
+    ByteSize(4 * MIB)
 }
 
 /// The WebDAV share (src/webdav.rs).
@@ -1024,6 +1032,7 @@ impl Default for FuseConfig {
             allow_other: false,
             writeback_cache: true,
             threads: default_threads(),
+            readahead: default_kernel_readahead(),
         }
     }
 }
@@ -1111,6 +1120,12 @@ impl Config {
             return Err(Error::Invalid(
                 "volume.dirty_limit_mib must be >= 16".into(),
             ));
+        }
+        if self.fuse.readahead.bytes() > GIB {
+            return Err(Error::Invalid(format!(
+                "fuse.readahead = {} is over 1 GiB",
+                self.fuse.readahead
+            )));
         }
         if !(1..=256).contains(&self.fuse.threads) {
             return Err(Error::Invalid(format!(
@@ -1638,6 +1653,10 @@ mod tests {
             (
                 "[tiering]\nreadahead = \"1025MiB\"",
                 "outside 1 MiB..=1 GiB",
+            ),
+            (
+                "[fuse]\nreadahead = \"2GiB\"",
+                "fuse.readahead = 2 GiB is over 1 GiB",
             ),
             ("[tiering]\nbandwidth = \"1MiB\"", "bandwidth"),
             (

@@ -35,6 +35,8 @@ pub struct FuseOptions {
     pub allow_other: bool,
     pub writeback_cache: bool,
     pub threads: usize,
+    /// The kernel's readahead for the mount in bytes; 0 leaves the kernel's default.
+    pub readahead: u64,
 }
 
 pub struct FuseFs {
@@ -703,6 +705,37 @@ pub fn check_mountpoint(path: &Path) -> anyhow::Result<PathBuf> {
     Ok(canon)
 }
 
+/// Sets the kernel's readahead for the FUSE mount at `mountpoint` (its backing device's
+/// `read_ahead_kb`). FUSE mounts start at 128 KiB: a sequential reader then waits for every
+/// 128 KiB in turn, and a chunk is decoded only when the reader reaches it. With a few MiB the
+/// kernel asks for the next chunks while the reader copies this one, on several FUSE threads.
+/// Needs root; without it, the mount works at the default and a warning says so.
+fn set_kernel_readahead(mountpoint: &Path, bytes: u64) {
+    use std::os::unix::fs::MetadataExt;
+    let dev = match std::fs::metadata(mountpoint) {
+        Ok(m) => m.dev(),
+        Err(e) => {
+            tracing::warn!(
+                "cannot set the mount's readahead: stat {}: {e}",
+                mountpoint.display()
+            );
+            return;
+        }
+    };
+    let path = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    match std::fs::write(&path, format!("{}\n", bytes.div_ceil(1024))) {
+        Ok(()) => tracing::debug!(path, kib = bytes.div_ceil(1024), "kernel readahead set"),
+        Err(e) => tracing::warn!(
+            "cannot set the mount's readahead in {path}: {e}; sequential reads stay at the \
+             kernel's default of 128 KiB"
+        ),
+    }
+}
+
 /// Mounts the volume and serves it on background threads until the returned session is
 /// unmounted (or dropped).
 pub fn mount(
@@ -735,6 +768,10 @@ pub fn mount(
         )
     })?;
     let session = session.spawn()?;
+    if opts.readahead > 0 {
+        // After spawn: stat of the mountpoint is answered by the session.
+        set_kernel_readahead(&mountpoint, opts.readahead);
+    }
     // Changes made through other front-ends reach the kernel's caches at once.
     let notifier = session.notifier();
     vol.set_invalidator(Box::new(move |c| {

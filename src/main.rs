@@ -926,6 +926,7 @@ fn serve(config: Option<&Path>, take_over: bool) -> Result<()> {
                 allow_other: cfg.fuse.allow_other,
                 writeback_cache: cfg.fuse.writeback_cache,
                 threads: cfg.fuse.threads,
+                readahead: cfg.fuse.readahead.bytes(),
             };
             match fuse::mount(vol.clone(), mp, &opts) {
                 Ok(s) => {

@@ -522,3 +522,26 @@ fn concurrent_writers_and_statfs() {
     }
     v.stop();
 }
+
+/// The mount's kernel readahead is raised from FUSE's 128 KiB to `fuse.readahead` (4 MiB by
+/// default), so a sequential reader has the next chunks asked for while it copies this one.
+#[test]
+fn the_mount_reads_ahead_four_mib() {
+    use std::os::unix::fs::MetadataExt;
+    let mut v = TestVolume::new("");
+    v.start();
+    let dev = fs::metadata(&v.mnt).unwrap().dev();
+    let knob = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    let kib = fs::read_to_string(&knob).unwrap();
+    assert_eq!(kib.trim(), "4096", "{knob}");
+    // And a file larger than the window reads back whole.
+    let data = random_bytes(77, 20 << 20);
+    fs::write(v.path("big"), &data).unwrap();
+    v.stop();
+    v.start();
+    assert!(fs::read(v.path("big")).unwrap() == data);
+}
