@@ -419,27 +419,6 @@ pub fn read_blob(file: &File, loc: BlobLocation) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// Reads the blob at `loc` as its header and nonce, and the rest, for `blob::decode_split`,
-/// which then finds the payload where its plaintext belongs (two reads instead of moving a
-/// chunk's bytes). `Error::Corrupt` if the blob is too short or the file ends first.
-pub fn read_blob_split(
-    file: &File,
-    loc: BlobLocation,
-) -> Result<([u8; crate::blob::BLOB_PREFIX_LEN], Vec<u8>)> {
-    let prefix_len = crate::blob::BLOB_PREFIX_LEN;
-    let rest = (loc.len as usize).checked_sub(prefix_len).ok_or_else(|| {
-        Error::Corrupt(format!(
-            "blob at {}+{}: shorter than a blob header",
-            loc.offset, loc.len
-        ))
-    })?;
-    let mut prefix = [0u8; crate::blob::BLOB_PREFIX_LEN];
-    read_exact_at(file, &mut prefix, loc.offset, loc)?;
-    let mut body = vec![0u8; rest];
-    read_exact_at(file, &mut body, loc.offset + prefix_len as u64, loc)?;
-    Ok((prefix, body))
-}
-
 fn read_exact_at(file: &File, buf: &mut [u8], at: u64, loc: BlobLocation) -> Result<()> {
     file.read_exact_at(buf, at).map_err(|e| {
         if e.kind() == io::ErrorKind::UnexpectedEof {
@@ -731,15 +710,6 @@ mod tests {
         assert_eq!(read_footer(&f).unwrap(), entries);
         for (b, loc) in blobs.iter().zip(&locs) {
             assert_eq!(&read_blob(&f, *loc).unwrap(), b);
-            // The split read returns the same bytes in two parts (blobs this short included:
-            // the split read refuses them).
-            match read_blob_split(&f, *loc) {
-                Ok((prefix, rest)) => assert_eq!([&prefix[..], &rest].concat(), *b),
-                Err(e) => {
-                    assert!(b.len() < crate::blob::BLOB_PREFIX_LEN, "{e}");
-                    assert!(matches!(e, Error::Corrupt(_)), "{e}");
-                }
-            }
         }
         // The same via the ranged-request helpers.
         let bytes = std::fs::read(&path).unwrap();
@@ -784,10 +754,6 @@ mod tests {
         };
         assert!(matches!(
             read_blob(&open(&path), beyond),
-            Err(Error::Corrupt(_))
-        ));
-        assert!(matches!(
-            read_blob_split(&open(&path), beyond),
             Err(Error::Corrupt(_))
         ));
     }

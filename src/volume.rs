@@ -1540,8 +1540,8 @@ impl Volume {
         let local = self
             .packs
             .reader(rec.pack)
-            .and_then(|file| pack::read_blob_split(&file, loc))
-            .and_then(|(prefix, body)| blob::decode_split(&self.keys, id, &prefix, body));
+            .and_then(|file| pack::read_blob(&file, loc))
+            .and_then(|blob| blob::decode_vec(&self.keys, id, blob));
         let tier = self.tier.read().clone();
         let plain = match (local, tier) {
             (Ok(plain), tier) => {
