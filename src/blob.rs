@@ -153,28 +153,17 @@ pub fn decode(keys: &Keys, id: &ChunkId, blob: &[u8]) -> Result<Vec<u8>> {
 /// moved to the front before decryption, while the blob just read is still in the CPU cache:
 /// reading the payload straight to the front of a fresh buffer instead (two reads, no move)
 /// measured slower, as the kernel then copies into memory no one has touched yet.
-pub fn decode_vec(keys: &Keys, id: &ChunkId, mut blob: Vec<u8>) -> Result<Vec<u8>> {
-    if blob.len() < BLOB_PREFIX_LEN {
-        return Err(truncated(id, blob.len()));
+pub fn decode_vec(keys: &Keys, id: &ChunkId, mut body: Vec<u8>) -> Result<Vec<u8>> {
+    let corrupt = |what: &str| Error::Corrupt(format!("chunk {id}: {what}"));
+    if body.len() < BLOB_OVERHEAD {
+        return Err(corrupt(&format!(
+            "blob of {} bytes is truncated",
+            body.len()
+        )));
     }
     let mut prefix = [0u8; BLOB_PREFIX_LEN];
-    prefix.copy_from_slice(&blob[..BLOB_PREFIX_LEN]);
-    blob.drain(..BLOB_PREFIX_LEN);
-    decode_split(keys, id, &prefix, blob)
-}
-
-/// [`decode`] of a blob in two parts: its header and nonce, and the rest (payload and tag),
-/// which it decrypts in place and returns as the plaintext when the payload is not compressed.
-fn decode_split(
-    keys: &Keys,
-    id: &ChunkId,
-    prefix: &[u8; BLOB_PREFIX_LEN],
-    mut body: Vec<u8>,
-) -> Result<Vec<u8>> {
-    let corrupt = |what: &str| Error::Corrupt(format!("chunk {id}: {what}"));
-    if body.len() < TAG_LEN {
-        return Err(truncated(id, BLOB_PREFIX_LEN + body.len()));
-    }
+    prefix.copy_from_slice(&body[..BLOB_PREFIX_LEN]);
+    body.drain(..BLOB_PREFIX_LEN);
     let (header, nonce) = prefix.split_at(BLOB_HEADER_LEN);
     if header[..4] != BLOB_MAGIC {
         return Err(corrupt("not a blob (bad magic)"));
@@ -240,10 +229,6 @@ fn decode_split(
         return Err(corrupt("content does not hash to its chunk id"));
     }
     Ok(plain)
-}
-
-fn truncated(id: &ChunkId, len: usize) -> Error {
-    Error::Corrupt(format!("chunk {id}: blob of {len} bytes is truncated"))
 }
 
 fn header_bytes(flags: u8, plain_len: u32) -> [u8; BLOB_HEADER_LEN] {

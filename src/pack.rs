@@ -415,12 +415,7 @@ impl PackWriter {
 /// ends first.
 pub fn read_blob(file: &File, loc: BlobLocation) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; loc.len as usize];
-    read_exact_at(file, &mut buf, loc.offset, loc)?;
-    Ok(buf)
-}
-
-fn read_exact_at(file: &File, buf: &mut [u8], at: u64, loc: BlobLocation) -> Result<()> {
-    file.read_exact_at(buf, at).map_err(|e| {
+    file.read_exact_at(&mut buf, loc.offset).map_err(|e| {
         if e.kind() == io::ErrorKind::UnexpectedEof {
             Error::Corrupt(format!(
                 "blob at {}+{}: pack file is shorter",
@@ -429,7 +424,8 @@ fn read_exact_at(file: &File, buf: &mut [u8], at: u64, loc: BlobLocation) -> Res
         } else {
             Error::io(format!("reading blob at {}+{}", loc.offset, loc.len), e)
         }
-    })
+    })?;
+    Ok(buf)
 }
 
 /// Lists the blobs of a sealed pack from its trailer and footer (no key needed), reading only

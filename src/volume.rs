@@ -1586,8 +1586,8 @@ impl Volume {
                 continue;
             }
             let data = self.chunk_data(&x.chunk)?;
-            let src = extent_bytes(ino, &data, *off, x, s, e)?;
-            buf[(s - start) as usize..(e - start) as usize].copy_from_slice(src);
+            let src = extent_range(ino, &data, *off, x, s, e)?;
+            buf[(s - start) as usize..(e - start) as usize].copy_from_slice(&data[src]);
         }
         Ok(())
     }
@@ -1616,9 +1616,8 @@ impl Volume {
             let covered = *off <= offset && off + x.len as u64 >= end;
             if covered && d.dirty.is_empty() && d.committing.is_none() {
                 let data = self.chunk_data(&x.chunk)?;
-                extent_bytes(ino, &data, *off, x, offset, end)?;
-                let from = x.chunk_offset as usize + (offset - off) as usize;
-                return Ok(ReadData::Chunk(data, from..from + n));
+                let range = extent_range(ino, &data, *off, x, offset, end)?;
+                return Ok(ReadData::Chunk(data, range));
             }
         }
         let mut buf = vec![0u8; n];
@@ -2853,19 +2852,25 @@ struct NewChunk {
     plain_len: u32,
 }
 
-/// Copies the parts of `map`'s ranges that fall in `start..start+buf.len()` into `buf`.
-/// The bytes `s..e` of the file (within the extent at `off`) in the extent's chunk `data`.
-fn extent_bytes<'a>(
+/// Where the bytes `s..e` of the file lie in the chunk `data` of the extent at `off`.
+/// `Error::Corrupt` if the extent runs past its chunk.
+fn extent_range(
     ino: u64,
-    data: &'a [u8],
+    data: &[u8],
     off: u64,
     x: &Extent,
     s: u64,
     e: u64,
-) -> Result<&'a [u8]> {
+) -> Result<std::ops::Range<usize>> {
     let from = x.chunk_offset as usize + (s - off) as usize;
-    data.get(from..from + (e - s) as usize)
-        .ok_or_else(|| Error::Corrupt(format!("extent of inode {ino} runs past chunk {}", x.chunk)))
+    let range = from..from + (e - s) as usize;
+    if range.end > data.len() {
+        return Err(Error::Corrupt(format!(
+            "extent of inode {ino} runs past chunk {}",
+            x.chunk
+        )));
+    }
+    Ok(range)
 }
 
 /// What [`Volume::read`] returns: a range of a cached chunk when one chunk holds all of it (no
@@ -2892,6 +2897,7 @@ impl AsRef<[u8]> for ReadData {
     }
 }
 
+/// Copies the parts of `map`'s ranges that fall in `start..start+buf.len()` into `buf`.
 fn overlay(map: &DirtyMap, start: u64, buf: &mut [u8]) {
     let end = start + buf.len() as u64;
     let first = map
