@@ -153,6 +153,12 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// Whether objects can be locked against deletion for a retention period.
     async fn object_lock(&self) -> BResult<ObjectLock>;
 
+    /// Picks how uploads prove their bytes arrived intact; a probe step that may write and
+    /// delete `key` (a probe key). Returns what was chosen, for the probe's report.
+    async fn check_upload_checksums(&self, _key: &str) -> BResult<String> {
+        Ok("local files: nothing travels over a network".into())
+    }
+
     /// The retention this backend writes [`layout::is_locked`] objects with
     /// (`[s3.object_lock]`); `None`: objects are not locked. The local directory backend never
     /// locks (docs/RETENTION.md#s3-object-lock).
@@ -548,6 +554,17 @@ pub async fn probe(backend: &dyn Backend) -> std::result::Result<ProbeReport, Pr
         name: "write",
         elapsed: t.elapsed(),
         detail: format!("{key}: {} bytes, verified", receipt.size),
+    });
+
+    let t = Instant::now();
+    let detail = backend
+        .check_upload_checksums(&format!("{key}-checksum"))
+        .await
+        .map_err(|e| fail("checksums", e))?;
+    steps.push(ProbeStep {
+        name: "checksums",
+        elapsed: t.elapsed(),
+        detail,
     });
 
     let t = Instant::now();

@@ -4,14 +4,23 @@
 //! Settings that make S3-compatible stores work (BRIEF §9): request checksum calculation and
 //! response checksum validation are `WhenRequired` (since aws-sdk-s3 1.69 the defaults add CRC
 //! trailers that many stores reject), bodies are sent from memory with a known length, and
-//! path-style addressing and a custom endpoint are a config switch. Integrity comes from
-//! Content-MD5 instead: the store recomputes it and refuses a body that arrived damaged.
+//! path-style addressing and a custom endpoint are a config switch. Integrity comes from a
+//! checksum we compute and the store recomputes, refusing a body that arrived damaged:
 //!
-//! Verification before success: a single-part put checks the ETag the store returned against
-//! the MD5 we computed, then HEADs the object and checks its size and ETag. A multipart upload
-//! checks every part's ETag, then the HEAD size and the multipart ETag
-//! (`md5(part md5s)-<parts>`). ETags that are not MD5-shaped (SSE-KMS, SSE-C) are not compared;
-//! Content-MD5 still protects the transfer.
+//! - Content-MD5 with a SigV4-signed payload (SHA-256 of the body), which every S3-compatible
+//!   store understands. Both hashes cost CPU: on a 2-core appliance MD5 alone was a quarter of
+//!   the daemon's time during a large write (docs/BENCHMARKS.md).
+//! - Once [`S3Backend::probe_crc32c`] (a probe step) has seen this store refuse a body
+//!   whose `x-amz-checksum-crc32c` does not match and accept one that does, both sent with an
+//!   unsigned payload, single-part puts without Object Lock retention carry that CRC32C
+//!   (hardware-accelerated) instead and skip the payload hash. A tampered body still fails on read: every pack and metadata object
+//!   is authenticated (AES-256-GCM) and chunks are verified against their keyed BLAKE3 ids.
+//!
+//! Verification before success: a single-part put checks what the store returned (the ETag
+//! against our MD5, or the CRC32C it echoes against ours), then HEADs the object and checks its
+//! size (and ETag, with MD5). A multipart upload (always Content-MD5) checks every part's ETag,
+//! then the HEAD size and the multipart ETag (`md5(part md5s)-<parts>`). ETags that are not
+//! MD5-shaped (SSE-KMS, SSE-C) are not compared; the checksum still protects the transfer.
 //!
 //! Retries: the SDK's standard mode (exponential backoff with full jitter, a retry token
 //! bucket) for timeouts, connection errors, 5xx and throttling, `s3.max_attempts` attempts in
@@ -22,14 +31,15 @@
 //! Object Lock (`[s3.object_lock]`): puts of [`layout::is_locked`] keys carry
 //! `x-amz-object-lock-mode` and `x-amz-object-lock-retain-until-date` (now + days), on the
 //! single PUT and on CreateMultipartUpload. S3 requires an integrity checksum on such requests:
-//! the Content-MD5 every PUT and UploadPart already carries is that checksum. [`Backend::head`]
+//! they always carry Content-MD5 (so do UploadParts), even where the probe chose CRC32C for
+//! other puts. [`Backend::head`]
 //! reports the retain-until date, and [`Backend::delete`] removes every version of the key by
 //! version id (a plain DELETE on the versioned bucket only adds a delete marker).
 
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -67,6 +77,9 @@ pub struct S3Backend {
     part_concurrency: usize,
     /// `[s3.object_lock]`: the retention locked keys are written with.
     lock: Option<ObjectLockConfig>,
+    /// Set by [`S3Backend::probe_crc32c`]: single-part puts carry a CRC32C and an
+    /// unsigned payload instead of Content-MD5 and a signed one.
+    crc32c_puts: AtomicBool,
 }
 
 impl std::fmt::Debug for S3Backend {
@@ -159,6 +172,7 @@ impl S3Backend {
             multipart_threshold: cfg.multipart_threshold_mib << 20,
             part_concurrency: cfg.part_concurrency,
             lock: cfg.object_lock.clone(),
+            crc32c_puts: AtomicBool::new(false),
         })
     }
 
@@ -250,26 +264,45 @@ impl S3Backend {
     /// Stores one object from memory and verifies it.
     async fn put_bytes(&self, key: &str, full: &str, data: Bytes) -> BResult<PutReceipt> {
         let size = data.len() as u64;
-        let digest = Md5::digest(&data);
-        let (mode, until) = self.lock_for(key).unzip();
-        let out = self
+        let lock = self.lock_for(key);
+        // A put with a retention keeps Content-MD5: S3 documents that one (or an SDK-computed
+        // checksum, which brings the chunked trailers many stores refuse) as required there.
+        let crc32c = lock.is_none() && self.crc32c_puts.load(Ordering::Relaxed);
+        let (mode, until) = lock.unzip();
+        let put = self
             .client
             .put_object()
             .bucket(&self.bucket)
             .key(full)
             .content_length(size as i64)
-            // Also the checksum S3 requires on a put with a retention.
-            .content_md5(b64(&digest))
             .set_object_lock_mode(mode)
-            .set_object_lock_retain_until_date(until)
-            .body(ByteStream::from(data))
-            .send()
-            .await
-            .map_err(|e| self.error("put", key, e))?;
-        let want = hex::encode(digest);
-        let etag = out.e_tag().map(unquote);
-        check_etag(key, "put response", etag.as_deref(), &want)?;
-        self.verify(key, full, size, &want).await?;
+            .set_object_lock_retain_until_date(until);
+        let (etag, md5) = if crc32c {
+            let crc = crc32c_b64(&data);
+            let out = put
+                .checksum_crc32_c(&crc)
+                .body(ByteStream::from(data))
+                .customize()
+                .disable_payload_signing()
+                .send()
+                .await
+                .map_err(|e| self.error("put", key, e))?;
+            check_crc32c(key, out.checksum_crc32_c(), &crc)?;
+            (out.e_tag().map(unquote), None)
+        } else {
+            let digest = Md5::digest(&data);
+            let md5 = hex::encode(digest);
+            let out = put
+                .content_md5(b64(&digest))
+                .body(ByteStream::from(data))
+                .send()
+                .await
+                .map_err(|e| self.error("put", key, e))?;
+            let etag = out.e_tag().map(unquote);
+            check_etag(key, "put response", etag.as_deref(), &md5)?;
+            (etag, Some(md5))
+        };
+        self.verify(key, full, size, md5.as_deref()).await?;
         Ok(PutReceipt {
             size,
             etag,
@@ -278,8 +311,60 @@ impl S3Backend {
         })
     }
 
-    /// HEADs a just-written object: size must match, and the ETag if it is MD5-shaped.
-    async fn verify(&self, key: &str, full: &str, size: u64, etag: &str) -> BResult<()> {
+    /// The probe's check of the faster upload checksum: a small object put with an unsigned
+    /// payload and a wrong `x-amz-checksum-crc32c` must be refused, and the same put with the
+    /// right one accepted. Only then are single-part puts switched to it; otherwise they keep
+    /// Content-MD5 and a signed payload, and the returned text says why.
+    async fn probe_crc32c(&self, key: &str) -> BResult<String> {
+        let full = self.full_key(key)?;
+        let body = Bytes::from_static(b"tiergate upload checksum probe");
+        let right = crc32c_b64(&body);
+        let wrong = crc32c_b64(b"something else");
+        let put = |crc: String| {
+            self.client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(&full)
+                .content_length(body.len() as i64)
+                .checksum_crc32_c(crc)
+                .body(ByteStream::from(body.clone()))
+                .customize()
+                .disable_payload_signing()
+                .send()
+        };
+        let keep_md5 = "uploads carry Content-MD5 and a signed payload";
+        match put(wrong).await {
+            Ok(_) => {
+                self.delete(key).await?;
+                return Ok(format!(
+                    "the store accepted a body whose CRC32C did not match: {keep_md5}"
+                ));
+            }
+            Err(e) => {
+                let (kind, detail) = classify(&e);
+                if matches!(kind, ErrorKind::Unreachable | ErrorKind::Tls) {
+                    return Err(self.error("put (wrong checksum)", key, e));
+                }
+                tracing::debug!(key, "a put with a wrong CRC32C was refused: {detail}");
+            }
+        }
+        if let Err(e) = put(right.clone()).await {
+            let (kind, detail) = classify(&e);
+            if matches!(kind, ErrorKind::Unreachable | ErrorKind::Tls) {
+                return Err(self.error("put (checksum)", key, e));
+            }
+            return Ok(format!(
+                "the store refused an unsigned put with a CRC32C ({detail}): {keep_md5}"
+            ));
+        }
+        self.delete(key).await?;
+        self.crc32c_puts.store(true, Ordering::Relaxed);
+        Ok("the store checks CRC32C: single-part uploads carry it with an unsigned payload".into())
+    }
+
+    /// HEADs a just-written object: size must match, and the ETag (if we know its MD5 and it is
+    /// MD5-shaped).
+    async fn verify(&self, key: &str, full: &str, size: u64, etag: Option<&str>) -> BResult<()> {
         let h = self
             .client
             .head_object()
@@ -295,7 +380,10 @@ impl S3Backend {
                 format!("put {key}: the store holds {stored} bytes, {size} were sent"),
             ));
         }
-        check_etag(key, "head", h.e_tag().map(unquote).as_deref(), etag)
+        match etag {
+            Some(want) => check_etag(key, "head", h.e_tag().map(unquote).as_deref(), want),
+            None => Ok(()),
+        }
     }
 
     async fn multipart(
@@ -350,7 +438,7 @@ impl S3Backend {
         let want = format!("{}-{n}", hex::encode(Md5::digest(digests.concat())));
         let etag = done.e_tag().map(unquote);
         check_etag(key, "complete response", etag.as_deref(), &want)?;
-        self.verify(key, full, size, &want).await?;
+        self.verify(key, full, size, Some(&want)).await?;
         Ok(PutReceipt {
             size,
             etag,
@@ -485,6 +573,24 @@ pub fn utc_date(unix: u64) -> String {
 fn b64(digest: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(digest)
+}
+
+/// The CRC32C (Castagnoli) of `data` as S3's `x-amz-checksum-crc32c` carries it: the four
+/// big-endian bytes, base64.
+fn crc32c_b64(data: &[u8]) -> String {
+    let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, data) as u32;
+    b64(&crc.to_be_bytes())
+}
+
+/// A store that echoes the CRC32C it computed must echo ours.
+fn check_crc32c(key: &str, got: Option<&str>, want: &str) -> BResult<()> {
+    match got {
+        Some(g) if g != want => Err(BackendError::new(
+            ErrorKind::Corrupt,
+            format!("put {key}: the store computed CRC32C {g}, {want} was sent"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn unquote(etag: &str) -> String {
@@ -794,6 +900,10 @@ impl Backend for S3Backend {
         Ok(())
     }
 
+    async fn check_upload_checksums(&self, key: &str) -> BResult<String> {
+        self.probe_crc32c(key).await
+    }
+
     fn retention(&self) -> Option<&ObjectLockConfig> {
         self.lock.as_ref()
     }
@@ -860,6 +970,16 @@ async fn read_body(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn crc32c_is_the_castagnoli_check_value_big_endian_in_base64() {
+        // CRC-32C of "123456789" is 0xE3069283 (RFC 3720, appendix B.4 check value).
+        assert_eq!(crc32c_b64(b"123456789"), b64(&[0xE3, 0x06, 0x92, 0x83]));
+        check_crc32c("k", Some("4waSgw=="), &crc32c_b64(b"123456789")).unwrap();
+        check_crc32c("k", None, "4waSgw==").unwrap();
+        let e = check_crc32c("k", Some("AAAAAA=="), "4waSgw==").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Corrupt);
+    }
 
     #[test]
     fn etags_are_compared_only_when_md5_shaped() {

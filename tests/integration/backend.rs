@@ -337,8 +337,18 @@ fn probe_passes_on_garage_and_leaves_nothing_behind() {
         let names: Vec<_> = report.steps.iter().map(|s| s.name).collect();
         assert_eq!(
             names,
-            ["access", "write", "read", "list", "delete", "object-lock"]
+            [
+                "access",
+                "write",
+                "checksums",
+                "read",
+                "list",
+                "delete",
+                "object-lock"
+            ]
         );
+        // Garage checks x-amz-checksum-crc32c: uploads use it instead of Content-MD5.
+        assert!(report.steps[2].detail.contains("checks CRC32C"), "{report}");
         // Garage 2.5 does not implement object lock; the probe says so instead of failing.
         assert!(
             matches!(report.object_lock, ObjectLock::Unsupported(_)),

@@ -49,6 +49,11 @@ struct Faults {
     reset_response_pct: u32,
     /// Accept and hold every new connection without reading or writing until cleared.
     stall: bool,
+    /// Flip one bit of every forwarded PUT body on its way to the store: damage in transit.
+    damage_put_bodies: bool,
+    /// Answer 200 to every PUT carrying `x-amz-checksum-crc32c` without forwarding it, as a
+    /// store that ignores that checksum seems to the client.
+    ignore_crc32c_puts: bool,
 }
 
 /// A snapshot of [`Counters`].
@@ -61,6 +66,8 @@ struct Counts {
     reset_requests: u64,
     reset_responses: u64,
     stalls: u64,
+    crc32c_puts: u64,
+    md5_puts: u64,
 }
 
 /// What the proxy did, for assertions that the faults really happened.
@@ -72,6 +79,9 @@ struct Counters {
     reset_requests: AtomicU64,
     reset_responses: AtomicU64,
     stalls: AtomicU64,
+    /// PUT requests carrying `x-amz-checksum-crc32c`, and those carrying `Content-MD5`.
+    crc32c_puts: AtomicU64,
+    md5_puts: AtomicU64,
 }
 
 struct ProxyState {
@@ -141,6 +151,8 @@ impl FaultProxy {
             reset_requests: get(&n.reset_requests),
             reset_responses: get(&n.reset_responses),
             stalls: get(&n.stalls),
+            crc32c_puts: get(&n.crc32c_puts),
+            md5_puts: get(&n.md5_puts),
         }
     }
 }
@@ -243,6 +255,25 @@ fn serve(mut client: TcpStream, st: &ProxyState) {
         .unwrap_or("")
         .to_string();
     let f = st.faults.lock().unwrap().clone();
+    let put = method == "PUT";
+    let crc32c = put && header_value(&head, "x-amz-checksum-crc32c").is_some();
+    if crc32c {
+        st.n.crc32c_puts.fetch_add(1, Ordering::SeqCst);
+    }
+    if put && header_value(&head, "content-md5").is_some() {
+        st.n.md5_puts.fetch_add(1, Ordering::SeqCst);
+    }
+    if crc32c && f.ignore_crc32c_puts {
+        if header_value(&head, "expect").is_none() {
+            drain_body(&mut client, &head, rest.len());
+        }
+        let _ = client.write_all(
+            b"HTTP/1.1 200 OK\r\nETag: \"not-checked\"\r\nContent-Length: 0\r\n\
+              Connection: close\r\n\r\n",
+        );
+        let _ = client.shutdown(Shutdown::Both);
+        return;
+    }
     if f.stall {
         st.n.stalls.fetch_add(1, Ordering::SeqCst);
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -278,15 +309,36 @@ fn serve(mut client: TcpStream, st: &ProxyState) {
         return;
     };
     let _ = up.set_read_timeout(Some(Duration::from_secs(120)));
+    let mut rest = rest;
+    let mut damage = put && f.damage_put_bodies;
+    if damage && !rest.is_empty() {
+        rest[0] ^= 1;
+        damage = false;
+    }
     if up.write_all(&close_after(&head)).is_err() || up.write_all(&rest).is_err() {
         reset(client);
         return;
     }
-    // The rest of the request body, as the client sends it.
+    // The rest of the request body, as the client sends it (its first byte damaged if asked
+    // and not done yet).
     let pump = {
         let (mut c, mut u) = (client.try_clone().unwrap(), up.try_clone().unwrap());
         std::thread::spawn(move || {
-            let _ = std::io::copy(&mut c, &mut u);
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                match c.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(k) => {
+                        if damage {
+                            buf[0] ^= 1;
+                            damage = false;
+                        }
+                        if u.write_all(&buf[..k]).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
         })
     };
     // Interim 100 Continue answers go through as they are.
@@ -424,6 +476,92 @@ fn seed() -> u64 {
 
 // ------------------------------------------------------------------------ S3 faults
 
+/// A body damaged on its way to the store is refused, whichever upload checksum the probe
+/// chose, and nothing is stored under its key. Garage checks CRC32C, so the probe switches
+/// single-part puts to it (unsigned payload); behind a proxy that makes the store seem to take
+/// any CRC32C, the probe keeps Content-MD5 with a signed payload.
+#[test]
+fn s3_a_body_damaged_in_transit_is_refused_whichever_checksum_the_probe_chose() {
+    use tiergate::backend::{self, s3::S3Backend};
+    use tiergate::config::{S3Config, Secret};
+    let s3 = shared_s3();
+    let proxy = FaultProxy::start(&s3.endpoint);
+    let backend_via_proxy = |name: &str| {
+        let mut c = S3Config::new(Some(&proxy.endpoint()), &s3.region, &s3.bucket);
+        c.path_style = true;
+        c.access_key_id = Some(s3.key_id.clone());
+        c.secret_access_key = Some(Secret(s3.secret.clone()));
+        c.prefix = unique_prefix(name);
+        c.max_attempts = 2;
+        S3Backend::new(&c).unwrap()
+    };
+    let checksum_step = |report: &backend::ProbeReport| {
+        report
+            .steps
+            .iter()
+            .find(|s| s.name == "checksums")
+            .map(|s| s.detail.clone())
+            .unwrap_or_else(|| panic!("no checksums step in\n{report}"))
+    };
+    let data = bytes::Bytes::from(random_bytes(seed(), 1 << 20));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let fast = backend_via_proxy("crc32c");
+        let report = backend::probe(&fast).await.unwrap();
+        assert!(checksum_step(&report).contains("checks CRC32C"), "{report}");
+        let before = proxy.counts();
+        refused_then_stored(&proxy, &fast, "packs/crc32c", &data).await;
+        let after = proxy.counts();
+        assert_eq!(after.crc32c_puts - before.crc32c_puts, 2, "{after:?}");
+        assert_eq!(after.md5_puts, before.md5_puts, "{after:?}");
+
+        let careful = backend_via_proxy("md5");
+        proxy.set(Faults {
+            ignore_crc32c_puts: true,
+            ..Faults::default()
+        });
+        let report = backend::probe(&careful).await.unwrap();
+        assert!(
+            checksum_step(&report).contains("accepted a body whose CRC32C did not match"),
+            "{report}"
+        );
+        let before = proxy.counts();
+        refused_then_stored(&proxy, &careful, "packs/md5", &data).await;
+        let after = proxy.counts();
+        assert_eq!(after.md5_puts - before.md5_puts, 2, "{after:?}");
+        assert_eq!(after.crc32c_puts, before.crc32c_puts, "{after:?}");
+    });
+}
+
+/// A put through `proxy` damaged in transit fails and leaves nothing under `key`; the same
+/// put undamaged then succeeds and reads back.
+async fn refused_then_stored(
+    proxy: &FaultProxy,
+    b: &tiergate::backend::s3::S3Backend,
+    key: &str,
+    data: &bytes::Bytes,
+) {
+    use tiergate::backend::Backend;
+    proxy.set(Faults {
+        damage_put_bodies: true,
+        ..Faults::default()
+    });
+    let err = b.put(key, data.clone()).await.unwrap_err();
+    proxy.clear();
+    eprintln!("damaged put of {key}: {err}");
+    assert!(
+        b.head(key).await.unwrap_err().is_not_found(),
+        "{key} stored"
+    );
+    b.put(key, data.clone()).await.unwrap();
+    assert_eq!(&b.get(key).await.unwrap(), data);
+    b.delete(key).await.unwrap();
+}
+
 /// Latency, error replies, resets and stalls between the daemon and the store while files
 /// are written through the mount and the share; then a clean sync, eviction, reads back under
 /// read faults, and a restart: every acknowledged byte is there, and while the store
@@ -457,7 +595,7 @@ fn s3_faults_on_the_network_lose_nothing() {
         error_pct: 20,
         reset_request_pct: 10,
         reset_response_pct: 10,
-        stall: false,
+        ..Faults::default()
     });
     write_some(&v, &mut files, 8);
     let dav = share(&v);
@@ -530,7 +668,7 @@ fn s3_faults_on_the_network_lose_nothing() {
         error_pct: 10,
         reset_request_pct: 5,
         reset_response_pct: 10,
-        stall: false,
+        ..Faults::default()
     });
     let mut failed_reads = 0;
     for (name, data) in &files {
