@@ -7,7 +7,10 @@
 //! from committed chunks plus dirty bytes, cut with FastCDC, and only the new chunks are
 //! encoded and appended to the open pack. The file's extent map is then spliced over the region
 //! in one atomic metadata batch. Work is proportional to the written range plus at most one
-//! chunk on each side, never to the file. A commit rebuilds at most [`COMMIT_PIECE`] bytes at a
+//! chunk on each side, never to the file. A range smaller than the smallest chunk that lies
+//! wholly inside committed data (a random overwrite) is a *patch* instead: stored as one chunk
+//! of its own and laid over slices of the chunks around it, so a 4 KiB overwrite stores 4 KiB,
+//! not the chunk it falls in. A commit rebuilds at most [`COMMIT_PIECE`] bytes at a
 //! time: it is stored and applied in pieces (each its own batch), which bounds its memory; the
 //! next piece is chunked while the one before is encoded and written (two in flight).
 //!
@@ -2021,7 +2024,22 @@ impl Volume {
     ) -> Result<(Vec<Segment>, DirtyMap)> {
         let mut segments = Vec::new();
         let mut new_tail: DirtyMap = BTreeMap::new();
-        for (a, b) in self.widen_regions(ino, dirty, size)? {
+        for Region {
+            start: a,
+            end: b,
+            patch,
+            ..
+        } in self.widen_regions(ino, dirty, size)?
+        {
+            if patch {
+                segments.push(Segment {
+                    start: a,
+                    end: b,
+                    closed: true,
+                    patch: true,
+                });
+                continue;
+            }
             let extents = self.extents(ino, a, b)?;
             let mut covered: Vec<(u64, u64)> = extents
                 .iter()
@@ -2050,6 +2068,7 @@ impl Volume {
                     start: s,
                     end: t,
                     closed,
+                    patch: false,
                 });
             }
         }
@@ -2111,7 +2130,12 @@ impl Volume {
             let end = seg.end.min(start + room.max(min_window));
             let last = end == seg.end;
             let buf = self.rebuild(ino, dirty, start, end)?;
-            let cuts = chunker::cut_points(&params, &buf);
+            // A patch is one chunk as it is (it is smaller than any cut FastCDC could make).
+            let cuts = if seg.patch {
+                vec![buf.len()]
+            } else {
+                chunker::cut_points(&params, &buf)
+            };
             let mut chunks = Vec::new();
             let mut prev = 0usize;
             let mut commit_end = end;
@@ -2122,7 +2146,7 @@ impl Volume {
                         commit_end = at;
                         break;
                     }
-                    if hold_back && !seg.closed {
+                    if hold_back && !seg.closed && !seg.patch {
                         commit_end = at;
                         tail.insert(at, buf[prev..cut].to_vec());
                         break;
@@ -2200,11 +2224,19 @@ impl Volume {
     /// its boundary was a natural CDC cut, chunking reproduces it (same id, nothing stored);
     /// if it was cut short by an fsync in mid-stream, the data gets its natural boundaries back
     /// and keeps deduplicating against other copies.
-    fn widen_regions(&self, ino: u64, dirty: &DirtyMap, size: u64) -> Result<Vec<(u64, u64)>> {
-        let mut out: Vec<(u64, u64)> = Vec::new();
+    ///
+    /// Except a patch: a range smaller than the volume's smallest chunk, wholly inside
+    /// committed data and apart from every other region, stays as it is. Re-chunking its
+    /// neighbours would store one or two whole chunks again for a few KiB written (random
+    /// overwrites); a later copy of the file's data no longer deduplicates the one chunk
+    /// around it, which is the price.
+    fn widen_regions(&self, ino: u64, dirty: &DirtyMap, size: u64) -> Result<Vec<Region>> {
+        let mut out: Vec<Region> = Vec::new();
+        let patch_below = self.info.chunking.min_size as u64;
         for (&off, bytes) in dirty {
+            let end = off + bytes.len() as u64;
             let mut a = off;
-            let mut b = off + bytes.len() as u64;
+            let mut b = end;
             if a > 0 {
                 if let Some((o, _)) = self.extents(ino, a - 1, a)?.first() {
                     a = a.min(*o);
@@ -2213,13 +2245,49 @@ impl Volume {
             if let Some((o, x)) = self.extents(ino, b, b + 1)?.first() {
                 b = b.max(o + x.len as u64);
             }
-            b = b.min(size.max(off + bytes.len() as u64));
+            b = b.min(size.max(end));
+            // Other patches inside the same chunk are fine; a widened region reaching it is not.
+            let apart = out.last().is_none_or(|last| last.end < off);
+            if apart && end - off < patch_below && self.inside_committed(ino, off, end)? {
+                out.push(Region {
+                    start: off,
+                    end,
+                    patch: true,
+                    wide_start: a,
+                });
+                continue;
+            }
             match out.last_mut() {
-                Some(last) if a <= last.1 => last.1 = last.1.max(b),
-                _ => out.push((a, b)),
+                Some(last) if a <= last.end => {
+                    if last.patch {
+                        // Merged with its neighbour, a patch is rebuilt and chunked like it.
+                        last.start = last.wide_start;
+                        last.patch = false;
+                    }
+                    last.end = last.end.max(b);
+                }
+                _ => out.push(Region {
+                    start: a,
+                    end: b,
+                    patch: false,
+                    wide_start: a,
+                }),
             }
         }
         Ok(out)
+    }
+
+    /// Whether committed extents of `ino` cover `start..end` without a gap (no hole, not past
+    /// the committed end of the file).
+    fn inside_committed(&self, ino: u64, start: u64, end: u64) -> Result<bool> {
+        let mut at = start;
+        for (o, x) in self.extents(ino, start, end)? {
+            if o > at {
+                return Ok(false);
+            }
+            at = at.max(o + x.len as u64);
+        }
+        Ok(at >= end)
     }
 
     /// Whether a committed extent of `ino` ends exactly at `at`.
@@ -2817,11 +2885,22 @@ struct RegionPlan<'d> {
 }
 
 /// A range of a file a commit rebuilds: a widened dirty region without its holes. `closed`:
-/// committed data starts right at `end` (so its last chunk cannot grow).
+/// committed data starts right at `end` (so its last chunk cannot grow). `patch`: stored as
+/// one chunk, not cut (see [`Volume::widen_regions`]).
 struct Segment {
     start: u64,
     end: u64,
     closed: bool,
+    patch: bool,
+}
+
+/// A dirty range as a commit plans it: widened to the extents around it, or a patch left as
+/// it is (`wide_start`: where it would start widened, should it merge with a neighbour).
+struct Region {
+    start: u64,
+    end: u64,
+    patch: bool,
+    wide_start: u64,
 }
 
 /// Where the next piece of a commit starts: a segment and an offset inside it.
