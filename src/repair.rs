@@ -309,6 +309,55 @@ fn chunk_uses(kv: &dyn KvStore) -> Result<Uses> {
     Ok(u)
 }
 
+/// The invariants of the extent maps and the chunk index (docs/FORMAT.md): a file's extents
+/// never overlap; each extent lies inside its chunk; every referenced chunk is indexed, and a
+/// chunk's reference count equals the number of extents naming it. Returns one line per
+/// violation (none: consistent). Reads the whole metadata store.
+pub fn check_extent_map(vol: &Volume) -> Result<Vec<String>> {
+    let kv: &dyn KvStore = vol.journal();
+    let (index, _) = read_index(kv)?;
+    let mut problems = Vec::new();
+    let mut refs: HashMap<ChunkId, u64> = HashMap::new();
+    let mut last: Option<(u64, u64)> = None;
+    scan(kv, &extent_tag(), |k, v| {
+        let (ino, off) = extent_key_parts(k)?;
+        let x = Extent::decode(v)?;
+        if let Some((last_ino, last_end)) = last {
+            if last_ino == ino && off < last_end {
+                problems.push(format!(
+                    "inode {ino}: the extent at {off} overlaps the one before (ends at {last_end})"
+                ));
+            }
+        }
+        last = Some((ino, off + x.len as u64));
+        *refs.entry(x.chunk).or_default() += 1;
+        match index.get(&x.chunk) {
+            None => problems.push(format!(
+                "inode {ino}: the extent at {off} names chunk {} that is not indexed",
+                x.chunk
+            )),
+            Some(c) if x.chunk_offset as u64 + x.len as u64 > c.plain_len as u64 => {
+                problems.push(format!(
+                    "inode {ino}: the extent at {off} ({}+{}) runs past its chunk ({} bytes)",
+                    x.chunk_offset, x.len, c.plain_len
+                ))
+            }
+            Some(_) => {}
+        }
+        Ok(())
+    })?;
+    for (id, c) in &index {
+        let named = refs.get(id).copied().unwrap_or(0);
+        if c.refs != named {
+            problems.push(format!(
+                "chunk {id}: reference count {}, named by {named} extent(s)",
+                c.refs
+            ));
+        }
+    }
+    Ok(problems)
+}
+
 /// The chunk index as stored.
 type Index = HashMap<ChunkId, ChunkRecord>;
 

@@ -1950,12 +1950,18 @@ impl Volume {
     ) -> Result<()> {
         let mut b = Batch::default();
         let mut refs: HashMap<ChunkId, i64> = HashMap::new();
-        let mut logical = 0i64;
+        // Punched together: patches of one piece can lie in the same extent, and the batch is
+        // not applied between them.
+        let ranges: Vec<(u64, u64)> = plans
+            .iter()
+            .filter(|p| p.end > p.start)
+            .map(|p| (p.start, p.end))
+            .collect();
+        let mut logical = self.punch_ranges_into(ino, &ranges, &mut b, &mut refs)?;
         for p in plans {
             if p.end <= p.start {
                 continue;
             }
-            logical += self.punch_into(ino, p.start, p.end, &mut b, &mut refs)?;
             for c in &p.chunks {
                 if let Some(id) = c.id {
                     let x = Extent {
@@ -2331,6 +2337,49 @@ impl Volume {
         Ok(out)
     }
 
+    /// Removes `ranges` (sorted, not overlapping) from the extent map inside batch `b`, keeping
+    /// the parts of each extent they touch that lie outside all of them (as slices of its
+    /// chunk). Returns the change in logical bytes; refcount changes go to `refs`.
+    fn punch_ranges_into(
+        &self,
+        ino: u64,
+        ranges: &[(u64, u64)],
+        b: &mut Batch,
+        refs: &mut HashMap<ChunkId, i64>,
+    ) -> Result<i64> {
+        let mut logical = 0i64;
+        let mut done = HashSet::new();
+        for &(start, end) in ranges {
+            for (off, x) in self.extents(ino, start, end)? {
+                if !done.insert(off) {
+                    continue;
+                }
+                let xend = off + x.len as u64;
+                b.delete(meta::extent_key(ino, off));
+                *refs.entry(x.chunk).or_default() -= 1;
+                logical -= x.len as i64;
+                let mut keep = |from: u64, to: u64| {
+                    let part = x.slice((from - off) as u32, (to - from) as u32);
+                    b.put(meta::extent_key(ino, from), part.encode());
+                    *refs.entry(x.chunk).or_default() += 1;
+                    logical += part.len as i64;
+                };
+                let mut at = off;
+                let first = ranges.partition_point(|r| r.1 <= off);
+                for &(s, e) in ranges[first..].iter().take_while(|r| r.0 < xend) {
+                    if s > at {
+                        keep(at, s);
+                    }
+                    at = at.max(e);
+                }
+                if at < xend {
+                    keep(at, xend);
+                }
+            }
+        }
+        Ok(logical)
+    }
+
     /// Removes `start..end` from the extent map inside batch `b`, trimming extents that straddle
     /// the edges. Returns the change in logical bytes; refcount changes go to `refs`.
     fn punch_into(
@@ -2341,26 +2390,7 @@ impl Volume {
         b: &mut Batch,
         refs: &mut HashMap<ChunkId, i64>,
     ) -> Result<i64> {
-        let mut logical = 0i64;
-        for (off, x) in self.extents(ino, start, end)? {
-            let xend = off + x.len as u64;
-            b.delete(meta::extent_key(ino, off));
-            *refs.entry(x.chunk).or_default() -= 1;
-            logical -= x.len as i64;
-            if off < start {
-                let keep = x.slice(0, (start - off) as u32);
-                b.put(meta::extent_key(ino, off), keep.encode());
-                *refs.entry(x.chunk).or_default() += 1;
-                logical += keep.len as i64;
-            }
-            if xend > end {
-                let keep = x.slice((end - off) as u32, (xend - end) as u32);
-                b.put(meta::extent_key(ino, end), keep.encode());
-                *refs.entry(x.chunk).or_default() += 1;
-                logical += keep.len as i64;
-            }
-        }
-        Ok(logical)
+        self.punch_ranges_into(ino, &[(start, end)], b, refs)
     }
 
     /// Applies a batch of extent-map changes that store no new chunks (truncate, punch, clone,

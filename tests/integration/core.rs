@@ -137,7 +137,11 @@ fn random_operations_match_a_reference_model() {
                 }
                 m[off_out..off_out + len].copy_from_slice(&piece);
             }
-            89..=94 => vol.fsync(ino).unwrap(),
+            89..=94 => {
+                vol.fsync(ino).unwrap();
+                let problems = tiergate::repair::check_extent_map(&vol).unwrap();
+                assert!(problems.is_empty(), "step {step}: {problems:#?}");
+            }
             95..=97 => vol.commit_all(false).unwrap(),
             _ => {
                 vol = reopen(vol, &dir);
@@ -153,6 +157,8 @@ fn random_operations_match_a_reference_model() {
     }
     // Final full comparison after a restart.
     vol = reopen(vol, &dir);
+    let problems = tiergate::repair::check_extent_map(&vol).unwrap();
+    assert!(problems.is_empty(), "{problems:#?}");
     for (i, &ino) in inos.iter().enumerate() {
         let got = read_all(&vol, ino);
         assert!(got == model[i], "file {i} differs after restart");
@@ -305,6 +311,8 @@ fn small_random_overwrites_are_stored_as_patches() {
     // them stay too (sliced).
     assert_eq!(after.stats.chunks, laid_out.stats.chunks + 200);
     let check = |vol: &Volume, when: &str| {
+        let problems = tiergate::repair::check_extent_map(vol).unwrap();
+        assert!(problems.is_empty(), "{when}: {problems:#?}");
         assert!(read_all(vol, ino) == model, "content differs {when}");
         for &(off, len) in &spots {
             for (a, b) in [(off, off + len), (off.saturating_sub(5000), off + 100)] {
