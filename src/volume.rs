@@ -2263,22 +2263,24 @@ impl Volume {
                 });
                 continue;
             }
-            match out.last_mut() {
-                Some(last) if a <= last.end => {
-                    if last.patch {
-                        // Merged with its neighbour, a patch is rebuilt and chunked like it.
-                        last.start = last.wide_start;
-                        last.patch = false;
-                    }
-                    last.end = last.end.max(b);
-                }
-                _ => out.push(Region {
-                    start: a,
-                    end: b,
-                    patch: false,
-                    wide_start: a,
-                }),
+            // A widened region takes in every region it reaches, not only the last: several
+            // patches may lie in the extent it starts in. A patch taken in is widened too.
+            let (mut start, mut end) = (a, b);
+            while let Some(last) = out.last().filter(|last| start <= last.end) {
+                start = start.min(if last.patch {
+                    last.wide_start
+                } else {
+                    last.start
+                });
+                end = end.max(last.end);
+                out.pop();
             }
+            out.push(Region {
+                start,
+                end,
+                patch: false,
+                wide_start: start,
+            });
         }
         Ok(out)
     }

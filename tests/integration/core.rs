@@ -58,12 +58,20 @@ fn random_operations_match_a_reference_model() {
     }
     // A pool of content so that some writes repeat earlier data (exercises dedup paths).
     let pool = random_bytes(seed, 4 << 20);
+    let mut near = vec![0usize; inos.len()];
     for step in 0..3000 {
         let f = rng.gen_range(0..inos.len());
         let ino = inos[f];
         match rng.gen_range(0..100) {
             0..=44 => {
-                let off = rng.gen_range(0..MAX - (1 << 20));
+                // Some writes land near the file's last one: several changed ranges in one
+                // chunk before a commit (patches, and regions widened over them).
+                let off = if rng.gen_bool(0.3) {
+                    (near[f] + rng.gen_range(0..256 << 10)).min(MAX - (1 << 20) - 1)
+                } else {
+                    rng.gen_range(0..MAX - (1 << 20))
+                };
+                near[f] = off.saturating_sub(64 << 10);
                 let len = if rng.gen_bool(0.8) {
                     rng.gen_range(1..64 << 10)
                 } else {
@@ -327,6 +335,38 @@ fn small_random_overwrites_are_stored_as_patches() {
     let dir = tmp.path().join("vol");
     let vol = reopen(vol, &dir);
     check(&vol, "after a restart");
+}
+
+/// Two patches inside one chunk and, before the same commit, a write of more than a chunk's
+/// minimum that starts in that chunk: the large write is widened to the chunk's start and
+/// takes both patches in (a region that took in only the nearer one overlapped the other).
+#[test]
+fn a_widened_write_takes_in_every_patch_of_its_chunk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let params = ChunkerParams::default();
+    let mut model = random_bytes(13, 16 << 20);
+    let (vol, ino, fh) = volume_with_big_file(tmp.path(), &model);
+    let cuts = tiergate::chunker::cut_points(&params, &model);
+    // A chunk of at least 400 KiB: [cs, ce).
+    let (cs, _ce) = std::iter::once(0)
+        .chain(cuts.iter().copied())
+        .zip(cuts.iter().copied())
+        .find(|(s, e)| e - s >= 400 << 10)
+        .expect("a chunk of 400 KiB");
+    for (off, len) in [
+        (cs + 10_000, 4096),
+        (cs + 60_000, 5000),
+        (cs + 120_000, 200 << 10),
+    ] {
+        let data = random_bytes(off as u64, len);
+        vol.write(ino, off as u64, &data).unwrap();
+        model[off..off + len].copy_from_slice(&data);
+    }
+    vol.fsync(ino).unwrap();
+    let problems = tiergate::repair::check_extent_map(&vol).unwrap();
+    assert!(problems.is_empty(), "{problems:#?}");
+    assert!(read_all(&vol, ino) == model, "content differs");
+    vol.release(fh).unwrap();
 }
 
 /// A wrong passphrase is refused before anything is opened or changed.
