@@ -13,8 +13,9 @@
 //! - Once [`S3Backend::probe_crc32c`] (a probe step) has seen this store refuse a body
 //!   whose `x-amz-checksum-crc32c` does not match and accept one that does, both sent with an
 //!   unsigned payload, single-part puts without Object Lock retention carry that CRC32C
-//!   (hardware-accelerated) instead and skip the payload hash. A tampered body still fails on read: every pack and metadata object
-//!   is authenticated (AES-256-GCM) and chunks are verified against their keyed BLAKE3 ids.
+//!   (hardware-accelerated) instead and skip the payload hash. A tampered body still fails on
+//!   read: every pack and metadata object is authenticated (AES-256-GCM) and chunks are
+//!   verified against their keyed BLAKE3 ids.
 //!
 //! Verification before success: a single-part put checks what the store returned (the ETag
 //! against our MD5, or the CRC32C it echoes against ours), then HEADs the object and checks its
@@ -340,12 +341,23 @@ impl S3Backend {
                     "the store accepted a body whose CRC32C did not match: {keep_md5}"
                 ));
             }
+            // Only a 400 says the body was checked (S3: BadDigest or InvalidRequest, Garage:
+            // InvalidDigest); a 5xx that outlived the retries, or a 403, says nothing about it.
+            Err(SdkError::ServiceError(se)) if se.raw().status().as_u16() == 400 => {
+                tracing::debug!(
+                    key,
+                    "a put with a wrong CRC32C was refused: {:?}",
+                    se.err().code()
+                );
+            }
             Err(e) => {
                 let (kind, detail) = classify(&e);
                 if matches!(kind, ErrorKind::Unreachable | ErrorKind::Tls) {
                     return Err(self.error("put (wrong checksum)", key, e));
                 }
-                tracing::debug!(key, "a put with a wrong CRC32C was refused: {detail}");
+                return Ok(format!(
+                    "a put with a wrong CRC32C failed without a 400 ({detail}): {keep_md5}"
+                ));
             }
         }
         if let Err(e) = put(right.clone()).await {

@@ -87,6 +87,8 @@ struct Counters {
 struct ProxyState {
     upstream: SocketAddr,
     faults: Mutex<Faults>,
+    /// PUTs carrying `x-amz-checksum-crc32c` still to be answered with a 5xx error.
+    fail_crc32c_puts: AtomicU64,
     n: Counters,
     stop: AtomicBool,
 }
@@ -111,6 +113,7 @@ impl FaultProxy {
         let state = Arc::new(ProxyState {
             upstream,
             faults: Mutex::new(Faults::default()),
+            fail_crc32c_puts: AtomicU64::new(0),
             n: Counters::default(),
             stop: AtomicBool::new(false),
         });
@@ -138,6 +141,11 @@ impl FaultProxy {
 
     fn clear(&self) {
         self.set(Faults::default());
+    }
+
+    /// Answers the next `n` PUTs that carry `x-amz-checksum-crc32c` with a 5xx error.
+    fn fail_next_crc32c_puts(&self, n: u64) {
+        self.state.fail_crc32c_puts.store(n, Ordering::SeqCst);
     }
 
     /// What the proxy has done so far.
@@ -262,6 +270,20 @@ fn serve(mut client: TcpStream, st: &ProxyState) {
     }
     if put && header_value(&head, "content-md5").is_some() {
         st.n.md5_puts.fetch_add(1, Ordering::SeqCst);
+    }
+    let fail = crc32c
+        && st
+            .fail_crc32c_puts
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |k| k.checked_sub(1))
+            .is_ok();
+    if fail {
+        st.n.errors.fetch_add(1, Ordering::SeqCst);
+        if header_value(&head, "expect").is_none() {
+            drain_body(&mut client, &head, rest.len());
+        }
+        error_reply(&mut client, &method, n);
+        let _ = client.shutdown(Shutdown::Both);
+        return;
     }
     if crc32c && f.ignore_crc32c_puts {
         if header_value(&head, "expect").is_none() {
@@ -479,10 +501,11 @@ fn seed() -> u64 {
 /// A body damaged on its way to the store is refused, whichever upload checksum the probe
 /// chose, and nothing is stored under its key. Garage checks CRC32C, so the probe switches
 /// single-part puts to it (unsigned payload); behind a proxy that makes the store seem to take
-/// any CRC32C, the probe keeps Content-MD5 with a signed payload.
+/// any CRC32C, or that answers the probe's wrong-checksum put with a 5xx (which proves nothing),
+/// the probe keeps Content-MD5 with a signed payload.
 #[test]
 fn s3_a_body_damaged_in_transit_is_refused_whichever_checksum_the_probe_chose() {
-    use tiergate::backend::{self, s3::S3Backend};
+    use tiergate::backend::{self, s3::S3Backend, Backend};
     use tiergate::config::{S3Config, Secret};
     let s3 = shared_s3();
     let proxy = FaultProxy::start(&s3.endpoint);
@@ -534,6 +557,21 @@ fn s3_a_body_damaged_in_transit_is_refused_whichever_checksum_the_probe_chose() 
         let after = proxy.counts();
         assert_eq!(after.md5_puts - before.md5_puts, 2, "{after:?}");
         assert_eq!(after.crc32c_puts, before.crc32c_puts, "{after:?}");
+        proxy.clear();
+
+        // Both attempts (max_attempts = 2) of the wrong-checksum put answered 503/500.
+        let unsure = backend_via_proxy("unsure");
+        proxy.fail_next_crc32c_puts(2);
+        let report = backend::probe(&unsure).await.unwrap();
+        assert!(
+            checksum_step(&report).contains("failed without a 400"),
+            "{report}"
+        );
+        let before = proxy.counts();
+        unsure.put("packs/unsure", data.clone()).await.unwrap();
+        let after = proxy.counts();
+        assert_eq!(after.md5_puts - before.md5_puts, 1, "{after:?}");
+        unsure.delete("packs/unsure").await.unwrap();
     });
 }
 
