@@ -276,15 +276,6 @@ fn serve(mut client: TcpStream, st: &ProxyState) {
             .fail_crc32c_puts
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |k| k.checked_sub(1))
             .is_ok();
-    if fail {
-        st.n.errors.fetch_add(1, Ordering::SeqCst);
-        if header_value(&head, "expect").is_none() {
-            drain_body(&mut client, &head, rest.len());
-        }
-        error_reply(&mut client, &method, n);
-        let _ = client.shutdown(Shutdown::Both);
-        return;
-    }
     if crc32c && f.ignore_crc32c_puts {
         if header_value(&head, "expect").is_none() {
             drain_body(&mut client, &head, rest.len());
@@ -310,7 +301,7 @@ fn serve(mut client: TcpStream, st: &ProxyState) {
     }
     std::thread::sleep(f.latency);
     let roll = ((n % 10) * 10 + (n / 10) % 10) as u32;
-    if roll < f.error_pct {
+    if fail || roll < f.error_pct {
         st.n.errors.fetch_add(1, Ordering::SeqCst);
         // A client waiting for 100-continue gets the final answer instead, without a body.
         if header_value(&head, "expect").is_none() {
