@@ -316,8 +316,8 @@ fn chunk_uses(kv: &dyn KvStore) -> Result<Uses> {
 pub fn check_extent_map(vol: &Volume) -> Result<Vec<String>> {
     let kv: &dyn KvStore = vol.journal();
     let (index, _) = read_index(kv)?;
+    let uses = chunk_uses(kv)?;
     let mut problems = Vec::new();
-    let mut refs: HashMap<ChunkId, u64> = HashMap::new();
     let mut last: Option<(u64, u64)> = None;
     scan(kv, &extent_tag(), |k, v| {
         let (ino, off) = extent_key_parts(k)?;
@@ -330,24 +330,23 @@ pub fn check_extent_map(vol: &Volume) -> Result<Vec<String>> {
             }
         }
         last = Some((ino, off + x.len as u64));
-        *refs.entry(x.chunk).or_default() += 1;
-        match index.get(&x.chunk) {
-            None => problems.push(format!(
-                "inode {ino}: the extent at {off} names chunk {} that is not indexed",
-                x.chunk
-            )),
-            Some(c) if x.chunk_offset as u64 + x.len as u64 > c.plain_len as u64 => {
-                problems.push(format!(
-                    "inode {ino}: the extent at {off} ({}+{}) runs past its chunk ({} bytes)",
-                    x.chunk_offset, x.len, c.plain_len
-                ))
-            }
-            Some(_) => {}
-        }
         Ok(())
     })?;
+    for (id, u) in &uses.chunks {
+        match index.get(id) {
+            None => problems.push(format!(
+                "chunk {id} is named by {} extent(s) but not indexed",
+                u.refs
+            )),
+            Some(c) if u.max_end > c.plain_len => problems.push(format!(
+                "chunk {id}: an extent reaches byte {} of its {} bytes",
+                u.max_end, c.plain_len
+            )),
+            Some(_) => {}
+        }
+    }
     for (id, c) in &index {
-        let named = refs.get(id).copied().unwrap_or(0);
+        let named = uses.chunks.get(id).map_or(0, |u| u.refs);
         if c.refs != named {
             problems.push(format!(
                 "chunk {id}: reference count {}, named by {named} extent(s)",

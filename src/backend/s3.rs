@@ -360,7 +360,7 @@ impl S3Backend {
                 ));
             }
         }
-        if let Err(e) = put(right.clone()).await {
+        if let Err(e) = put(right).await {
             let (kind, detail) = classify(&e);
             if matches!(kind, ErrorKind::Unreachable | ErrorKind::Tls) {
                 return Err(self.error("put (checksum)", key, e));
