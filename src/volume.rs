@@ -334,6 +334,9 @@ pub struct Volume {
     /// The most file data one piece of a commit has rebuilt at once since the volume opened
     /// (see [`COMMIT_PIECE`]).
     largest_piece: AtomicU64,
+    /// File bytes commits have copied since the volume opened (see
+    /// [`Volume::commit_copied_bytes`]).
+    copied_bytes: AtomicU64,
     /// The tenant quota on stored bytes; 0 = none (see [`Volume::set_quota`]).
     quota: AtomicU64,
     /// The status page warns from this share of the quota on, in percent.
@@ -524,6 +527,7 @@ impl Volume {
             dirty_total: AtomicU64::new(0),
             stored_now: AtomicU64::new(stats.stored_bytes),
             largest_piece: AtomicU64::new(0),
+            copied_bytes: AtomicU64::new(0),
             quota: AtomicU64::new(0),
             quota_warn_percent: std::sync::atomic::AtomicU8::new(90),
             quota_logged: Mutex::new(None),
@@ -1994,7 +1998,21 @@ impl Volume {
     /// file's dirty map again, with whatever was written meanwhile laid over it.
     fn replace_dirty(&self, d: &mut FileData, mut base: DirtyMap, base_bytes: u64) {
         for (off, bytes) in std::mem::take(&mut d.dirty) {
-            insert_dirty(&mut base, off, &bytes);
+            // A range that only touches what is given back (a streaming write went on past the
+            // held-back tail) stays a range of its own: merging would copy all of it, tens of
+            // MiB, onto the end of a tail of one chunk. Overlapping ranges merge, newest on top.
+            let end = off + bytes.len() as u64;
+            let overlaps = base
+                .range(..end)
+                .next_back()
+                .is_some_and(|(s, v)| s + v.len() as u64 > off);
+            if overlaps {
+                self.copied_bytes
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                insert_dirty(&mut base, off, &bytes);
+            } else {
+                base.insert(off, bytes);
+            }
         }
         let now: u64 = base.values().map(|v| v.len() as u64).sum();
         self.dirty_total
@@ -2098,6 +2116,7 @@ impl Volume {
                 ));
             }
         }
+        self.copied_bytes.fetch_add(end - start, Ordering::Relaxed);
         let mut buf = vec![0u8; (end - start) as usize];
         let extents = self.extents(ino, start, end)?;
         self.read_committed(ino, &extents, start, &mut buf)?;
@@ -2133,7 +2152,25 @@ impl Volume {
                 break;
             }
             let start = cursor.pos;
-            let end = seg.end.min(start + room.max(min_window));
+            let mut end = seg.end.min(start + room.max(min_window));
+            // A window that runs past the dirty range it starts in is rebuilt into a copy.
+            // Windows borrow instead where they can: one that starts in a large range ends
+            // with it, and one that starts elsewhere ends a window past the start of the next
+            // large range, so that only the bytes around a join are copied.
+            let run_end = dirty
+                .range(..=start)
+                .next_back()
+                .map_or(start, |(o, v)| (o + v.len() as u64).max(start));
+            if run_end < end {
+                if run_end - start >= min_window {
+                    end = run_end;
+                } else if let Some((&o, _)) = dirty
+                    .range(start + 1..end)
+                    .find(|(_, v)| v.len() as u64 >= min_window)
+                {
+                    end = end.min(o + min_window);
+                }
+            }
             let last = end == seg.end;
             let buf = self.rebuild(ino, dirty, start, end)?;
             // A patch is one chunk as it is (it is smaller than any cut FastCDC could make).
@@ -3042,7 +3079,8 @@ fn merge_intervals(mut iv: Vec<(u64, u64)>, lo: u64, hi: u64) -> Vec<(u64, u64)>
 }
 
 /// Inserts `data` at `offset` into a map of non-overlapping ranges (new bytes win), merging
-/// with ranges it overlaps or touches. Returns how many bytes the map grew by.
+/// with ranges it overlaps or touches (a range that starts right after a streaming append may
+/// stay apart: ranges may touch). Returns how many bytes the map grew by.
 fn insert_dirty(map: &mut DirtyMap, offset: u64, data: &[u8]) -> u64 {
     let end = offset + data.len() as u64;
     // Fast path: a streaming write that extends the range ending exactly here.
@@ -3246,6 +3284,13 @@ impl Volume {
     /// opened: what bounds a commit's memory, for tests and the debug log.
     pub fn largest_commit_piece(&self) -> u64 {
         self.largest_piece.load(Ordering::Relaxed)
+    }
+
+    /// File bytes commits have copied since the volume opened: into a window of their own to
+    /// chunk them, and back under data written meanwhile. A streaming write is chunked where
+    /// it lies, so this stays a small share of what was written. For tests and profiles.
+    pub fn commit_copied_bytes(&self) -> u64 {
+        self.copied_bytes.load(Ordering::Relaxed)
     }
 
     /// Data written but not yet committed to packs (in memory).

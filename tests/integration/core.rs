@@ -1,6 +1,7 @@
 //! The filesystem core driven directly (no mount): a seeded random-operation model test and
 //! the cost of a small overwrite in a large file.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use rand::{Rng, SeedableRng};
@@ -527,4 +528,110 @@ fn random_overwrites_store_touched_chunks_in_bounded_pieces() {
         read_all(&vol, ino) == model,
         "content differs after the overwrites"
     );
+}
+
+/// Two writers deliver one stream slightly out of order, each every other MiB and at most a
+/// few MiB apart (as the kernel's writeback through several FUSE threads does), and commits
+/// run while the other writer goes on. The file is still cut exactly where chunking it in one
+/// go cuts, and nothing is stored twice.
+#[test]
+fn an_interleaved_stream_is_cut_as_in_one_go() {
+    let tmp = tempfile::tempdir().unwrap();
+    let params = ChunkerParams::default();
+    let size = 320usize << 20;
+    let data = Arc::new(random_bytes(11, size));
+    let dir = tmp.path().join("vol");
+    Volume::create(&dir, "pw", params, KdfParams::for_tests()).unwrap();
+    let vol = open(&dir);
+    let (a, fh) = vol.create_file(ROOT, b"stream", 0o644, ME).unwrap();
+    let piece = 1usize << 20;
+    // How many pieces each writer has written; neither runs more than 4 pieces ahead.
+    let done = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
+    let writers: Vec<_> = (0..2)
+        .map(|w| {
+            let (vol, data, done) = (vol.clone(), data.clone(), done.clone());
+            std::thread::spawn(move || {
+                for (i, part) in data.chunks(piece).enumerate().filter(|(i, _)| i % 2 == w) {
+                    while i > 2 * done[1 - w].load(Ordering::Acquire) + 8 {
+                        std::thread::yield_now();
+                    }
+                    vol.write(a.ino, (i * piece) as u64, part).unwrap();
+                    done[w].fetch_add(1, Ordering::Release);
+                }
+                done[w].store(usize::MAX / 4, Ordering::Release);
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    vol.fsync(a.ino).unwrap();
+    assert_cut_as_in_one_go(&vol, &params, &data);
+    vol.release(fh).unwrap();
+    assert!(read_all(&vol, a.ino) == *data, "content differs");
+}
+
+/// One writer streams while another thread keeps committing (as the 5-second tick and the
+/// commit threshold do while the kernel writes back): each commit holds back the growing last
+/// chunk and gives it back beside what was written meanwhile. The file is cut as in one go,
+/// and commits copy little of it: what was written during a commit is not copied onto the
+/// held-back chunk, and windows are chunked where they lie.
+#[test]
+fn a_stream_committed_meanwhile_is_cut_as_in_one_go_and_hardly_copied() {
+    let tmp = tempfile::tempdir().unwrap();
+    let params = ChunkerParams::default();
+    let size = 320usize << 20;
+    let data = Arc::new(random_bytes(12, size));
+    let dir = tmp.path().join("vol");
+    Volume::create(&dir, "pw", params, KdfParams::for_tests()).unwrap();
+    let vol = open(&dir);
+    let (a, fh) = vol.create_file(ROOT, b"stream", 0o644, ME).unwrap();
+    let writing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let committer = {
+        let (vol, writing) = (vol.clone(), writing.clone());
+        std::thread::spawn(move || {
+            let mut commits = 0;
+            while writing.load(Ordering::Acquire) {
+                vol.commit_all(false).unwrap();
+                commits += 1;
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            commits
+        })
+    };
+    for (i, part) in data.chunks(1 << 20).enumerate() {
+        vol.write(a.ino, (i << 20) as u64, part).unwrap();
+        // At the pace of a disk, so that commits overlap the stream.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    writing.store(false, Ordering::Release);
+    let commits = committer.join().unwrap();
+    vol.fsync(a.ino).unwrap();
+    let copied = vol.commit_copied_bytes();
+    eprintln!("{commits} commits from the other thread; {copied} bytes copied by commits");
+    assert!(
+        commits > 10,
+        "the test needs commits while the writer goes on"
+    );
+    assert_cut_as_in_one_go(&vol, &params, &data);
+    // About one window (two of the largest chunks) around each join, some 6 MiB a commit
+    // here; before, every byte written during a commit was copied onto the held-back chunk
+    // (1.6 times the file in this test).
+    assert!(
+        copied < size as u64 / 3,
+        "commits copied {copied} of {size} bytes"
+    );
+    vol.release(fh).unwrap();
+    assert!(read_all(&vol, a.ino) == *data, "content differs");
+}
+
+/// The volume holds `data` as its only file, cut exactly where chunking it in one go cuts
+/// (nothing forced at a commit's or a window's end), each chunk once, extent map sound.
+fn assert_cut_as_in_one_go(vol: &Volume, params: &ChunkerParams, data: &[u8]) {
+    let cuts = tiergate::chunker::cut_points(params, data);
+    let st = vol.stats().unwrap();
+    assert_eq!(st.stats.chunks, cuts.len() as u64, "cut differently");
+    assert_eq!(st.stats.unique_bytes, data.len() as u64);
+    let problems = tiergate::repair::check_extent_map(vol).unwrap();
+    assert!(problems.is_empty(), "{problems:?}");
 }
