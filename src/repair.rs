@@ -849,6 +849,9 @@ pub struct VerifyReport {
     /// Problems of a pack rather than of file bytes (an off-site copy missing, a footer
     /// damaged): the files read, but a copy the volume counts on is not whole.
     pub pack_problems: Vec<String>,
+    /// Breaks of the extent map's rules ([`check_extent_map`]): overlapping extents, an extent
+    /// past its chunk's end, a chunk named but not indexed, a reference count that is off.
+    pub extent_map_problems: Vec<String>,
     pub repaired: Vec<Repair>,
     pub elapsed: Duration,
 }
@@ -856,7 +859,9 @@ pub struct VerifyReport {
 impl VerifyReport {
     /// No damage and no pack problem left (repairs done do not count).
     pub fn is_clean(&self) -> bool {
-        self.damaged.is_empty() && self.pack_problems.is_empty()
+        self.damaged.is_empty()
+            && self.pack_problems.is_empty()
+            && self.extent_map_problems.is_empty()
     }
 }
 
@@ -883,6 +888,9 @@ impl fmt::Display for VerifyReport {
         for p in &self.pack_problems {
             writeln!(f, "PACK PROBLEM {p}")?;
         }
+        for p in &self.extent_map_problems {
+            writeln!(f, "EXTENT MAP {p}")?;
+        }
         for r in &self.repaired {
             writeln!(
                 f,
@@ -896,8 +904,8 @@ impl fmt::Display for VerifyReport {
         let o = self.options;
         writeln!(
             f,
-            "checked {}, {}, {} ({} in local packs, {} off-site only): index, pack table, \
-             footers{}{}",
+            "checked {}, {}, {} ({} in local packs, {} off-site only): extent map, index, \
+             pack table, footers{}{}",
             count(self.files as usize, "file"),
             count(self.extents as usize, "extent"),
             count(self.chunks as usize, "chunk"),
@@ -930,7 +938,15 @@ impl fmt::Display for VerifyReport {
                 "result: {}, {}",
                 count(self.damaged.len(), "damaged file"),
                 count(self.pack_problems.len(), "pack problem")
-            )
+            )?;
+            if !self.extent_map_problems.is_empty() {
+                write!(
+                    f,
+                    ", {}",
+                    count(self.extent_map_problems.len(), "extent map problem")
+                )?;
+            }
+            Ok(())
         }
     }
 }
@@ -955,6 +971,7 @@ pub fn verify(
     let kv: &dyn KvStore = vol.journal();
     let mut rep = VerifyReport {
         options: opts,
+        extent_map_problems: check_extent_map(vol)?,
         ..Default::default()
     };
     let uses = chunk_uses(kv)?;

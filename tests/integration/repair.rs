@@ -370,6 +370,47 @@ fn verify_deep_names_a_file_damaged_in_a_pack_not_yet_off_site() {
     );
 }
 
+/// `tiergate verify` checks the extent map's rules too: an extent laid over another (as a
+/// planner bug would leave it) makes it fail and say where, without `--deep`.
+#[test]
+fn verify_reports_overlapping_extents() {
+    let v = TestVolume::new("");
+    let vol = open(&v, PASSPHRASE);
+    let me = Caller { uid: 0, gid: 0 };
+    let (a, fh) = vol.create_file(ROOT, b"f.bin", 0o644, me).unwrap();
+    vol.write(a.ino, 0, &random_bytes(41, 4 << 20)).unwrap();
+    vol.release(fh).unwrap();
+    vol.shutdown().unwrap();
+    drop(vol);
+    let o = run(&["verify"], &v.config, "");
+    assert!(o.status.success(), "a sound volume: {}", text(&o));
+    assert!(stdout(&o).contains("extent map, index"), "{}", text(&o));
+
+    // A copy of the second extent, moved 4 KiB back over the first.
+    let vol = open(&v, PASSPHRASE);
+    let extents = records(&vol, meta::extent_prefix(a.ino));
+    assert!(extents.len() >= 2, "the file needs two chunks");
+    let first = Extent::decode(&extents[0].1).unwrap();
+    let mut b = Batch::default();
+    b.put(
+        meta::extent_key(a.ino, first.len as u64 - 4096),
+        extents[1].1.clone(),
+    );
+    let kv: &dyn KvStore = vol.journal();
+    kv.apply(b).unwrap();
+    vol.shutdown().unwrap();
+    drop(vol);
+    let o = run(&["verify"], &v.config, "");
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains(&format!("EXTENT MAP inode {}: the extent at ", a.ino)),
+        "{out}"
+    );
+    assert!(out.contains("overlaps the one before"), "{out}");
+    assert!(out.contains("extent map problem"), "{out}");
+}
+
 #[test]
 fn verify_deep_repairs_a_damaged_local_copy_of_an_uploaded_pack() {
     let mut v = TestVolume::new("");
