@@ -194,6 +194,9 @@ mib() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
 timed_copy() {
     local t0
     cat "$1" >/dev/null # the source comes from the page cache, not the disk under test
+    # Every contender starts with no dirty pages of an earlier step (S3 server, previous
+    # contender) for the kernel to throttle its writes against.
+    sync
     t0="$(now)"
     dd if="$1" of="$2" bs=1M conv=fsync status=none
     secs "$t0" "$(now)"
@@ -249,7 +252,8 @@ enabled = false" make_volume "$dir" 2>>"$work/logs/tg-init.log")"
 tg_sync() { "$TIERGATE_BIN" sync --config "$TG_CFG" >>"$work/logs/tg-sync.log"; }
 # tg_retire FILE: retention on tiergate, the counterpart of restic's `forget --prune`: delete
 # FILE, then collect garbage (no recycle bin, no grace period, tg_start's [recycle] and [gc]; the
-# default min_live_percent, so packs are rewritten only when under half live) until no dropped
+# default min_live_percent and max_unused_percent, so packs are rewritten when under half live,
+# and then the emptiest until at most a tenth of the pack bytes are dead) until no dropped
 # pack waits to leave the bucket: a pass drops and rewrites packs, and deletes their objects
 # once metadata and a checkpoint that no longer name them are off-site (docs/RETENTION.md).
 tg_retire() {
