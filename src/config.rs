@@ -168,6 +168,10 @@ pub struct GcConfig {
     /// wholly dead packs are always dropped.
     #[serde(default = "default_gc_min_live")]
     pub min_live_percent: u8,
+    /// Packs above `min_live_percent` are repacked too, emptiest first, while the dead bytes in
+    /// the volume's packs exceed this share of all pack bytes, in percent; 100 = off.
+    #[serde(default = "default_gc_max_unused")]
+    pub max_unused_percent: u8,
     /// A dropped pack stays in the bucket at least this long (and until the metadata that no
     /// longer names it is off-site), so a recovery running meanwhile never misses it.
     #[serde(default = "default_gc_grace")]
@@ -183,6 +187,9 @@ fn default_gc_interval() -> u64 {
 fn default_gc_min_live() -> u8 {
     50
 }
+fn default_gc_max_unused() -> u8 {
+    10
+}
 fn default_gc_grace() -> u64 {
     24 * 60
 }
@@ -195,6 +202,7 @@ impl Default for GcConfig {
         GcConfig {
             interval_minutes: default_gc_interval(),
             min_live_percent: default_gc_min_live(),
+            max_unused_percent: default_gc_max_unused(),
             grace_minutes: default_gc_grace(),
             max_rate: default_gc_rate(),
         }
@@ -1175,6 +1183,12 @@ impl Config {
                 self.gc.min_live_percent
             )));
         }
+        if !(1..=100).contains(&self.gc.max_unused_percent) {
+            return Err(Error::Invalid(format!(
+                "gc.max_unused_percent = {} is outside 1..=100 (100 turns the bound off)",
+                self.gc.max_unused_percent
+            )));
+        }
         if self.recycle.days > 3650 {
             return Err(Error::Invalid(format!(
                 "recycle.days = {} is more than ten years",
@@ -1345,6 +1359,7 @@ mod tests {
         );
         assert_eq!((cfg.recycle.days, cfg.quota.limit), (7, None));
         assert_eq!((cfg.gc.min_live_percent, cfg.gc.grace_minutes), (50, 1440));
+        assert_eq!(cfg.gc.max_unused_percent, 10);
         let s = &cfg.snapshots;
         assert_eq!(
             (s.interval_minutes, s.keep_last, s.keep_daily, s.keep_weekly),
@@ -1393,6 +1408,7 @@ mod tests {
             ("[quota]\nwarn_percent = 0", "quota.warn_percent"),
             ("[quota]\nlimit = \"1 furlong\"", "furlong"),
             ("[gc]\nmin_live_percent = 99", "gc.min_live_percent"),
+            ("[gc]\nmax_unused_percent = 0", "gc.max_unused_percent"),
             ("[gc]\nmax_rate = \"10KiB\"", "gc.max_rate"),
             ("[recycle]\ndays = 5000", "recycle.days"),
             ("[recycle]\nweeks = 1", "weeks"),

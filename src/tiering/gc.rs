@@ -38,6 +38,7 @@ pub struct GcOptions {
     /// Between background passes; None: only on demand.
     pub interval: Option<Duration>,
     pub min_live_percent: u8,
+    pub max_unused_percent: u8,
     pub grace: Duration,
     /// Bytes per second read and rewritten while repacking.
     pub max_rate: u64,
@@ -105,6 +106,7 @@ impl GcOptions {
             interval: (g.interval_minutes > 0)
                 .then(|| Duration::from_secs(g.interval_minutes * 60)),
             min_live_percent: g.min_live_percent,
+            max_unused_percent: g.max_unused_percent,
             grace: Duration::from_secs(g.grace_minutes * 60),
             max_rate: g.max_rate.bytes(),
         }
@@ -120,6 +122,7 @@ impl Tiering {
         let opts = &self.opts.gc;
         let policy = GcPolicy {
             min_live_percent: opts.min_live_percent,
+            max_unused_percent: opts.max_unused_percent,
             // One pass rewrites what the rate allows in about ten minutes.
             max_rewrite_bytes: opts.max_rate.saturating_mul(600),
         };

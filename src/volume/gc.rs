@@ -21,6 +21,9 @@ use super::*;
 pub struct GcPolicy {
     /// Packs whose live bytes are below this share of their size are rewritten.
     pub min_live_percent: u8,
+    /// Fuller packs are rewritten too, emptiest first, while the dead bytes of all kept packs
+    /// exceed this share of their size (restic's `prune --max-unused` bound; 100 = off).
+    pub max_unused_percent: u8,
     /// At most this many live bytes are rewritten per pass (bounds one pass's work).
     pub max_rewrite_bytes: u64,
 }
@@ -40,7 +43,8 @@ pub struct CorePass {
     pub bytes_dropped: u64,
     /// Local disk freed (dropped packs that still had a local file).
     pub local_bytes_freed: u64,
-    /// Dead bytes left in packs kept (above the rewrite threshold, or over this pass's budget).
+    /// Dead bytes left in packs kept (above the rewrite threshold and within the unused bound,
+    /// or over this pass's budget).
     pub garbage_left_bytes: u64,
     /// Packs left alone because a chunk in them could not be read (see the log).
     pub packs_unreadable: u64,
@@ -119,32 +123,37 @@ impl Volume {
         pass.packs_considered = table.len() as u64;
         let (live, _) = self.live_by_pack(&HashSet::new())?;
         let mut dead = Vec::new();
-        let mut sparse: Vec<(u64, u64, u64)> = Vec::new(); // (live, id, size)
+        let mut kept: Vec<(u64, u64, u64)> = Vec::new(); // (live, id, size)
         for (id, r) in &table {
-            let l = live.get(id).copied().unwrap_or(0);
-            if l == 0 {
-                dead.push((*id, r.size));
-            } else if l * 100 < r.size * policy.min_live_percent as u64 {
-                sparse.push((l, *id, r.size));
-            } else {
-                pass.garbage_left_bytes += r.size.saturating_sub(l);
+            match live.get(id).copied().unwrap_or(0) {
+                0 => dead.push((*id, r.size)),
+                l => kept.push((l.min(r.size), *id, r.size)),
             }
         }
         // The emptiest first: the most space back for the bytes copied.
-        sparse.sort_by(|a, b| (a.0 * b.2).cmp(&(b.0 * a.2)));
+        kept.sort_by(|a, b| (a.0 * b.2).cmp(&(b.0 * a.2)));
+        // What the kept packs will hold once the chosen ones are rewritten: a rewrite removes
+        // the pack's dead bytes (its live bytes move into a new pack).
+        let mut garbage: u64 = kept.iter().map(|k| k.2 - k.0).sum();
+        let mut stored: u64 = kept.iter().map(|k| k.2).sum();
         let mut budget = policy.max_rewrite_bytes;
         let mut chosen = HashSet::new();
-        for &(l, id, size) in &sparse {
-            if l <= budget {
+        let mut sparse: Vec<(u64, u64, u64)> = Vec::new(); // the chosen, in order
+        for &(l, id, size) in &kept {
+            let below_threshold = l * 100 < size * policy.min_live_percent as u64;
+            let over_bound = garbage * 100 > stored * policy.max_unused_percent as u64;
+            if l < size && (below_threshold || over_bound) && l <= budget {
                 budget -= l;
                 chosen.insert(id);
-            } else {
-                pass.garbage_left_bytes += size - l;
+                sparse.push((l, id, size));
+                garbage -= size - l;
+                stored -= size - l;
             }
         }
+        pass.garbage_left_bytes = garbage;
         if !chosen.is_empty() {
             let (_, chunks) = self.live_by_pack(&chosen)?;
-            for &(_, id, size) in sparse.iter().filter(|s| chosen.contains(&s.1)) {
+            for &(_, id, size) in &sparse {
                 let Some(list) = chunks.get(&id) else {
                     dead.push((id, size)); // emptied meanwhile
                     continue;

@@ -304,6 +304,74 @@ fn s3_gc_drops_dead_packs_rewrites_sparse_ones_and_deletes_objects_when_safe() {
     assert!(o.status.success(), "verify after gc: {}", text(&o));
 }
 
+/// Bytes of a volume's local pack files.
+fn local_pack_bytes(v: &TestVolume) -> u64 {
+    let dir = v.vol_dir().join("packs");
+    local_packs(v)
+        .iter()
+        .map(|p| std::fs::metadata(dir.join(p)).unwrap().len())
+        .sum()
+}
+
+/// Packs three quarters live are far above `min_live_percent` (0 here), yet their dead quarters
+/// add up: with `max_unused_percent = 10` GC rewrites the emptiest of them until the dead bytes
+/// left are at most a tenth of the pack bytes, and no more; with the bound off (100) it
+/// rewrites nothing. Embedded store: the rule is the core's.
+#[test]
+fn gc_rewrites_fuller_packs_while_the_unused_share_is_over_its_bound() {
+    const ROUNDS: usize = 16;
+    const KEEP: usize = 768 << 10;
+    const GONE: usize = 256 << 10;
+    for bound in [100u64, 10] {
+        let mut v = TestVolume::new(&format!(
+            "{SMALL}\n[gc]\ninterval_minutes = 0\ngrace_minutes = 0\nmin_live_percent = 0\n\
+             max_unused_percent = {bound}\n"
+        ));
+        v.start();
+        let keep = random_bytes(21, ROUNDS * KEEP);
+        {
+            // Interleaved with fsyncs, so nearly every pack holds both files, about 3:1.
+            let gone = random_bytes(22, ROUNDS * GONE);
+            let mut a = std::fs::File::create(v.path("keep.bin")).unwrap();
+            let mut b = std::fs::File::create(v.path("gone.bin")).unwrap();
+            for i in 0..ROUNDS {
+                a.write_all(&keep[i * KEEP..(i + 1) * KEEP]).unwrap();
+                a.sync_all().unwrap();
+                b.write_all(&gone[i * GONE..(i + 1) * GONE]).unwrap();
+                b.sync_all().unwrap();
+            }
+        }
+        sync_ok(&v, "60");
+        std::fs::remove_file(v.path("gone.bin")).unwrap();
+        let reports = gc_until_settled(&v);
+        let first = &reports[0];
+        let (rewritten, copied) = (n(first, "packs_rewritten"), n(first, "bytes_rewritten"));
+        let left = n(first, "garbage_left_bytes");
+        if bound == 100 {
+            assert_eq!(rewritten, 0, "{first}");
+            // Most of the deleted file is still there, in packs kept as they were.
+            assert!(left >= (ROUNDS * GONE / 2) as u64, "{first}");
+        } else {
+            assert!(rewritten >= 2, "{first}");
+            let packs = local_pack_bytes(&v);
+            assert!(
+                left * 100 <= packs * bound,
+                "{left} dead of {packs}: {first}"
+            );
+            // Emptiest first, and only until the bound holds: not every live byte moved.
+            assert!(copied < (ROUNDS * KEEP) as u64 * 9 / 10, "{first}");
+            assert!(left > 0, "{first}");
+        }
+        let o = tiergate(&["evict"], &v.config);
+        assert!(o.status.success(), "{}", text(&o));
+        let got = std::fs::read(v.path("keep.bin")).unwrap();
+        assert!(got == keep, "keep.bin differs after gc (bound {bound})");
+        v.stop();
+        let o = tiergate(&["verify"], &v.config);
+        assert!(o.status.success(), "verify after gc: {}", text(&o));
+    }
+}
+
 #[test]
 fn s3_gc_waits_out_the_grace_period_before_deleting_objects() {
     let s3 = shared_s3();
