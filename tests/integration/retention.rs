@@ -228,7 +228,8 @@ fn s3_gc_drops_dead_packs_rewrites_sparse_ones_and_deletes_objects_when_safe() {
     let s3 = shared_s3();
     let prefix = unique_prefix("gc");
     let mut v = TestVolume::new(&format!(
-        "{SMALL}\n[gc]\ninterval_minutes = 0\ngrace_minutes = 0\nmin_live_percent = 60\n{}",
+        "{SMALL}\n[gc]\ninterval_minutes = 0\ngrace_minutes = 0\nmin_live_percent = 60\n\
+         max_unused_percent = 100\n{}",
         s3_section(&s3, &prefix)
     ));
     v.start();
@@ -254,7 +255,9 @@ fn s3_gc_drops_dead_packs_rewrites_sparse_ones_and_deletes_objects_when_safe() {
     let before = pack_objects(&s3, &prefix);
     assert!(before.len() >= 16, "{before:?}");
 
-    // Nothing is garbage yet: a pass drops nothing.
+    // No file is deleted yet: a pass drops nothing. (The tails each fsync cut short and the
+    // next write re-cut are a little garbage; this test turns the bound on it off, see
+    // gc_rewrites_fuller_packs_while_the_unused_share_is_over_its_bound.)
     let r = gc(&v);
     assert_eq!(n(&r, "packs_dropped"), 0, "{r}");
     assert_eq!(n(&r, "packs_rewritten"), 0, "{r}");
