@@ -14,7 +14,7 @@ use tiergate::backend::{layout, list_all};
 use crate::common::{
     random_bytes, s3_section, shared_s3, text, tiergate, unique_prefix, TestVolume, S3,
 };
-use crate::tiering::{backend_of, rt, sync_ok};
+use crate::tiering::{backend_of, local_pack_bytes, rt, sync_ok};
 use crate::webdav::share;
 
 /// Small chunks and packs, so a few MiB make many packs (GC works per pack).
@@ -307,15 +307,6 @@ fn s3_gc_drops_dead_packs_rewrites_sparse_ones_and_deletes_objects_when_safe() {
     assert!(o.status.success(), "verify after gc: {}", text(&o));
 }
 
-/// Bytes of a volume's local pack files.
-fn local_pack_bytes(v: &TestVolume) -> u64 {
-    let dir = v.vol_dir().join("packs");
-    local_packs(v)
-        .iter()
-        .map(|p| std::fs::metadata(dir.join(p)).unwrap().len())
-        .sum()
-}
-
 /// Packs three quarters live are far above `min_live_percent` (0 here), yet their dead quarters
 /// add up: with `max_unused_percent = 10` GC rewrites the emptiest of them until the dead bytes
 /// left are at most a tenth of the pack bytes, and no more; with the bound off (100) it
@@ -356,7 +347,7 @@ fn gc_rewrites_fuller_packs_while_the_unused_share_is_over_its_bound() {
             assert!(left >= (ROUNDS * GONE / 2) as u64, "{first}");
         } else {
             assert!(rewritten >= 2, "{first}");
-            let packs = local_pack_bytes(&v);
+            let packs = local_pack_bytes(&v.vol_dir());
             assert!(
                 left * 100 <= packs * bound,
                 "{left} dead of {packs}: {first}"

@@ -64,7 +64,7 @@ fn num(v: &serde_json::Value, key: &str) -> u64 {
 }
 
 /// Pack files in the local cache: whole packs and fetched ranges (allocated bytes).
-fn local_pack_bytes(vol_dir: &Path) -> u64 {
+pub(crate) fn local_pack_bytes(vol_dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     let mut total = 0;
     for sub in ["packs", "cache"] {
