@@ -162,16 +162,7 @@ impl TestVolume {
     pub fn move_to_tmpfs(&mut self, size: &str) -> TmpfsGuard {
         assert!(self.daemon.is_none(), "stop the daemon first");
         let small = self.dir.path().join("small");
-        std::fs::create_dir(&small).unwrap();
-        nix::mount::mount(
-            Some("tmpfs"),
-            &small,
-            Some("tmpfs"),
-            nix::mount::MsFlags::empty(),
-            Some(format!("size={size}").as_str()),
-        )
-        .expect("mount tmpfs (needs root)");
-        let guard = TmpfsGuard(small.clone());
+        let guard = mount_tmpfs(&small, size);
         let ok = Command::new("cp")
             .arg("-a")
             .arg(self.vol_dir())
@@ -185,6 +176,21 @@ impl TestVolume {
         std::fs::write(&self.config, cfg).unwrap();
         guard
     }
+}
+
+/// Mounts a tmpfs of `size` (e.g. "96m") at the new directory `dir`, a small filesystem a test
+/// can fill. It is unmounted when the guard is dropped.
+pub fn mount_tmpfs(dir: &Path, size: &str) -> TmpfsGuard {
+    std::fs::create_dir(dir).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        dir,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some(format!("size={size}").as_str()),
+    )
+    .expect("mount tmpfs (needs root)");
+    TmpfsGuard(dir.to_path_buf())
 }
 
 /// Unmounts a test's tmpfs when dropped.
