@@ -750,8 +750,10 @@ pub fn mount(
         MountOption::Subtype("tiergate".into()),
         MountOption::DefaultPermissions,
         MountOption::NoAtime,
-        MountOption::Dev,
-        MountOption::Suid,
+        // Backups may hold device nodes and set-uid programs: they are stored and restored as
+        // they are, but never opened as devices or run with their owner's rights from here.
+        MountOption::NoDev,
+        MountOption::NoSuid,
     ];
     config.acl = if opts.allow_other {
         SessionACL::All
