@@ -545,3 +545,45 @@ fn the_mount_reads_ahead_four_mib() {
     v.start();
     assert!(fs::read(v.path("big")).unwrap() == data);
 }
+
+/// Device nodes and set-uid programs are stored as they are (type, device number, mode), also
+/// across a restart, but the mount is `nodev,nosuid`: a stored device cannot be opened.
+#[test]
+fn device_nodes_and_setuid_bits_are_stored_but_not_honoured() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let mut v = TestVolume::new("");
+    v.start();
+    let mnt = v.mnt.canonicalize().unwrap();
+    let options = fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == mnt.to_str())
+        .map(|l| l.split_whitespace().nth(3).unwrap().to_string())
+        .expect("the mount in /proc/self/mounts");
+    let options: Vec<&str> = options.split(',').collect();
+    assert!(
+        options.contains(&"nodev") && options.contains(&"nosuid"),
+        "{options:?}"
+    );
+    // The device /dev/null is (1, 3).
+    nix::sys::stat::mknod(
+        &v.path("null"),
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o666),
+        libc::makedev(1, 3),
+    )
+    .unwrap();
+    fs::write(v.path("tool"), b"#!/bin/sh\nid -u\n").unwrap();
+    fs::set_permissions(v.path("tool"), fs::Permissions::from_mode(0o4755)).unwrap();
+    assert_eq!(errno_of(File::open(v.path("null"))), libc::EACCES);
+    v.stop();
+    v.start();
+    let dev = fs::metadata(v.path("null")).unwrap();
+    assert!(dev.file_type().is_char_device());
+    assert_eq!(dev.rdev(), libc::makedev(1, 3));
+    assert_eq!(
+        fs::metadata(v.path("tool")).unwrap().mode() & 0o7777,
+        0o4755
+    );
+    v.stop();
+}
