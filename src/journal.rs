@@ -183,9 +183,7 @@ impl<S: KvStore> JournaledKv<S> {
         let mut b = Batch::default();
         b.put(local_key(CONSISTENCY_POINT), seq.to_le_bytes().to_vec());
         let now = std::time::SystemTime::now();
-        let unix = now
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let unix = crate::meta::unix_secs(now);
         b.put(
             local_key(CONSISTENCY_POINT_TIME),
             unix.to_le_bytes().to_vec(),

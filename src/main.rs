@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -691,10 +691,7 @@ fn recycle(cmd: RecycleCmd) -> Result<()> {
             );
             for f in files {
                 let when = f["deleted_unix"].as_u64().unwrap_or(0);
-                let age = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs())
-                    .saturating_sub(when);
+                let age = tiergate::meta::unix_now().saturating_sub(when);
                 println!(
                     "{:>10}  deleted {:>6.1} h ago  {:>12} bytes  {}",
                     f["ino"],

@@ -145,9 +145,12 @@ impl Reader<'_> {
 
 /// Now, in whole Unix seconds (0 if the clock is before 1970).
 pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    unix_secs(SystemTime::now())
+}
+
+/// A time in whole Unix seconds (0 if before 1970).
+pub fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

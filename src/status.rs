@@ -8,11 +8,12 @@
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
 use serde::Serialize;
 
+use crate::meta::{unix_now, unix_secs};
 use crate::tiering::Tiering;
 use crate::volume::{SnapshotStatus, Volume};
 
@@ -174,10 +175,6 @@ pub struct Sample {
     pub dirty_bytes: u64,
 }
 
-fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
 fn ratio(a: u64, b: u64) -> f64 {
     if a == 0 || b == 0 {
         1.0
@@ -235,7 +232,7 @@ impl Reporter {
             schema: SCHEMA_VERSION,
             version: env!("CARGO_PKG_VERSION"),
             uptime_s: uptime.as_secs(),
-            now_unix: unix(now),
+            now_unix: unix_secs(now),
             volume: VolumeInfo {
                 id: self.vol.info().volume_id.clone(),
                 path: self.vol.dir().display().to_string(),
@@ -300,7 +297,7 @@ impl Reporter {
                 description: t.store.clone(),
                 healthy: t.last_error.is_none() && t.fenced_by.is_none(),
                 last_error: t.last_error.as_ref().map(|(_, m)| m.clone()),
-                last_error_unix: t.last_error.as_ref().map(|(at, _)| unix(*at)),
+                last_error_unix: t.last_error.as_ref().map(|(at, _)| unix_secs(*at)),
                 lease_held_by: t.fenced_by.clone(),
             },
             frontends: Frontends {
@@ -332,7 +329,7 @@ impl Reporter {
         let mut last = self.last.lock();
         let secs = now.duration_since(last.0).as_secs_f64().max(0.001);
         let s = Sample {
-            t_unix: unix(SystemTime::now()),
+            t_unix: unix_now(),
             upload_bps: t.uploaded_bytes.saturating_sub(last.1) as f64 / secs,
             fetch_bps: t.fetched_bytes.saturating_sub(last.2) as f64 / secs,
             dirty_bytes: t.queued_bytes + self.vol.uncommitted_bytes(),
@@ -377,7 +374,7 @@ pub fn event(level: &'static str, message: impl Into<String>) {
         e.pop_front();
     }
     e.push_back(Event {
-        at_unix: unix(SystemTime::now()),
+        at_unix: unix_now(),
         level,
         message: message.into(),
     });

@@ -50,7 +50,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::auth::Users;
 use crate::config::WebdavConfig;
 use crate::error::{Error, Result};
-use crate::meta::{FileKind, ROOT_INO};
+use crate::meta::{unix_secs, FileKind, ROOT_INO};
 use crate::volume::{Attr, Caller, Changed, RenameMode, SetAttr, Volume, XattrSet, MAX_NAME_LEN};
 
 /// Bytes of a PUT body gathered before one core `write` (one blocking-pool round trip).
@@ -985,12 +985,6 @@ fn new_token() -> String {
     )
 }
 
-fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 fn opt_hex(v: Option<&[u8]>) -> String {
     v.map(hex::encode).unwrap_or_else(|| "-".into())
 }
@@ -1012,7 +1006,7 @@ pub fn encode_locks(locks: &[DavLock]) -> Vec<u8> {
             opt_hex(l.principal.as_deref().map(str::as_bytes)),
             opt_hex(owner.as_deref()),
             l.timeout_at
-                .map(|t| unix(t).to_string())
+                .map(|t| unix_secs(t).to_string())
                 .unwrap_or("-".into()),
             l.timeout
                 .map(|t| t.as_secs().to_string())

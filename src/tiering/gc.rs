@@ -22,14 +22,14 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
 use super::{metasync, run_blocking, Tiering};
 use crate::backend::{layout, ErrorKind};
 use crate::error::Result;
-use crate::meta::{unix_now, PackState};
+use crate::meta::{unix_now, unix_secs, PackState};
 use crate::volume::{CorePass, GcPolicy};
 
 /// The knobs of GC (from `[gc]`).
@@ -93,10 +93,6 @@ impl GcReport {
             self.retention_until_unix = Some(self.retention_until_unix.map_or(u, |e| e.min(u)));
         }
     }
-}
-
-fn unix_of(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 impl GcOptions {
@@ -255,7 +251,7 @@ impl Tiering {
                         Ok(info) => {
                             if let Some(until) = info.retain_until {
                                 if until > SystemTime::now() {
-                                    return Ok(Deleted::Retained(Some(unix_of(until))));
+                                    return Ok(Deleted::Retained(Some(unix_secs(until))));
                                 }
                             }
                         }

@@ -17,7 +17,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
@@ -119,9 +119,7 @@ impl Tiering {
         let lease = Lease {
             appliance: me,
             host: host_name(),
-            since_unix: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            since_unix: crate::meta::unix_now(),
         };
         let body = serde_json::to_vec_pretty(&lease).expect("lease to JSON");
         self.backend.put(LEASE_OBJECT, Bytes::from(body)).await?;
