@@ -6,15 +6,18 @@
 #   bash benches/run.sh --quick          # 256 MiB, 2,000 small files, short fio runs (~5 min)
 #   bash benches/run.sh --size 1G        # 18 min here
 #   bash benches/run.sh --size 1G --only a,c,study
+#   bash benches/run.sh --only soak       # the 10-minute soak alone
 #
 # Options:
 #   --size S          data size of workloads a-d and f (256M, 1G, 4G; default 4G)
-#   --quick           --size 256M (unless given), 2,000 small files, 10 s random-write runs
-#   --only LIST       workloads to run, comma-separated: a b c d e f study (default all; d
+#   --quick           --size 256M (unless given), 2,000 small files, 10 s random-write runs,
+#                     a 60 s soak
+#   --only LIST       workloads to run, comma-separated: a b c d e f study soak (default all; d
 #                     runs on the file a wrote, so it implies a)
 #   --chunk-sizes L   average chunk sizes of the study (default 256K,512K,1M,2M,4M; min and
 #                     max are avg/4 and avg*4, as in the default 128K/512K/2M)
 #   --study-size S    size of the study's backup chain (default the smaller of --size and 1G)
+#   --soak-secs N     length of the soak (default 600)
 #   --no-publish      do not copy the results into docs/BENCHMARKS.md and benches/results/latest.*
 #   --work DIR        scratch directory (default /var/tmp/tiergate-bench.PID; removed at the end)
 #
@@ -31,6 +34,10 @@
 #   e  small files: create, stat, read, delete (benches/smallfiles.py)
 #   f  WebDAV PUT and GET of a large file: tiergate's share against `rclone serve webdav`
 #   study  workload c on tiergate for each average chunk size
+#   soak   the fault suite's soak test (tests/integration/faults.rs) against the same Garage:
+#          writes, overwrites, PUTs, deletes, reads, syncs and evictions in a loop, the daemon's
+#          memory and descriptors sampled twice a second; it runs the tiergate of this checkout
+#          (cargo's test build), whatever TIERGATE_BIN says
 #
 # S3 traffic of every contender goes through benches/s3count.py, a counting proxy in front of
 # Garage: bytes each way and HTTP requests by method, the same method for all. Results: JSON
@@ -48,8 +55,8 @@ user_bin="${TIERGATE_BIN:-}"
 # shellcheck source=benches/lib.sh
 . benches/lib.sh
 
-size="" quick=0 only="a,b,c,d,e,f,study" chunk_sizes="256K,512K,1M,2M,4M" study_size=""
-publish=1 work=""
+size="" quick=0 only="a,b,c,d,e,f,study,soak" chunk_sizes="256K,512K,1M,2M,4M" study_size=""
+soak_secs="" publish=1 work=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --size) size="$2"; shift 2 ;;
@@ -57,6 +64,7 @@ while [ $# -gt 0 ]; do
         --only) only="$2"; shift 2 ;;
         --chunk-sizes) chunk_sizes="$2"; shift 2 ;;
         --study-size) study_size="$2"; shift 2 ;;
+        --soak-secs) soak_secs="$2"; shift 2 ;;
         --no-publish) publish=0; shift ;;
         --work) work="$2"; shift 2 ;;
         -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -74,10 +82,11 @@ else
     SN=$((N < (1 << 30) ? N : (1 << 30)))
 fi
 if [ "$quick" = 1 ]; then
-    smallfiles=2000 fio_runtime=10
+    smallfiles=2000 fio_runtime=10 soak_secs="${soak_secs:-60}"
 else
-    smallfiles=20000 fio_runtime=30
+    smallfiles=20000 fio_runtime=30 soak_secs="${soak_secs:-600}"
 fi
+[[ "$soak_secs" =~ ^[1-9][0-9]*$ ]] || die "--soak-secs must be a whole number of seconds"
 want() { [[ ",$only," == *",$1,"* ]]; }
 want d && ! want a && only="$only,a"
 CHAIN_BLOCK=$((1 << 20)) CHAIN_PCT=3 CHAIN_DAYS=5 CHAIN_SEED=20261202
@@ -111,6 +120,20 @@ started="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 if [ -z "$user_bin" ]; then
     log "cargo build --release"
     cargo build --release --quiet
+fi
+SOAK_BIN=""
+if want soak; then
+    # Built now and run as it is later: sources edited during a long run do not change it.
+    log "cargo test --release --no-run --test integration (the soak)"
+    SOAK_BIN="$(cargo test --release --quiet --no-run --test integration --message-format=json |
+        python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "integration" \
+            and m.get("executable"):
+        print(m["executable"])')"
+    [ -x "$SOAK_BIN" ] || die "cargo test --no-run named no integration test binary"
 fi
 GEN="$work/gen"
 cc -O2 -o "$GEN" benches/gen.c
@@ -643,6 +666,36 @@ dav_workload() {
     rc_done
 }
 
+# ---- soak: the fault suite's soak test --------------------------------------------------------
+soak_workload() {
+    local report="$work/soak.json" rc=0
+    log "soak: $soak_secs s (faults::soak_memory_and_descriptors_stay_flat, straight to Garage)"
+    rm -f "$report"
+    TIERGATE_SOAK_SECS="$soak_secs" TIERGATE_SOAK_REPORT="$report" \
+        "$SOAK_BIN" faults::soak_memory_and_descriptors_stay_flat --exact --nocapture \
+        >"$work/logs/soak.log" 2>&1 || rc=$?
+    cp "$work/logs/soak.log" "$resdir/soak.log"
+    [ -s "$report" ] || die "soak: no figures (exit $rc); see $resdir/soak.log"
+    python3 - "$report" "$rc" >>"$BENCH_RESULTS" <<'PY'
+import json, sys
+r, rc = json.load(open(sys.argv[1])), int(sys.argv[2])
+def rec(metric, unit, contender, value, baseline=""):
+    print(json.dumps({"workload": "soak", "metric": metric, "unit": unit, "contender": contender,
+                      "value": value, "baseline": baseline}))
+rec("operations (write, overwrite, PUT, delete, read, sync, evict)", "count", "tiergate",
+    r["operations"])
+rec("syncs until off-site, evictions", "count", "tiergate", r["syncs"] + r["evictions"])
+rec("daemon RSS", "MiB", "soak-first", r["rss_first_half_max_kib"] >> 10, "soak-first")
+rec("daemon RSS", "MiB", "soak-later", r["rss_later_half_median_kib"] >> 10, "soak-first")
+rec("open file descriptors", "count", "soak-first", r["fds_first_half_max"], "soak-first")
+rec("open file descriptors", "count", "soak-later", r["fds_later_half_median"], "soak-first")
+rec("daemon peak RSS", "MiB", "tiergate", r["peak_rss_kib"] >> 10)
+# 1 when memory and descriptors stayed flat and every file matched its model (the test passed).
+rec("test passed", "1 = yes", "tiergate", int(rc == 0 and r["flat"]))
+PY
+    [ "$rc" = 0 ] || log "soak: the test FAILED (exit $rc); see $resdir/soak.log"
+}
+
 # ---- run ---------------------------------------------------------------------------------------
 log "run $run_id: size $(human "$N"), quick=$quick, workloads $only, work dir $work"
 if want a || want f; then
@@ -659,6 +712,7 @@ fi
 want c && chain_workload
 want study && study_workload
 want e && small_workload
+want soak && soak_workload
 rm -rf "$work/chain-$N"
 
 finished="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -668,6 +722,7 @@ cp "$BENCH_RESULTS" "$resdir/$name.jsonl"
 BENCH_GARAGE_BIN="$GARAGE_BIN" python3 benches/report.py "$BENCH_RESULTS" "$resdir/$name" \
     --size "$N" --quick "$quick" --started "$started" --finished "$finished" \
     --workdir "$work" --study-size "$SN" --smallfiles "$smallfiles" --fio-runtime "$fio_runtime" \
+    --soak-secs "$(want soak && echo "$soak_secs" || echo 0)" \
     --tiergate "$TIERGATE_BIN" "${pub[@]}"
 if [ "$publish" = 1 ]; then
     mkdir -p benches/results

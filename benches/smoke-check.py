@@ -4,9 +4,9 @@
     python3 benches/smoke-check.py target/bench-results/bench-64M-quick.json
 
 The figures of such a run mean nothing (64 MiB on a busy CI machine); what is checked is that
-the harness still works end to end: every workload and the chunk-size study produced rows,
-every contender each workload is meant to measure has a positive figure, and every ratio was
-computed. Prints one line per failed check and a summary line "bench-smoke: N passed, N failed".
+the harness still works end to end: every workload, the chunk-size study and the soak produced
+rows, every contender each workload is meant to measure has a positive figure, every ratio was
+computed, and the soak's test passed. Prints one line per failed check and a summary line "bench-smoke: N passed, N failed".
 """
 
 import json
@@ -23,6 +23,7 @@ EXPECTED = {
     "f": {"tiergate-webdav", "rclone-webdav"},
     # One contender per average chunk size asked for (the step asks for 512K and 1M).
     "study": {"avg 512K", "avg 1M"},
+    "soak": {"tiergate", "soak-first", "soak-later"},
 }
 
 
@@ -57,6 +58,9 @@ def main():
             if r["unit"] in ("MiB/s", "s") and c in r["values"]:
                 v = r["values"][c]
                 check(v is not None and v > 0, f"{name}: {c} = {v!r}")
+    # The soak's own test must have passed (memory and descriptors flat, files intact).
+    soak = [r for r in rows if r["workload"] == "soak" and r["metric"].startswith("test passed")]
+    check(soak and soak[0]["values"].get("tiergate") == 1, "soak: the test did not pass")
     print(f"bench-smoke: {passed} passed, {failed} failed ({len(rows)} rows)")
     sys.exit(1 if failed else 0)
 

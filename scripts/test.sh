@@ -13,8 +13,8 @@
 #   cargo-test   cargo test --release --no-fail-fast: unit tests, and integration tests that mount FUSE themselves
 #   fuzz         fuzz/run.sh: builds the cargo-fuzz targets (nightly) and runs each for
 #                FUZZ_SECS (default 25) seconds; a crash fails the step (docs/FUZZING.md)
-#   bench-smoke  benches/run.sh --quick on 64 MiB, every workload and the chunk-size study against
-#                every contender, then benches/smoke-check.py: the harness still runs end to end
+#   bench-smoke  benches/run.sh --quick on 64 MiB, every workload, the chunk-size study and a
+#                20 s soak, then benches/smoke-check.py: the harness still runs end to end
 #                and every figure is there (the figures themselves mean nothing on CI)
 #   mount        a fresh volume in a temporary directory, `tiergate serve`, wait for the mount
 #   litmus       tests/suites/litmus.sh against the WebDAV share of that daemon (address from its log)
@@ -217,7 +217,7 @@ fi
 # --- the benchmark harness, tiny: it must keep working (its figures mean nothing here) ----------
 bench_smoke() {
     TIERGATE_BIN="$PWD/target/release/tiergate" bash benches/run.sh --quick --size 64M \
-        --study-size 64M --chunk-sizes 512K,1M --no-publish &&
+        --study-size 64M --chunk-sizes 512K,1M --soak-secs 20 --no-publish &&
         python3 benches/smoke-check.py target/bench-results/bench-64M-quick.json
 }
 if [ "${TG_SKIP_BENCH:-0}" = 1 ]; then
