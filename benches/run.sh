@@ -679,23 +679,22 @@ soak_workload() {
         >"$work/logs/soak.log" 2>&1 || rc=$?
     cp "$work/logs/soak.log" "$resdir/soak.log"
     [ -s "$report" ] || die "soak: no figures (exit $rc); see $resdir/soak.log"
-    python3 - "$report" "$rc" >>"$BENCH_RESULTS" <<'PY'
+    local ops syncs rss1 rss2 fds1 fds2 peak flat
+    read -r ops syncs rss1 rss2 fds1 fds2 peak flat < <(python3 -c '
 import json, sys
-r, rc = json.load(open(sys.argv[1])), int(sys.argv[2])
-def rec(metric, unit, contender, value, baseline=""):
-    print(json.dumps({"workload": "soak", "metric": metric, "unit": unit, "contender": contender,
-                      "value": value, "baseline": baseline}))
-rec("operations (write, overwrite, PUT, delete, read, sync, evict)", "count", "tiergate",
-    r["operations"])
-rec("syncs until off-site, evictions", "count", "tiergate", r["syncs"] + r["evictions"])
-rec("daemon RSS", "MiB", "soak-first", r["rss_first_half_max_kib"] >> 10, "soak-first")
-rec("daemon RSS", "MiB", "soak-later", r["rss_later_half_median_kib"] >> 10, "soak-first")
-rec("open file descriptors", "count", "soak-first", r["fds_first_half_max"], "soak-first")
-rec("open file descriptors", "count", "soak-later", r["fds_later_half_median"], "soak-first")
-rec("daemon peak RSS", "MiB", "tiergate", r["peak_rss_kib"] >> 10)
-# 1 when memory and descriptors stayed flat and every file matched its model (the test passed).
-rec("test passed", "1 = yes", "tiergate", int(rc == 0 and r["flat"]))
-PY
+r = json.load(open(sys.argv[1]))
+print(r["operations"], r["syncs"] + r["evictions"], r["rss_first_half_max_kib"] >> 10,
+      r["rss_later_half_median_kib"] >> 10, r["fds_first_half_max"], r["fds_later_half_median"],
+      r["peak_rss_kib"] >> 10, int(r["flat"]))' "$report")
+    rec soak "operations (write, overwrite, PUT, delete, read, sync, evict)" count tiergate "$ops"
+    rec soak "syncs until off-site, evictions" count tiergate "$syncs"
+    rec soak "daemon RSS" MiB soak-first "$rss1" soak-first
+    rec soak "daemon RSS" MiB soak-later "$rss2" soak-first
+    rec soak "open file descriptors" count soak-first "$fds1" soak-first
+    rec soak "open file descriptors" count soak-later "$fds2" soak-first
+    rec soak "daemon peak RSS" MiB tiergate "$peak"
+    # 1 when memory and descriptors stayed flat and every file matched its model (the test passed).
+    rec soak "test passed" "1 = yes" tiergate "$([ "$rc" = 0 ] && [ "$flat" = 1 ] && echo 1 || echo 0)"
     [ "$rc" = 0 ] || log "soak: the test FAILED (exit $rc); see $resdir/soak.log"
 }
 

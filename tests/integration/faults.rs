@@ -1041,15 +1041,20 @@ fn a_stale_directory_listing_never_truncates_a_renamed_file() {
 
 // ------------------------------------------------------------------------ soak
 
+/// A KiB field of a process's /proc status ("VmRSS:", "VmHWM:").
+fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
 /// Resident memory (KiB) and open file descriptors of a process.
 fn rss_and_fds(pid: u32) -> (u64, u64) {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let rss = s
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|n| n.parse().ok())
-        .unwrap();
+    let rss = status_kib(pid, "VmRSS:");
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
         .count() as u64;
@@ -1172,13 +1177,7 @@ fn soak_memory_and_descriptors_stay_flat() {
     let rss_flat = rss_later_median <= rss_first_max + rss_first_max / 4 + (64 << 10);
     let fds_flat = fds_later_median <= fds_first_max + 16;
     if let Ok(path) = std::env::var("TIERGATE_SOAK_REPORT") {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        let peak_kib = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|l| l.split_whitespace().next())
-            .and_then(|n| n.parse::<u64>().ok())
-            .unwrap();
+        let peak_kib = status_kib(pid, "VmHWM:");
         let report = serde_json::json!({
             "secs": secs, "operations": ops, "syncs": syncs, "evictions": evictions,
             "files": model.len(), "samples": samples.len(), "peak_rss_kib": peak_kib,
