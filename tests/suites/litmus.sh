@@ -10,7 +10,8 @@
 #
 # Prints one summary line per suite and a closing line
 #   litmus: N passed, N failed, N skipped
-# and exits non-zero if a test failed or a suite did not run to its summary.
+# (skipped: the tests litmus did not run because one they depend on failed) and exits non-zero
+# if a test failed, a suite did not run to its summary, or a suite skipped every test.
 #
 # Environment:
 #   LITMUS          the binary (default: litmus on PATH)
@@ -47,22 +48,44 @@ passed=0
 failed=0
 skipped=0
 ran=0
+# litmus's output for one suite (the tests themselves aside):
+#   -> running `locks':
+#   ...
+#   24. notowner_modify....... SKIPPED
+#   -> 7 tests were skipped.                    ("-> 1 test was skipped." for one)
+#   <- summary for `locks': of 34 tests run: 30 passed, 4 failed. 88.2%
+#   -> 1 warning was issued.
+# The skip count precedes the summary and the summary counts only the tests run; a suite whose
+# every test was skipped prints "<- all tests skipped for `locks'." instead of a summary.
 for s in $suites; do
-    line="$(grep -E "^<- summary for \`$s':" "$logdir/litmus.log" | tail -n 1 || true)"
+    # This suite's lines: from its "-> running" line to the next suite's.
+    section="$(awk -v s="$s" '
+        /^-> running `/ { on = (index($0, "-> running `" s "\x27:") == 1) }
+        on' "$logdir/litmus.log")"
+    line="$(grep -E "^<- summary for \`$s':" <<<"$section" | tail -n 1 || true)"
+    k="$(sed -n 's/^-> \([0-9]*\) tests\{0,1\} w[ae][sr]e\{0,1\} skipped\.$/\1/p' <<<"$section" | tail -n 1)"
+    # Without the line (an older or newer litmus), the tests marked SKIPPED.
+    [ -n "$k" ] || k="$(grep -cE '[[:space:]]SKIPPED$' <<<"$section" || true)"
+    if grep -qE "^<- all tests skipped for \`$s'" <<<"$section"; then
+        # Nothing of the suite was checked: a failure, with its skips counted.
+        echo "litmus: $s: every test skipped ($k) (see $logdir/litmus.log)"
+        failed=$((failed + 1))
+        skipped=$((skipped + k))
+        continue
+    fi
     if [ -z "$line" ]; then
         echo "litmus: suite $s did not finish (see $logdir/litmus.log)"
         failed=$((failed + 1))
+        skipped=$((skipped + k))
         continue
     fi
     ran=$((ran + 1))
     p="$(sed -n 's/.* \([0-9]*\) passed.*/\1/p' <<<"$line")"
     f="$(sed -n 's/.* \([0-9]*\) failed.*/\1/p' <<<"$line")"
-    # "N skipped" appears only when litmus skipped tests (a suite's prerequisite failed).
-    k="$(sed -n 's/.* \([0-9]*\) skipped.*/\1/p' <<<"$line")"
     passed=$((passed + ${p:-0}))
     failed=$((failed + ${f:-0}))
-    skipped=$((skipped + ${k:-0}))
-    echo "litmus: $s: ${line#*: }"
+    skipped=$((skipped + k))
+    echo "litmus: $s: ${line#*: }$([ "$k" -eq 0 ] || echo "; $k skipped")"
 done
 echo "litmus: $passed passed, $failed failed, $skipped skipped"
 if [ "$failed" -ne 0 ] || [ "$ran" -eq 0 ]; then
