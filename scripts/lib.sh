@@ -4,6 +4,7 @@
 #   start_tiergate CONFIG LOG   start `tiergate serve` in the background, wait for the mount
 #   stop_tiergate               SIGTERM, wait, fall back to kill -9 and `umount -l`
 #   make_volume DIR             passphrase + config under DIR, `tiergate init`; prints the config path
+#   require_live_mount DIR WHO  fails unless DIR lies in a tiergate mount whose daemon answers
 #
 # start_tiergate and stop_tiergate must run in the calling shell (not in `$(...)`), because they
 # keep the daemon's pid in TIERGATE_PID and use `wait` on it.
@@ -64,6 +65,48 @@ is_mounted() {
     local dir
     dir="$(realpath -m "$1")"
     awk -v d="$dir" '$2 == d { found = 1 } END { exit !found }' /proc/self/mounts
+}
+
+# tiergate_mount_of DIR: prints the mount point DIR lies in (the longest mount point that is DIR
+# or one of its parents) if that mount is a tiergate one (is_tiergate_mounted's test); fails if
+# DIR lies in any other file system (a mount that went away leaves DIR on the one below).
+tiergate_mount_of() {
+    local dir
+    dir="$(realpath -m "$1")"
+    awk -v d="$dir" '
+        {
+            mp = $2
+            gsub(/\\040/, " ", mp)
+            if (d == mp || mp == "/" || index(d, mp "/") == 1) {
+                if (length(mp) >= best_len) {
+                    best_len = length(mp)
+                    best = mp
+                    ok = ($3 == "fuse.tiergate" || ($3 == "fuse" && $1 ~ /^tiergate/))
+                }
+            }
+        }
+        END { if (ok) print best; exit !ok }' /proc/self/mounts
+}
+
+# require_live_mount DIR WHO: succeeds if DIR lies in a tiergate mount (tiergate_mount_of) that
+# answers: its root is inode 1 and a stat of DIR returns within 10 s (a mount whose daemon died
+# stays in the mount table but answers ENOTCONN). Otherwise prints why, prefixed with "WHO: ", on
+# stderr and fails. The third-party suites call it before and after they run, so they never
+# report a pass for the file system underneath. TG_SUITE_ANY_DIR=1 accepts any directory (a
+# baseline run on ext4 or tmpfs).
+require_live_mount() {
+    local dir="$1" who="$2" mp ino
+    [ "${TG_SUITE_ANY_DIR:-0}" != 1 ] || return 0
+    if ! mp="$(tiergate_mount_of "$dir")"; then
+        echo "$who: $dir is not in a tiergate mount ($(findmnt -n -o FSTYPE,SOURCE -T "$dir" 2>/dev/null | tr -s ' ' || echo '?'));" \
+            "TG_SUITE_ANY_DIR=1 runs against any directory" >&2
+        return 1
+    fi
+    if ! ino="$(timeout 10 stat -c %i "$mp" 2>&1)" || [ "$ino" != 1 ] ||
+        ! timeout 10 stat "$dir" >/dev/null 2>&1; then
+        echo "$who: the tiergate mount at $mp does not answer (stat: $ino)" >&2
+        return 1
+    fi
 }
 
 # log_tail LOG [N]: the last N (default 40) lines of LOG on stderr, framed.

@@ -25,8 +25,13 @@
 #   unmount      SIGTERM; tiergate must unmount and exit 0
 #   remount      serve the same volume again (it must open and mount), then stop it again
 # A failed step does not stop the later ones unless they depend on it. Ends with a summary line
-# "Summary: N passed, N failed, N skipped" counting test cases (and failed steps that have no
-# cases of their own); exits non-zero if anything failed.
+#   Summary: N passed, N failed, N skipped (skipped steps: fuzz, bench-smoke; not run: fsx)
+# counting test cases, and steps as one case each where they have no cases of their own: a
+# failed step, a step skipped on request (TG_SKIP_*: one skip each, named), and a step that
+# should have run but did not (its prerequisite failed, the mount went away: one failure each,
+# named "not run"). A step whose command succeeded but that counted no passing case, or counted
+# failed cases, fails. The exit status follows the counts: non-zero if anything failed or did
+# not run.
 #
 # Environment: TG_SKIP_DEPS=1, TG_SKIP_CARGO_TEST=1, TG_SKIP_FUZZ=1, TG_SKIP_BENCH=1 skip those steps (for quick
 # iterations);
@@ -58,6 +63,10 @@ step_notes=()
 n_passed=0
 n_failed=0
 n_skipped=0
+skipped_steps=()
+missing_steps=()
+# Steps that run test cases of their own: they must count at least one passed case.
+case_steps=" cargo-test fuzz bench-smoke litmus clients pjdfstest fsx "
 
 # record NAME STATUS SECS NOTE
 record() {
@@ -82,9 +91,21 @@ step() {
 }
 
 # count_step NAME RC PASSED FAILED SKIPPED NOTE: adds a step's case counts to the totals; a failed
-# step that counted no failed case counts as one failure itself.
+# step that counted no failed case counts as one failure itself. A step with cases of its own
+# (case_steps) whose command succeeded fails all the same if it counted a failed case or no
+# passed case: its log did not say what the step claims.
 count_step() {
     local name="$1" rc="$2" p="$3" f="$4" s="$5" note="$6"
+    if [ "$rc" -eq 0 ] && [[ "$case_steps" == *" $name "* ]]; then
+        if [ "$f" -gt 0 ]; then
+            rc=1
+            note="$note; exit status 0 with $f failed"
+        elif [ "$p" -eq 0 ]; then
+            rc=1
+            note="$note; exit status 0 but no passed case in $name.log"
+        fi
+    fi
+    [ "$f" -ge 0 ] || f=0
     n_passed=$((n_passed + p))
     n_skipped=$((n_skipped + s))
     if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
@@ -110,10 +131,23 @@ plain_step() {
     return "$rc"
 }
 
+# skip_step NAME WHY: a step left out on request (TG_SKIP_*): one skip, named in the summary.
 skip_step() {
     echo
     echo "===== $1: skipped ($2) ====="
     record "$1" skipped 0 "$2"
+    n_skipped=$((n_skipped + 1))
+    skipped_steps+=("$1")
+}
+
+# missing_step NAME WHY: a step that should have run and did not (an earlier step it needs
+# failed): one failure, named in the summary.
+missing_step() {
+    echo
+    echo "===== $1: NOT RUN ($2) ====="
+    record "$1" "NOT RUN" 0 "$2"
+    n_failed=$((n_failed + 1))
+    missing_steps+=("$1")
 }
 
 # sum_field LOG REGEX WORD: sums the number before WORD on lines of LOG that match REGEX.
@@ -179,7 +213,7 @@ if [ "$build_ok" = 1 ] && [ "${TG_SKIP_CARGO_TEST:-0}" != 1 ]; then
 fi
 
 if [ "$build_ok" = 0 ]; then
-    skip_step cargo-test "build failed"
+    missing_step cargo-test "the build failed"
 elif [ "${TG_SKIP_CARGO_TEST:-0}" = 1 ]; then
     skip_step cargo-test "TG_SKIP_CARGO_TEST=1"
 else
@@ -223,7 +257,7 @@ bench_smoke() {
 if [ "${TG_SKIP_BENCH:-0}" = 1 ]; then
     skip_step bench-smoke "TG_SKIP_BENCH=1"
 elif [ "$build_ok" != 1 ]; then
-    skip_step bench-smoke "the build failed"
+    missing_step bench-smoke "the build failed"
 else
     rc=0
     step bench-smoke bench_smoke || rc=$?
@@ -260,6 +294,16 @@ if [ "$build_ok" = 1 ]; then
     else
         count_step mount "$rc" 0 0 0 "see mount.log, tiergate-serve.log"
     fi
+fi
+
+if [ "$build_ok" != 1 ]; then
+    for s in mount litmus clients pjdfstest fsx unmount remount; do
+        missing_step "$s" "the build failed"
+    done
+elif [ "$mounted" != 1 ]; then
+    for s in litmus clients pjdfstest fsx; do
+        missing_step "$s" "no mount"
+    done
 fi
 
 if [ "$mounted" = 1 ]; then
@@ -312,14 +356,16 @@ if [ "$mounted" = 1 ]; then
     f="$(sum_field "$LOGDIR/pjdfstest.log" '^pjdfstest: [0-9]+ passed' failed)"
     s="$(sum_field "$LOGDIR/pjdfstest.log" '^pjdfstest: [0-9]+ passed' skipped)"
     # Allowlisted failures do not fail the run; they are reported as skipped.
+    [ "$known" -le "$f" ] || known="$f"
     count_step pjdfstest "$rc" "$p" "$((f - known))" "$((s + known))" \
         "${line#pjdfstest: }$known_note"
 
     # The mount must survive pjdfstest before fsx can mean anything.
-    if ! kill -0 "$TIERGATE_PID" 2>/dev/null || ! is_tiergate_mounted "$TIERGATE_MNT"; then
+    if ! kill -0 "$TIERGATE_PID" 2>/dev/null || ! require_live_mount "$TIERGATE_MNT" test.sh; then
         log "tiergate is no longer running or mounted after pjdfstest"
         log_tail "$LOGDIR/tiergate-serve.log"
         mounted=0
+        missing_step fsx "tiergate is no longer running or mounted after pjdfstest"
     fi
 fi
 
@@ -337,7 +383,15 @@ if [ -n "$TIERGATE_PID" ]; then
     echo "===== unmount: SIGTERM, clean exit ====="
     start=$SECONDS
     rc=0
-    stop_tiergate >"$LOGDIR/unmount.log" 2>&1 || rc=$?
+    {
+        # A daemon that already exited (it exits 0 when its mount disappears) did not unmount on
+        # SIGTERM; stop_tiergate still reaps it and cleans up.
+        if ! kill -0 "$TIERGATE_PID" 2>/dev/null; then
+            echo "tiergate (pid $TIERGATE_PID) had exited before the SIGTERM"
+            rc=1
+        fi
+        stop_tiergate || rc=$?
+    } >"$LOGDIR/unmount.log" 2>&1
     cat "$LOGDIR/unmount.log"
     LAST_SECS=$((SECONDS - start))
     count_step unmount "$rc" 0 0 0 ""
@@ -355,7 +409,13 @@ if [ -n "$TIERGATE_PID" ]; then
         cat "$LOGDIR/remount.log"
         LAST_SECS=$((SECONDS - start))
         count_step remount "$rc" 0 0 0 ""
+    else
+        missing_step remount "the unmount failed"
     fi
+elif [ "$build_ok" = 1 ]; then
+    # The daemon exited on its own (or never started): it was not there to stop.
+    missing_step unmount "tiergate was not running any more"
+    missing_step remount "tiergate was not running any more"
 fi
 
 # --- summary -----------------------------------------------------------------------------------
@@ -370,5 +430,11 @@ done
 if [ "$any_failed" = 1 ] && [ "$n_failed" -eq 0 ]; then
     n_failed=1
 fi
-echo "Summary: $n_passed passed, $n_failed failed, $n_skipped skipped"
-[ "$any_failed" = 0 ]
+named=()
+[ "${#skipped_steps[@]}" -eq 0 ] || named+=("skipped steps: $(IFS=,; echo "${skipped_steps[*]}" | sed 's/,/, /g')")
+[ "${#missing_steps[@]}" -eq 0 ] || named+=("not run: $(IFS=,; echo "${missing_steps[*]}" | sed 's/,/, /g')")
+extra=""
+[ "${#named[@]}" -eq 0 ] || extra=" ($(IFS=';'; echo "${named[*]}" | sed 's/;/; /g'))"
+echo "Summary: $n_passed passed, $n_failed failed, $n_skipped skipped$extra"
+# The exit status follows the counts.
+[ "$n_failed" -eq 0 ] && [ "$any_failed" = 0 ]

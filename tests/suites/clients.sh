@@ -7,7 +7,9 @@
 #   tests/suites/clients.sh DIR URL LOGDIR
 #
 # DIR is the tiergate mount, URL the WebDAV share of the same daemon (its root is the root of
-# the mount). The suite works in DIR/clients.XXXXXX (the same collection over WebDAV) and a
+# the mount). DIR must be a live tiergate mount before each client and after the last (a client
+# that ran while the mount was gone tested another file system and fails; TG_SUITE_ANY_DIR=1
+# accepts any directory). The suite works in DIR/clients.XXXXXX (the same collection over WebDAV) and a
 # local scratch directory, and removes both at the end.
 #
 #   restic     repository on the mount; backup, restore, check --read-data
@@ -34,6 +36,8 @@
 #   CLIENTS_TIMEOUT seconds each client command may take before it is killed (default 300)
 #   CLIENTS_KEEP=1  keep the work directories (their paths are printed)
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib.sh"
 
 if [ $# -ne 3 ]; then
     echo "usage: $0 DIR URL LOGDIR" >&2
@@ -46,6 +50,10 @@ logdir="$(realpath -e "$3")"
 clients="${CLIENTS:-restic borg duplicity rclone tar rsync}"
 seed="${CLIENTS_SEED:-7}"
 cmd_timeout="${CLIENTS_TIMEOUT:-300}"
+if ! require_live_mount "$mnt" clients; then
+    echo "clients: 0 passed, $(wc -w <<<"$clients") failed, 0 skipped"
+    exit 1
+fi
 
 remote_dir="$(mktemp -d "$mnt/clients.XXXXXX")"
 remote_url="$url$(basename "$remote_dir")"
@@ -317,7 +325,9 @@ for c in $clients; do
     # A subshell per client: its environment variables stay its own.
     (
         set +e
-        if ! declare -F "client_$c" >/dev/null; then
+        if ! require_live_mount "$mnt" clients; then
+            echo "FAIL not run: the mount is gone" >"$scratch/$c.result"
+        elif ! declare -F "client_$c" >/dev/null; then
             echo "FAIL no such client (known: restic borg duplicity rclone tar rsync)" \
                 >"$scratch/$c.result"
         elif "client_$c"; then
@@ -337,5 +347,13 @@ for c in $clients; do
         tail -n 15 "$clog" | sed "s/^/  $c| /"
     fi
 done
+# A mount that went away during the last client leaves its result meaningless.
+if ! require_live_mount "$mnt" clients; then
+    echo "clients: the mount is gone after the run: the last client ($c) does not count"
+    if [ "$passed" -gt 0 ] && [ "${result%% *}" = OK ]; then
+        passed=$((passed - 1))
+        failed=$((failed + 1))
+    fi
+fi
 echo "clients: $passed passed, $failed failed, 0 skipped"
 [ "$failed" -eq 0 ]

@@ -13,6 +13,9 @@
 # close/reopen, fsync, fdatasync, posix_fallocate, fallocate(PUNCH_HOLE|KEEP_SIZE), sendfile,
 # posix_fadvise and copy_file_range within the file.
 #
+# DIR must be in a live tiergate mount before and after each run (TG_SUITE_ANY_DIR=1 accepts any
+# directory, for a baseline): a run whose mount went away tested another file system and fails.
+#
 # LOGDIR receives fsx.toml and fsx-<run>.log per run; on failure also fsx-<run>/ with fsx's
 # artifacts (<file>.fsxgood: the expected contents; the log holds the last 1024 operations).
 #
@@ -27,6 +30,8 @@
 #   FSX_TIMEOUT          seconds before one run is killed (default 1500)
 #   FSX_INJECT           skip operation N (hidden fsx option), to check that failures are caught
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib.sh"
 
 if [ $# -ne 2 ]; then
     echo "usage: $0 DIR LOGDIR" >&2
@@ -35,6 +40,7 @@ fi
 dir="$(realpath -e "$1")"
 mkdir -p "$2"
 logdir="$(realpath -e "$2")"
+require_live_mount "$dir" fsx || { echo "fsx: 0 passed, 2 failed"; exit 1; }
 
 ops="${FSX_OPS:-100000}"
 flen="${FSX_FLEN:-67108864}"
@@ -97,6 +103,11 @@ run_fsx() {
     local label="$1" seed="$2" out="$logdir/fsx-$1.log" art="$logdir/fsx-$1" file="$dir/fsx-$1.data"
     local start rc=0 elapsed extra=()
     mkdir -p "$art"
+    if ! require_live_mount "$dir" fsx; then
+        echo "fsx: $label run (seed $seed) FAILED: not run, the mount is gone" >&2
+        failed=$((failed + 1))
+        return
+    fi
     [ -z "${FSX_INJECT:-}" ] || extra=(--inject "$FSX_INJECT")
     {
         echo "# fsx run '$label': seed $seed, $ops ops, file $file"
@@ -106,7 +117,10 @@ run_fsx() {
     timeout --kill-after=30 "$run_timeout" \
         "$fsx" -f "$conf" -N "$ops" -S "$seed" -P "$art" "${extra[@]}" "$file" >>"$out" 2>&1 || rc=$?
     elapsed=$((SECONDS - start))
-    if [ "$rc" -eq 0 ] && grep -q 'All operations completed A-OK' "$out"; then
+    if ! require_live_mount "$dir" fsx; then
+        echo "fsx: $label run (seed $seed) FAILED: the mount is gone after the run (status $rc)" >&2
+        failed=$((failed + 1))
+    elif [ "$rc" -eq 0 ] && grep -q 'All operations completed A-OK' "$out"; then
         echo "fsx: $label run (seed $seed): $ops ops OK in ${elapsed}s"
         passed=$((passed + 1))
         rm -f "$file"

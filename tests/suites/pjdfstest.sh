@@ -3,8 +3,10 @@
 #
 #   tests/suites/pjdfstest.sh DIR LOGDIR
 #
-# DIR is a directory on the file system under test (the tiergate mount, or any directory for a
-# baseline); pjdfstest works in a temporary directory inside it. Must run as root: about half of
+# DIR is a directory in a live tiergate mount (checked before and after the run: a mount that
+# died during it fails the suite, whatever the cases said; TG_SUITE_ANY_DIR=1 accepts any
+# directory, for a baseline on another file system); pjdfstest works in a temporary directory
+# inside it. Must run as root: about half of
 # the cases chown, mknod or switch to the dummy users `nobody` and `tests`
 # (scripts/install-test-deps.sh creates `tests`).
 #
@@ -25,6 +27,8 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=scripts/lib.sh
+. "$here/../../scripts/lib.sh"
 
 if [ $# -ne 2 ]; then
     echo "usage: $0 DIR LOGDIR" >&2
@@ -33,6 +37,7 @@ fi
 dir="$(realpath -e "$1")"
 mkdir -p "$2"
 logdir="$(realpath -e "$2")"
+require_live_mount "$dir" pjdfstest || { echo "pjdfstest: 0 passed, 1 failed, 0 skipped"; exit 1; }
 
 known="${PJD_KNOWN_FAILURES:-$here/pjdfstest-known-failures.txt}"
 naptime="${PJD_NAPTIME:-0.1}"
@@ -185,6 +190,12 @@ elif [ "$rc" -ne 0 ] && [ "$failed" -eq 0 ]; then
 fi
 if [ "$((passed + failed + skipped))" -eq 0 ]; then
     echo "pjdfstest: no test case ran" >&2
+    status=1
+fi
+# The cases ran against whatever DIR was: if the mount went away during the run, they tested the
+# file system underneath (or failed on a dead mount) and prove nothing about tiergate.
+if ! require_live_mount "$dir" pjdfstest; then
+    echo "pjdfstest: the mount is gone after the run: its results do not count" >&2
     status=1
 fi
 
