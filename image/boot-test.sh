@@ -86,6 +86,8 @@ listen = "0.0.0.0:8080"
 tls = true
 [web]
 listen = "0.0.0.0:8081"
+# QEMU's user network: connections forwarded from the host come from 10.0.2.2.
+management_cidrs = ["10.0.2.2/32"]
 [ssh]
 authorized_keys = ["$(cat "$work/id_ed25519.pub")"]
 EOF
@@ -168,10 +170,11 @@ if [[ $accel == kvm ]]; then
 fi
 
 # --- ready ---------------------------------------------------------------------------------
-status_url=http://127.0.0.1:$p_web/api/v1/status
+# The status server speaks TLS with the appliance's self-signed certificate (hence -k).
+status_url=https://127.0.0.1:$p_web/api/v1/status
 ready=""
 while :; do
-    if curl -fsS -m 5 -o "$work/status0.json" "$status_url" 2>/dev/null; then
+    if curl -fsSk -m 5 -o "$work/status0.json" "$status_url" 2>/dev/null; then
         ready=$(python3 -c "import time; print(f'{time.time() - $t0:.1f}')")
         break
     fi
@@ -233,7 +236,7 @@ check "SMB file read back over SMB, identical" cmp "$work/smb.bin" "$work/back-s
 check "SMB file read back over WebDAV, identical" cmp "$work/smb.bin" "$work/back-smb-dav.bin"
 
 # --- status page counters ----------------------------------------------------------------------
-curl -fsS -m 10 -o "$work/status1.json" "$status_url" || true
+curl -fsSk -m 10 -o "$work/status1.json" "$status_url" || true
 logical=$(jget "$work/status1.json" space.logical_bytes 2>/dev/null || echo 0)
 requests=$(jget "$work/status1.json" frontends.webdav_requests 2>/dev/null || echo 0)
 logical0=$(jget "$work/status0.json" space.logical_bytes 2>/dev/null || echo 0)
@@ -245,7 +248,8 @@ fi
 if ((requests >= 3)); then pass "status page: frontends.webdav_requests = $requests"; else fail "status page: frontends.webdav_requests = $requests"; fi
 store=$(jget "$work/status1.json" store.description 2>/dev/null || echo '?')
 echo "      store: $store; cache used $(jget "$work/status1.json" cache.used_bytes 2>/dev/null || echo '?') bytes"
-check "/metrics serves Prometheus text" bash -c "curl -fsS -m 10 http://127.0.0.1:$p_web/metrics | grep -q '^tiergate_'"
+check "/metrics serves Prometheus text" bash -c "curl -fsSk -m 10 https://127.0.0.1:$p_web/metrics | grep -q '^tiergate_'"
+check "the status page refuses plain HTTP" bash -c "! curl -fsS -m 10 -o /dev/null http://127.0.0.1:$p_web/"
 
 # --- off-site (with --s3) ----------------------------------------------------------------------
 if [[ $s3 == garage ]]; then
@@ -255,7 +259,7 @@ if [[ $s3 == garage ]]; then
     else
         fail "tiergate sync did not finish"
     fi
-    curl -fsS -m 10 -o "$work/status2.json" "$status_url" || true
+    curl -fsSk -m 10 -o "$work/status2.json" "$status_url" || true
     pending=$(jget "$work/status2.json" offsite.pending_changes 2>/dev/null || echo '?')
     uploaded=$(jget "$work/status2.json" upload.uploaded_bytes 2>/dev/null || echo 0)
     recoverable=$(jget "$work/status2.json" offsite.recoverable 2>/dev/null || echo '?')
@@ -297,8 +301,14 @@ else
 fi
 sshg nft list ruleset >"$work/nft.txt" 2>&1 || true
 check "firewall: the guest's drop counter is not zero" grep -Eq 'counter packets [1-9]' "$work/nft.txt"
-open_ports=$(sed -n 's/.*tcp dport { \(.*\) } accept.*/\1/p' "$work/nft.txt")
-if [[ $open_ports == "22, 445, 2049, 8080, 8081" ]]; then pass "firewall: open TCP ports are exactly { $open_ports }"; else fail "firewall: open TCP ports { $open_ports }"; fi
+open_ports=$(sed -n 's/^\s*tcp dport { \(.*\) } accept.*/\1/p' "$work/nft.txt")
+if [[ $open_ports == "22, 445, 2049, 8080" ]]; then pass "firewall: TCP ports open to all are exactly { $open_ports }"; else fail "firewall: TCP ports open to all { $open_ports }"; fi
+mgmt_rule=$(grep -E 'tcp dport 8081 ' "$work/nft.txt" | sed 's/^\s*//')
+if [[ $(grep -c . <<<"$mgmt_rule") == 1 && $mgmt_rule == "ip saddr 10.0.2.2 tcp dport 8081 accept"* ]]; then
+    pass "firewall: the status page (8081) only from the management network: $mgmt_rule"
+else
+    fail "firewall: rules for 8081: $mgmt_rule"
+fi
 
 # --- inside the guest ------------------------------------------------------------------------
 services_active() {

@@ -168,15 +168,25 @@ mkdir -p "$rootfs/boot/extlinux"
 cat >"$rootfs/boot/extlinux/extlinux.conf" <<EOF
 # extlinux on the root file system; /vmlinuz and /initrd.img are the symlinks the Debian kernel
 # package keeps pointing at the newest kernel.
+# No prompt unless Shift or Alt is held at boot; at the prompt only a label can be chosen, no
+# kernel option added (ALLOWOPTIONS 0: no init=/bin/sh from the console). "reseed" applies a
+# seed disk to an appliance that is configured already (the first-boot step ignores a seed
+# disk at any later boot without it).
 SERIAL 0 115200
 DEFAULT tiergate
 PROMPT 0
 TIMEOUT 0
+ALLOWOPTIONS 0
 LABEL tiergate
     MENU LABEL tiergate appliance (Debian 12)
     LINUX /vmlinuz
     INITRD /initrd.img
     APPEND root=UUID=$root_uuid ro console=tty0 console=ttyS0,115200n8
+LABEL reseed
+    MENU LABEL tiergate appliance: apply the attached seed disk
+    LINUX /vmlinuz
+    INITRD /initrd.img
+    APPEND root=UUID=$root_uuid ro console=tty0 console=ttyS0,115200n8 tiergate.seed=apply
 EOF
 
 in_root systemctl enable systemd-networkd.service systemd-resolved.service \
