@@ -60,6 +60,12 @@ class SeedRules(unittest.TestCase):
                          '"fd00::/64", "backup-srv.lan"]\n')
         self.assertEqual(len(seed["shares"]["nfs_clients"]), 4)
 
+    def test_listeners_use_unprivileged_ports(self):
+        for listen in ["0.0.0.0:443", "0.0.0.0:80", "0.0.0.0:0", "0.0.0.0:70000"]:
+            with self.subTest(listen=listen):
+                self.refused(f'[web]\nlisten = "{listen}"\n', "web.listen")
+        self.assertEqual(seed_from('[webdav]\nlisten = "[::]:8443"\n')["_webdav_port"], 8443)
+
     def test_management_cidrs_are_networks_not_everything(self):
         for c in ["0.0.0.0/0", "::/0", "::", "example.lan", "10.0.0.0/33"]:
             with self.subTest(cidr=c):
