@@ -75,6 +75,12 @@ class SeedRules(unittest.TestCase):
         self.assertEqual(seed_from("")["_mgmt_nets"], [])
 
 
+    def test_the_example_seed_is_valid(self):
+        seed = fb.load_seed(os.path.join(HERE, "seed.example.toml"))
+        fb.validate(seed)
+        self.assertEqual([str(n) for n in seed["_mgmt_nets"]], ["192.168.10.0/24"])
+
+
 class WrittenFiles(unittest.TestCase):
     def test_status_port_is_open_only_to_management_networks(self):
         nets = [ipaddress.ip_network("192.168.10.0/24"), ipaddress.ip_network("fd00::/64")]
