@@ -180,10 +180,19 @@ impl S3Backend {
     /// The lock mode and retain-until date a put of `key` carries, if it is to be locked: now
     /// plus the configured days, in whole seconds (S3 stores seconds).
     fn lock_for(&self, key: &str) -> Option<(ObjectLockMode, aws_sdk_s3::primitives::DateTime)> {
-        let lock = self.lock.as_ref().filter(|_| layout::is_locked(key))?;
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
+        self.lock_at(key, now)
+    }
+
+    /// [`Self::lock_for`] at the Unix time `now` (seconds).
+    fn lock_at(
+        &self,
+        key: &str,
+        now: u64,
+    ) -> Option<(ObjectLockMode, aws_sdk_s3::primitives::DateTime)> {
+        let lock = self.lock.as_ref().filter(|_| layout::is_locked(key))?;
         let until = now + u64::from(lock.days) * 86_400;
         let mode = match lock.mode {
             LockMode::Governance => ObjectLockMode::Governance,
@@ -1024,14 +1033,27 @@ mod tests {
             days: 30,
         });
         let b = S3Backend::new(&cfg).unwrap();
-        let now = SystemTime::now()
+        // A fixed clock: exactly now plus 30 days, whatever the machine's load.
+        let now = 1_795_848_708u64;
+        let (mode, until) = b.lock_at("packs/x.pack", now).unwrap();
+        assert_eq!(mode, ObjectLockMode::Compliance);
+        assert_eq!(until.secs(), (now + 30 * 86_400) as i64, "{until}");
+        assert_eq!(until.subsec_nanos(), 0);
+        // lock_for reads the system clock.
+        let before = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap()
-            .as_secs() as i64;
-        let (mode, until) = b.lock_for("packs/x.pack").unwrap();
-        assert_eq!(mode, ObjectLockMode::Compliance);
-        assert!((until.secs() - now - 30 * 86_400).abs() <= 2, "{until}");
-        assert_eq!(until.subsec_nanos(), 0);
+            .as_secs();
+        let (_, until) = b.lock_for("packs/x.pack").unwrap();
+        let after = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let days = 30 * 86_400;
+        assert!(
+            (before + days..=after + days).contains(&(until.secs() as u64)),
+            "{until}"
+        );
         assert!(b.lock_for("lease").is_none());
         assert!(b.lock_for("probe/1-2").is_none());
         assert_eq!(b.retention().unwrap().days, 30);

@@ -270,20 +270,40 @@ fn daemon_speaks_sd_notify() {
         assert!(status.contains("status page http://127.0.0.1:"), "{status}");
     }
 
-    // Keep-alives at half the 2 s interval, while the volume answers.
-    std::thread::sleep(Duration::from_millis(4500));
-    {
-        let msgs = messages.lock().unwrap();
-        let pings: Vec<Instant> = msgs
-            .iter()
+    // Keep-alives at half the 2 s interval, while the volume answers: wait for five of them
+    // (not for a fixed time), then check their spacing. Every gap must stay under the 2 s
+    // systemd would kill at; on average they come at about the 1 s asked for (a loaded machine
+    // delays single ones, not the cadence).
+    let pings = |msgs: &[Message]| -> Vec<Instant> {
+        msgs.iter()
             .filter(|m| m.text == "WATCHDOG=1")
             .map(|m| m.at)
-            .collect();
-        assert!(pings.len() >= 4, "{} keep-alives in 4.5 s", pings.len());
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pings(&messages.lock().unwrap()).len() < 5 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "daemon exited:\n{}",
+            tv.log_tail()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "fewer than 5 keep-alives in 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    {
+        let pings = pings(&messages.lock().unwrap());
         for w in pings.windows(2) {
             let gap = w[1] - w[0];
-            assert!(gap < Duration::from_millis(1900), "keep-alive gap {gap:?}");
+            assert!(gap < Duration::from_secs(2), "keep-alive gap {gap:?}");
         }
+        let mean = (pings[pings.len() - 1] - pings[0]) / (pings.len() - 1) as u32;
+        assert!(
+            mean > Duration::from_millis(700) && mean < Duration::from_millis(1500),
+            "keep-alives every {mean:?} on average"
+        );
     }
     assert!(!has("STOPPING=1"));
 

@@ -462,6 +462,7 @@ fn a_take_over_is_not_refused_by_its_own_racing_claim() {
     use tiergate::backend::Backend;
     use tiergate::chunker::ChunkerParams;
     use tiergate::crypto::KdfParams;
+    use tiergate::tiering::metasync::VOLUME_OBJECT;
     use tiergate::tiering::{Tiering, TieringOptions};
     use tiergate::volume::{Volume, VolumeOptions};
 
@@ -490,9 +491,23 @@ fn a_take_over_is_not_refused_by_its_own_racing_claim() {
     let opts = TieringOptions::from_config(&cfg).unwrap();
     let t = Tiering::start(vol.clone(), store.clone(), opts, true).unwrap();
     let claimed = t.handle().block_on(t.claim_lease());
-    // Whichever claim came second has answered by now (its slow GET is 500 ms).
-    std::thread::sleep(Duration::from_millis(1500));
-    let fenced_by = t.status().fenced_by;
+    // Wait for the event the race is about, however slow the machine: the metadata loop past
+    // its own claim. Having the lease (its own or the take-over's), it ships the volume objects
+    // next; having lost the race, it names the holder that fenced it (and would only claim again
+    // 5 s later, after its interval). The deadline only bounds a hang.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let fenced_by = loop {
+        let fenced_by = t.status().fenced_by;
+        if fenced_by.is_some() || rt.block_on(store.inner.head(VOLUME_OBJECT)).is_ok() {
+            break fenced_by;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the metadata loop never got past its claim of the lease: {:?}",
+            t.status()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
     t.stop();
     vol.shutdown().unwrap();
     assert!(matches!(claimed, Ok(true)), "{claimed:?}");
