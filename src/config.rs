@@ -3,6 +3,7 @@
 //! never from the config text itself, and never appear in `Debug` output.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -775,7 +776,28 @@ pub struct WebConfig {
     pub heartbeat_interval_secs: u64,
     /// File whose first line is sent as `Authorization: Bearer ...` with each heartbeat.
     pub heartbeat_token_file: Option<PathBuf>,
+    /// PEM certificate chain and private key: serve the status server over HTTPS (rustls)
+    /// instead of plain HTTP.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Connections open at once (1..=65536); more are answered 503 and closed at once.
+    #[serde(default = "default_web_max_connections")]
+    pub max_connections: usize,
+    /// Connections open at once from one IPv4 address or IPv6 /64 (1..=max_connections).
+    #[serde(default = "default_web_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+    /// Seconds a TLS client has to finish its handshake (1..=3600).
+    #[serde(default = "default_tls_handshake_timeout")]
+    pub tls_handshake_timeout_secs: u64,
+    /// Seconds a client has to send a request head, counted from when the connection waits
+    /// for one, so also how long an idle kept-alive connection stays open (1..=3600).
+    #[serde(default = "default_web_header_timeout")]
+    pub header_timeout_secs: u64,
+    /// Seconds a request body may send nothing while the server waits for it (1..=3600).
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout_secs: u64,
 }
+
 
 fn default_web_listen() -> std::net::SocketAddr {
     std::net::SocketAddr::from(([127, 0, 0, 1], 8081))
@@ -783,6 +805,65 @@ fn default_web_listen() -> std::net::SocketAddr {
 fn default_heartbeat_interval() -> u64 {
     60
 }
+fn default_web_max_connections() -> usize {
+    64
+}
+fn default_web_max_connections_per_ip() -> usize {
+    16
+}
+fn default_tls_handshake_timeout() -> u64 {
+    10
+}
+fn default_web_header_timeout() -> u64 {
+    30
+}
+fn default_body_timeout() -> u64 {
+    60
+}
+fn default_webdav_max_connections() -> usize {
+    256
+}
+fn default_webdav_max_connections_per_ip() -> usize {
+    64
+}
+fn default_webdav_header_timeout() -> u64 {
+    60
+}
+
+/// Checks a listener's limits; `section` names it in the message.
+#[allow(clippy::too_many_arguments)]
+fn validate_listener(
+    section: &str,
+    tls_cert: &Option<PathBuf>,
+    tls_key: &Option<PathBuf>,
+    max_connections: usize,
+    per_ip: usize,
+    timeouts: [(&str, u64); 3],
+) -> Result<()> {
+    let bad = |m: String| Err(Error::Invalid(format!("{section}.{m}")));
+    if tls_cert.is_some() != tls_key.is_some() {
+        return bad(format!(
+            "tls_cert and {section}.tls_key go together: set both or neither"
+        ));
+    }
+    if !(1..=65536).contains(&max_connections) {
+        return bad(format!(
+            "max_connections = {max_connections} is outside 1..=65536"
+        ));
+    }
+    if !(1..=max_connections).contains(&per_ip) {
+        return bad(format!(
+            "max_connections_per_ip = {per_ip} is outside 1..=max_connections ({max_connections})"
+        ));
+    }
+    for (key, secs) in timeouts {
+        if !(1..=3600).contains(&secs) {
+            return bad(format!("{key} = {secs} is outside 1..=3600"));
+        }
+    }
+    Ok(())
+}
+
 
 impl Default for WebConfig {
     fn default() -> Self {
@@ -793,13 +874,38 @@ impl Default for WebConfig {
             heartbeat_url: None,
             heartbeat_interval_secs: default_heartbeat_interval(),
             heartbeat_token_file: None,
+            tls_cert: None,
+            tls_key: None,
+            max_connections: default_web_max_connections(),
+            max_connections_per_ip: default_web_max_connections_per_ip(),
+            tls_handshake_timeout_secs: default_tls_handshake_timeout(),
+            header_timeout_secs: default_web_header_timeout(),
+            body_timeout_secs: default_body_timeout(),
         }
     }
 }
 
 impl WebConfig {
     pub fn validate(&self) -> Result<()> {
+        validate_listener(
+            "web",
+            &self.tls_cert,
+            &self.tls_key,
+            self.max_connections,
+            self.max_connections_per_ip,
+            [
+                ("tls_handshake_timeout_secs", self.tls_handshake_timeout_secs),
+                ("header_timeout_secs", self.header_timeout_secs),
+                ("body_timeout_secs", self.body_timeout_secs),
+            ],
+        )?;
         let bad = |m: String| Err(Error::Invalid(format!("web.{m}")));
+        if !(5..=86400).contains(&self.heartbeat_interval_secs) {
+            return bad(format!(
+                "heartbeat_interval_secs = {} is outside 5..=86400",
+                self.heartbeat_interval_secs
+            ));
+        }
         if !(5..=86400).contains(&self.heartbeat_interval_secs) {
             return bad(format!(
                 "heartbeat_interval_secs = {} is outside 5..=86400",
@@ -835,6 +941,27 @@ impl WebConfig {
             None => {}
         }
         Ok(())
+    }
+
+    /// The status server's connection limits and timeouts.
+    pub fn limits(&self) -> crate::serve::Limits {
+        crate::serve::Limits {
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            tls_handshake_timeout: Duration::from_secs(self.tls_handshake_timeout_secs),
+            header_timeout: Duration::from_secs(self.header_timeout_secs),
+            body_timeout: Duration::from_secs(self.body_timeout_secs),
+            // Requests to the status server are a line and a token.
+            max_header_size: 16 << 10,
+        }
+    }
+
+    /// The TLS acceptor when `tls_cert` and `tls_key` are set.
+    pub fn tls(&self) -> Result<Option<tokio_rustls::TlsAcceptor>> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(c), Some(k)) => crate::serve::load_tls("web", c, k).map(Some),
+            _ => Ok(None),
+        }
     }
 
     /// The management token: the first line of `management_token_file`, if one is configured.
@@ -962,7 +1089,25 @@ pub struct WebdavConfig {
     /// PEM certificate chain and private key: serve HTTPS (rustls) instead of plain HTTP.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// Connections open at once (1..=65536); more are answered 503 and closed at once.
+    #[serde(default = "default_webdav_max_connections")]
+    pub max_connections: usize,
+    /// Connections open at once from one IPv4 address or IPv6 /64 (1..=max_connections).
+    #[serde(default = "default_webdav_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+    /// Seconds a TLS client has to finish its handshake (1..=3600).
+    #[serde(default = "default_tls_handshake_timeout")]
+    pub tls_handshake_timeout_secs: u64,
+    /// Seconds a client has to send a request head, counted from when the connection waits
+    /// for one, so also how long an idle kept-alive connection stays open (1..=3600).
+    #[serde(default = "default_webdav_header_timeout")]
+    pub header_timeout_secs: u64,
+    /// Seconds a request body (a PUT's data) may send nothing while the share waits for it
+    /// (1..=3600). Not a limit on the upload's total time.
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout_secs: u64,
 }
+
 
 impl Default for WebdavConfig {
     fn default() -> Self {
@@ -973,11 +1118,37 @@ impl Default for WebdavConfig {
             users_file: None,
             tls_cert: None,
             tls_key: None,
+            max_connections: default_webdav_max_connections(),
+            max_connections_per_ip: default_webdav_max_connections_per_ip(),
+            tls_handshake_timeout_secs: default_tls_handshake_timeout(),
+            header_timeout_secs: default_webdav_header_timeout(),
+            body_timeout_secs: default_body_timeout(),
         }
     }
 }
 
 impl WebdavConfig {
+    /// The share's connection limits and timeouts.
+    pub fn limits(&self) -> crate::serve::Limits {
+        crate::serve::Limits {
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            tls_handshake_timeout: Duration::from_secs(self.tls_handshake_timeout_secs),
+            header_timeout: Duration::from_secs(self.header_timeout_secs),
+            body_timeout: Duration::from_secs(self.body_timeout_secs),
+            // Request heads above 64 KiB get 431 (long Destination and If headers fit).
+            max_header_size: 64 << 10,
+        }
+    }
+
+    /// The TLS acceptor when `tls_cert` and `tls_key` are set.
+    pub fn tls(&self) -> Result<Option<tokio_rustls::TlsAcceptor>> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(c), Some(k)) => crate::serve::load_tls("webdav", c, k).map(Some),
+            _ => Ok(None),
+        }
+    }
+
     /// Whether requests must carry credentials.
     pub fn auth_required(&self) -> bool {
         self.require_auth.unwrap_or(!self.listen.ip().is_loopback())
@@ -1090,6 +1261,8 @@ impl Config {
         for p in [
             &mut web.management_token_file,
             &mut web.heartbeat_token_file,
+            &mut web.tls_cert,
+            &mut web.tls_key,
         ]
         .into_iter()
         .flatten()
@@ -1142,11 +1315,18 @@ impl Config {
             )));
         }
         let w = &self.webdav;
-        if w.tls_cert.is_some() != w.tls_key.is_some() {
-            return Err(Error::Invalid(
-                "webdav.tls_cert and webdav.tls_key go together: set both or neither".into(),
-            ));
-        }
+        validate_listener(
+            "webdav",
+            &w.tls_cert,
+            &w.tls_key,
+            w.max_connections,
+            w.max_connections_per_ip,
+            [
+                ("tls_handshake_timeout_secs", w.tls_handshake_timeout_secs),
+                ("header_timeout_secs", w.header_timeout_secs),
+                ("body_timeout_secs", w.body_timeout_secs),
+            ],
+        )?;
         if w.require_auth == Some(false) && !w.listen.ip().is_loopback() {
             return Err(Error::Invalid(format!(
                 "webdav.listen = {} is not a loopback address, so the share needs \

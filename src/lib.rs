@@ -26,6 +26,7 @@ pub mod notify;
 pub mod pack;
 pub mod recover;
 pub mod repair;
+pub mod serve;
 pub mod status;
 pub mod tiering;
 pub mod volume;

@@ -1191,8 +1191,9 @@ fn start_web(reporter: &Arc<Reporter>, cfg: &Config) -> Result<(WebServer, Optio
         // Without its status page the appliance still stores backups: say so loudly, go on.
         match rt.block_on(tiergate::web::bind(&cfg.web)) {
             Ok((listener, addr)) => {
-                tracing::info!("web status page on http://{addr}/");
-                url = Some(format!("http://{addr}/"));
+                let scheme = app.scheme();
+                tracing::info!("web status page on {scheme}://{addr}/");
+                url = Some(format!("{scheme}://{addr}/"));
                 rt.spawn(tiergate::web::run(listener, app.clone(), stopped));
             }
             Err(e) => tracing::error!("status page not started: {e:#}"),
@@ -1230,7 +1231,15 @@ fn start_webdav(
         }
     );
     let url = format!("{}://{addr}/", share.scheme());
-    rt.spawn(share.run(listener, stopped));
+    let (tls, limits) = (share.tls(), cfg.webdav.limits());
+    rt.spawn(tiergate::serve::serve(
+        "webdav",
+        listener,
+        tls,
+        limits,
+        share.router(),
+        stopped,
+    ));
     Ok((rt, stop, url))
 }
 

@@ -32,32 +32,36 @@
 //! up to the interval; the first failure of a streak is logged as a warning and recorded as an
 //! event, and so is the first success after it. The monitor sees a fresh document each try.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::State;
+use axum::response::IntoResponse;
+use axum::{Extension, Router};
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioExecutor;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio_rustls::rustls;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::config::{BandwidthRule, ByteSize, WebConfig};
 use crate::error::{Error, Result};
+use crate::serve::{self, Peer};
 use crate::status::{self, Reporter, Status};
 use crate::tiering::rate::Schedule;
 use crate::tiering::SyncReport;
@@ -79,14 +83,13 @@ const FAILED_AUTH_DELAY: Duration = Duration::from_secs(1);
 /// Longest a heartbeat may take (connection, request, answer), unless the interval is shorter.
 pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(30);
 const HEARTBEAT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// A client has this long to send a request head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `POST /api/v1/manage/verify` runs this (filled in by the daemon); its JSON is the answer.
 pub type VerifyHook = Arc<dyn Fn() -> Result<serde_json::Value> + Send + Sync>;
 
 type Body = Full<Bytes>;
 type Resp = Response<Body>;
+type Req = Request<axum::body::Body>;
 type HeartbeatClient = Client<HttpsConnector<HttpConnector>, Body>;
 
 // ------------------------------------------------------------------------ managed settings
@@ -254,6 +257,9 @@ pub struct WebApp {
     verifying: AtomicBool,
     /// Turns true when the background tasks should end ([`WebApp::stop`]).
     stop_bg: watch::Sender<bool>,
+    /// `web.tls_cert`/`web.tls_key` (None: plain HTTP) and the connection limits.
+    tls: Option<TlsAcceptor>,
+    limits: serve::Limits,
 }
 
 struct Heartbeat {
@@ -272,6 +278,7 @@ impl WebApp {
     /// the config file). Call after tiering started, before front-ends serve.
     pub fn new(reporter: Arc<Reporter>, cfg: &WebConfig, volume_dir: &Path) -> Result<Arc<WebApp>> {
         let token = cfg.management_token()?;
+        let tls = cfg.tls()?;
         if let Some(f) = &cfg.management_token_file {
             warn_if_readable_by_others(f, "web.management_token_file");
         }
@@ -314,6 +321,8 @@ impl WebApp {
             verify: None,
             verifying: AtomicBool::new(false),
             stop_bg: watch::channel(false).0,
+            tls,
+            limits: cfg.limits(),
         }))
     }
 
@@ -349,6 +358,17 @@ impl WebApp {
         Ok(next)
     }
 
+    /// The scheme the status server speaks: `https` with `web.tls_cert`, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// Whether the request carries the management token. The token is kept only as a BLAKE3
+    /// hash; the comparison of hashes is `blake3::Hash`'s constant-time equality.
     fn authorized(&self, h: &HeaderMap) -> bool {
         let Some(want) = &self.token else {
             return false;
@@ -468,13 +488,8 @@ impl From<Refusal> for Resp {
 
 /// The request body, at most [`MAX_BODY`] bytes (413 beyond; checked against Content-Length
 /// before reading, and while reading for chunked bodies).
-async fn read_body(req: Request<Incoming>) -> std::result::Result<Bytes, Refusal> {
-    let too_large = || {
-        Refusal(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body larger than {} KiB", MAX_BODY >> 10),
-        )
-    };
+async fn read_body(req: Req) -> std::result::Result<Bytes, Refusal> {
+    let too_large = || Refusal(StatusCode::PAYLOAD_TOO_LARGE, too_large_message());
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -485,12 +500,25 @@ async fn read_body(req: Request<Incoming>) -> std::result::Result<Bytes, Refusal
     }
     match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) if over_limit(&*e) => Err(too_large()),
         Err(e) => Err(Refusal(
             StatusCode::BAD_REQUEST,
             format!("reading the request body: {e}"),
         )),
     }
+}
+
+/// Whether a body error is a length limit's (ours, or the router's limit layer's, which
+/// reaches here wrapped).
+fn over_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(e) = cur {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> std::result::Result<T, Refusal> {
@@ -499,9 +527,7 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> std::result::Resul
 }
 
 /// The JSON body of a request.
-async fn json_body<T: serde::de::DeserializeOwned>(
-    req: Request<Incoming>,
-) -> std::result::Result<T, Refusal> {
+async fn json_body<T: serde::de::DeserializeOwned>(req: Req) -> std::result::Result<T, Refusal> {
     parse_json(&read_body(req).await?)
 }
 
@@ -786,61 +812,220 @@ enum Page {
     Readyz,
 }
 
-#[derive(Clone, Copy)]
-enum Manage {
-    Status,
-    Bandwidth,
-    Cache,
-    Quota,
-    Sync,
-    Verify,
-    Events,
-}
-
 const GET: &str = "GET, HEAD";
 
-fn is_get(m: &Method) -> bool {
-    *m == Method::GET || *m == Method::HEAD
+/// A reading endpoint: GET (and HEAD, answered by axum from GET without the body).
+fn reading(page: Page, api: bool) -> axum::routing::MethodRouter<Arc<WebApp>> {
+    axum::routing::get(move |State(app): State<Arc<WebApp>>| async move { app.page(page).await })
+        .fallback(move || async move { not_allowed(GET, api) })
+}
+
+/// One management endpoint: `method` runs `f(app, request, peer)`; other methods get 405.
+fn manage_op<F, Fut>(method: Method, f: F) -> axum::routing::MethodRouter<Arc<WebApp>>
+where
+    F: Fn(Arc<WebApp>, Req, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Resp> + Send + 'static,
+{
+    let allow: &'static str = match method.as_str() {
+        "PUT" => "PUT",
+        _ => "POST",
+    };
+    let filter = axum::routing::MethodFilter::try_from(method).expect("a plain method");
+    axum::routing::on(
+        filter,
+        move |State(app): State<Arc<WebApp>>, Extension(Peer(peer)): Extension<Peer>, req: Req| {
+            f(app, req, peer)
+        },
+    )
+    .fallback(move || async move { not_allowed(allow, true) })
+}
+
+/// The status page's Content-Security-Policy: nothing but the page's own inline script (by
+/// its hash), its inline styles (style attributes need 'unsafe-inline'), and requests to this
+/// server.
+fn content_security_policy() -> &'static HeaderValue {
+    static CSP: std::sync::OnceLock<HeaderValue> = std::sync::OnceLock::new();
+    CSP.get_or_init(|| {
+        let script = STATUS_PAGE
+            .split_once("<script>")
+            .and_then(|(_, rest)| rest.split_once("</script>"))
+            .map(|(s, _)| s)
+            .expect("the status page has one inline script");
+        use base64::Engine;
+        let hash = base64::engine::general_purpose::STANDARD.encode(ring::digest::digest(
+            &ring::digest::SHA256,
+            script.as_bytes(),
+        ));
+        HeaderValue::from_str(&format!(
+            "default-src 'none'; script-src 'sha256-{hash}'; style-src 'unsafe-inline'; \
+             img-src data:; connect-src 'self'; base-uri 'none'; form-action 'none'; \
+             frame-ancestors 'none'"
+        ))
+        .expect("a header value")
+    })
+}
+
+/// The status server's routes (docs/STATUS.md), for [`serve::serve`]. Every answer carries
+/// `X-Content-Type-Options: nosniff`; no request body may exceed [`MAX_BODY`] (413).
+pub fn router(app: Arc<WebApp>) -> Router {
+    // The token gate wraps every management path, the unknown ones included: without the
+    // token nothing below it is looked at.
+    let manage = Router::new()
+        .route(
+            "/api/v1/manage/status",
+            reading_manage(|app| async move {
+                match app.status_async().await {
+                    Some(s) => json_resp(
+                        StatusCode::OK,
+                        &json!({ "status": s, "managed": app.managed_json() }),
+                    ),
+                    None => internal(),
+                }
+            }),
+        )
+        .route(
+            "/api/v1/manage/events",
+            reading_manage(|_| async { json_resp(StatusCode::OK, &status::recent_events()) }),
+        )
+        .route(
+            "/api/v1/manage/bandwidth",
+            manage_op(Method::PUT, |app, req, peer| async move {
+                app.put_bandwidth(req, peer).await
+            }),
+        )
+        .route(
+            "/api/v1/manage/cache",
+            manage_op(Method::PUT, |app, req, peer| async move {
+                app.put_cache(req, peer).await
+            }),
+        )
+        .route(
+            "/api/v1/manage/quota",
+            manage_op(Method::PUT, |app, req, peer| async move {
+                app.put_quota(req, peer).await
+            }),
+        )
+        .route(
+            "/api/v1/manage/sync",
+            manage_op(Method::POST, |app, req, peer| async move {
+                app.sync(req, peer).await
+            }),
+        )
+        .route(
+            "/api/v1/manage/verify",
+            manage_op(Method::POST, |app, _req, peer| async move {
+                app.run_verify(peer).await
+            }),
+        )
+        .fallback(|uri: http::Uri| async move {
+            let op = uri.path()["/api/v1/manage".len().min(uri.path().len())..]
+                .trim_start_matches('/')
+                .to_string();
+            api_error(
+                StatusCode::NOT_FOUND,
+                format!("no such management endpoint {op:?}"),
+            )
+        })
+        .layer(axum::middleware::from_fn_with_state(app.clone(), gate))
+        .with_state(app.clone());
+    Router::new()
+        .route("/", reading(Page::Index, false))
+        .route("/index.html", reading(Page::Index, false))
+        .route("/api/v1/status", reading(Page::Status, true))
+        .route("/api/v1/history", reading(Page::History, true))
+        .route("/api/v1/events", reading(Page::Events, true))
+        .route("/metrics", reading(Page::Metrics, false))
+        .route("/healthz", reading(Page::Healthz, false))
+        .route("/readyz", reading(Page::Readyz, false))
+        .fallback(move |req: Req| {
+            let manage = manage.clone();
+            async move {
+                let path = req.uri().path().to_string();
+                if path == "/api/v1/manage" || path.starts_with("/api/v1/manage/") {
+                    return manage.oneshot(req).await.into_response();
+                }
+                if path.starts_with("/api/") {
+                    let msg = format!("no such endpoint {path}");
+                    return api_error(StatusCode::NOT_FOUND, msg).into_response();
+                }
+                text(StatusCode::NOT_FOUND, "not found").into_response()
+            }
+        })
+        .layer(RequestBodyLimitLayer::new(MAX_BODY))
+        .layer(axum::middleware::map_response(too_large_as_json))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .with_state(app)
+}
+
+/// A reading management endpoint (GET, HEAD).
+fn reading_manage<F, Fut>(f: F) -> axum::routing::MethodRouter<Arc<WebApp>>
+where
+    F: Fn(Arc<WebApp>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Resp> + Send + 'static,
+{
+    axum::routing::get(move |State(app): State<Arc<WebApp>>| f(app))
+        .fallback(|| async { not_allowed(GET, true) })
+}
+
+/// The management API's gate: 404 when it is off, 401 (after [`FAILED_AUTH_DELAY`] for a
+/// wrong token) without the right bearer token; before the method, path or body are looked at.
+async fn gate(
+    State(app): State<Arc<WebApp>>,
+    Extension(Peer(peer)): Extension<Peer>,
+    req: Req,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if app.token.is_none() {
+        return api_error(
+            StatusCode::NOT_FOUND,
+            "management API is not enabled (set web.management_token_file)",
+        )
+        .into_response();
+    }
+    if !app.authorized(req.headers()) {
+        if req.headers().contains_key(header::AUTHORIZATION) {
+            tracing::warn!(%peer, "web: wrong management token");
+            tokio::time::sleep(FAILED_AUTH_DELAY).await;
+        }
+        return unauthorized().into_response();
+    }
+    next.run(req).await
+}
+
+/// The body limit layer's 413 as the API's JSON error.
+async fn too_large_as_json(r: axum::response::Response) -> axum::response::Response {
+    let json = r
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if r.status() == StatusCode::PAYLOAD_TOO_LARGE && !json {
+        return api_error(StatusCode::PAYLOAD_TOO_LARGE, too_large_message()).into_response();
+    }
+    r
+}
+
+fn too_large_message() -> String {
+    format!("request body larger than {} KiB", MAX_BODY >> 10)
 }
 
 impl WebApp {
-    async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Resp {
-        let method = req.method().clone();
-        let path = req.uri().path().to_string();
-        let resp = self.route(req, peer).await;
-        tracing::debug!(%peer, "web {method} {path} -> {}", resp.status().as_u16());
-        resp
-    }
-
-    async fn route(self: &Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Resp {
-        let path = req.uri().path();
-        if path == "/api/v1/manage" || path.starts_with("/api/v1/manage/") {
-            let op = path["/api/v1/manage".len()..]
-                .trim_start_matches('/')
-                .to_string();
-            return self.manage(&op, req, peer).await;
-        }
-        let page = match path {
-            "/" | "/index.html" => Page::Index,
-            "/api/v1/status" => Page::Status,
-            "/api/v1/history" => Page::History,
-            "/api/v1/events" => Page::Events,
-            "/metrics" => Page::Metrics,
-            "/healthz" => Page::Healthz,
-            "/readyz" => Page::Readyz,
-            p if p.starts_with("/api/") => {
-                return api_error(StatusCode::NOT_FOUND, format!("no such endpoint {p}"))
-            }
-            _ => return text(StatusCode::NOT_FOUND, "not found"),
-        };
-        if !is_get(req.method()) {
-            return not_allowed(GET, path.starts_with("/api/"));
-        }
+    async fn page(self: Arc<Self>, page: Page) -> Resp {
         match page {
             Page::Index => {
                 let mut r = respond(StatusCode::OK, "text/html; charset=utf-8", STATUS_PAGE);
-                r.headers_mut()
-                    .insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+                let h = r.headers_mut();
+                h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+                h.insert(
+                    header::CONTENT_SECURITY_POLICY,
+                    content_security_policy().clone(),
+                );
+                h.insert(
+                    header::REFERRER_POLICY,
+                    HeaderValue::from_static("no-referrer"),
+                );
                 r
             }
             Page::Status => match self.status_async().await {
@@ -865,61 +1050,6 @@ impl WebApp {
                 },
                 None => text(StatusCode::SERVICE_UNAVAILABLE, "status unavailable"),
             },
-        }
-    }
-
-    async fn manage(self: &Arc<Self>, op: &str, req: Request<Incoming>, peer: SocketAddr) -> Resp {
-        if self.token.is_none() {
-            return api_error(
-                StatusCode::NOT_FOUND,
-                "management API is not enabled (set web.management_token_file)",
-            );
-        }
-        // Before anything else: without the token, nothing is looked at or changed.
-        if !self.authorized(req.headers()) {
-            if req.headers().contains_key(header::AUTHORIZATION) {
-                tracing::warn!(%peer, "web: wrong management token");
-                tokio::time::sleep(FAILED_AUTH_DELAY).await;
-            }
-            return unauthorized();
-        }
-        let (allow, what) = match op {
-            "status" => (GET, Manage::Status),
-            "events" => (GET, Manage::Events),
-            "bandwidth" => ("PUT", Manage::Bandwidth),
-            "cache" => ("PUT", Manage::Cache),
-            "quota" => ("PUT", Manage::Quota),
-            "sync" => ("POST", Manage::Sync),
-            "verify" => ("POST", Manage::Verify),
-            _ => {
-                return api_error(
-                    StatusCode::NOT_FOUND,
-                    format!("no such management endpoint {op:?}"),
-                )
-            }
-        };
-        let ok = if allow == GET {
-            is_get(req.method())
-        } else {
-            req.method().as_str() == allow
-        };
-        if !ok {
-            return not_allowed(allow, true);
-        }
-        match what {
-            Manage::Status => match self.status_async().await {
-                Some(s) => json_resp(
-                    StatusCode::OK,
-                    &json!({ "status": s, "managed": self.managed_json() }),
-                ),
-                None => internal(),
-            },
-            Manage::Events => json_resp(StatusCode::OK, &status::recent_events()),
-            Manage::Bandwidth => self.put_bandwidth(req, peer).await,
-            Manage::Cache => self.put_cache(req, peer).await,
-            Manage::Quota => self.put_quota(req, peer).await,
-            Manage::Sync => self.sync(req, peer).await,
-            Manage::Verify => self.run_verify(peer).await,
         }
     }
 
@@ -964,7 +1094,7 @@ impl WebApp {
         }
     }
 
-    async fn put_bandwidth(self: &Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Resp {
+    async fn put_bandwidth(self: &Arc<Self>, req: Req, peer: SocketAddr) -> Resp {
         let b: Bandwidth = match json_body(req).await {
             Ok(b) => b,
             Err(r) => return r.into(),
@@ -995,7 +1125,7 @@ impl WebApp {
         )
     }
 
-    async fn put_cache(self: &Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Resp {
+    async fn put_cache(self: &Arc<Self>, req: Req, peer: SocketAddr) -> Resp {
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Body {
@@ -1038,7 +1168,7 @@ impl WebApp {
         )
     }
 
-    async fn put_quota(self: &Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Resp {
+    async fn put_quota(self: &Arc<Self>, req: Req, peer: SocketAddr) -> Resp {
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Body {
@@ -1081,7 +1211,7 @@ impl WebApp {
         )
     }
 
-    async fn sync(self: &Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Resp {
+    async fn sync(self: &Arc<Self>, req: Req, peer: SocketAddr) -> Resp {
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Body {
@@ -1209,50 +1339,14 @@ fn sync_json(r: &SyncReport) -> serde_json::Value {
 /// Binds the status server's address (port 0: any free port) and returns the listener and
 /// the address actually bound.
 pub async fn bind(cfg: &WebConfig) -> Result<(TcpListener, SocketAddr)> {
-    let l = TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|e| Error::io(format!("web: binding web.listen = {}", cfg.listen), e))?;
-    let addr = l
-        .local_addr()
-        .map_err(|e| Error::io("web: local address", e))?;
-    Ok((l, addr))
+    serve::bind(cfg.listen, "web.listen").await
 }
 
-/// Serves until `stop` turns true (or its sender goes away), then drops open connections.
-pub async fn run(listener: TcpListener, app: Arc<WebApp>, mut stop: watch::Receiver<bool>) {
-    let mut conns = tokio::task::JoinSet::new();
-    while !*stop.borrow_and_update() {
-        tokio::select! {
-            r = stop.changed() => if r.is_err() { break },
-            r = listener.accept() => match r {
-                Ok((s, peer)) => {
-                    conns.spawn(connection(app.clone(), s, peer));
-                }
-                Err(e) => {
-                    tracing::warn!("web accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-        }
-    }
-    conns.abort_all();
-    while conns.join_next().await.is_some() {}
-}
-
-async fn connection(app: Arc<WebApp>, s: TcpStream, peer: SocketAddr) {
-    let _ = s.set_nodelay(true);
-    let svc = service_fn(move |req| {
-        let app = app.clone();
-        async move { Ok::<_, Infallible>(app.handle(req, peer).await) }
-    });
-    let mut b = http1::Builder::new();
-    b.max_buf_size(256 << 10)
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    if let Err(e) = b.serve_connection(TokioIo::new(s), svc).await {
-        tracing::debug!(%peer, "web connection: {e}");
-    }
+/// Serves until `stop` turns true (or its sender goes away), over TLS when `web.tls_cert` is
+/// set, under the `[web]` connection limits ([`serve::serve`]).
+pub async fn run(listener: TcpListener, app: Arc<WebApp>, stop: watch::Receiver<bool>) {
+    let (tls, limits) = (app.tls.clone(), app.limits.clone());
+    serve::serve("web", listener, tls, limits, router(app), stop).await
 }
 
 /// Starts the background tasks on `rt`: the history sampler (every

@@ -21,7 +21,6 @@
 //! After each change the adapter calls [`Volume::changed`] so the FUSE mount drops what the
 //! kernel cached about the changed names and inodes.
 
-use std::convert::Infallible;
 use std::io::SeekFrom;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,13 +37,7 @@ use dav_server::ls::{DavLock, DavLockSystem, LsFuture};
 use dav_server::{DavConfig, DavHandler};
 use futures_util::FutureExt;
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
-use tokio_rustls::rustls;
+use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::auth::Users;
@@ -1402,31 +1395,6 @@ pub struct Share {
     tls: Option<TlsAcceptor>,
 }
 
-fn load_tls(cert: &std::path::Path, key: &std::path::Path) -> Result<TlsAcceptor> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let bad = |what: &str, p: &std::path::Path, e: &dyn std::fmt::Display| {
-        Error::Invalid(format!("webdav TLS {what} {}: {e}", p.display()))
-    };
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| bad("certificate", cert, &e))?
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|e| bad("certificate", cert, &e))?;
-    if certs.is_empty() {
-        return Err(bad("certificate", cert, &"no certificate in the file"));
-    }
-    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad("key", key, &e))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| bad("setup", cert, &e))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key_der)
-        .map_err(|e| bad("certificate/key pair", cert, &e))?;
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(cfg)))
-}
-
 impl Share {
     /// Prepares the share: staging directory (emptied), lock table, users, TLS. Refuses to
     /// serve without users when authentication is required.
@@ -1446,10 +1414,7 @@ impl Share {
         } else {
             None
         };
-        let tls = match (&cfg.tls_cert, &cfg.tls_key) {
-            (Some(c), Some(k)) => Some(load_tls(c, k)?),
-            _ => None,
-        };
+        let tls = cfg.tls()?;
         let fs = TgFs::new(vol.clone())?;
         let ls = DurableLs::load(vol)?;
         let dav = DavHandler::builder()
@@ -1469,66 +1434,26 @@ impl Share {
         }
     }
 
-    /// Accepts connections until `shutdown` turns true, then drops the open ones (an upload
-    /// cut off this way is discarded like any interrupted PUT).
-    pub async fn run(self: Arc<Self>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
-        let mut conns = tokio::task::JoinSet::new();
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => break,
-                r = listener.accept() => match r {
-                    Ok((s, peer)) => {
-                        let me = self.clone();
-                        conns.spawn(async move { me.connection(s, peer).await });
-                    }
-                    Err(e) => {
-                        tracing::warn!("webdav accept: {e}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                },
-                Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            }
-        }
-        conns.abort_all();
-        while conns.join_next().await.is_some() {}
+    /// The TLS acceptor the share is served through (None: plain HTTP).
+    pub fn tls(&self) -> Option<TlsAcceptor> {
+        self.tls.clone()
     }
 
-    async fn connection(self: Arc<Self>, s: TcpStream, peer: SocketAddr) {
-        let _ = s.set_nodelay(true);
-        let me = self.clone();
-        let svc = service_fn(move |req| {
-            let me = me.clone();
-            async move { Ok::<_, Infallible>(me.handle(req, peer).await) }
-        });
-        let mut b = http1::Builder::new();
-        // Request heads above 64 KiB get 431; a client has 60 s to send a head; a connection
-        // buffers at most 256 KiB of what it reads.
-        b.max_header_size(64 << 10)
-            .max_buf_size(256 << 10)
-            .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(60));
-        let r = match &self.tls {
-            Some(acc) => match acc.accept(s).await {
-                Ok(t) => b.serve_connection(TokioIo::new(t), svc).await,
-                Err(e) => {
-                    tracing::debug!(%peer, "webdav TLS handshake: {e}");
-                    return;
-                }
+    /// The share as a router for [`serve::serve`](crate::serve::serve): every request goes
+    /// through [`Share::route`].
+    pub fn router(self: Arc<Self>) -> axum::Router {
+        axum::Router::new().fallback(
+            move |axum::Extension(peer): axum::Extension<crate::serve::Peer>,
+                  req: Request<axum::body::Body>| {
+                let me = self.clone();
+                async move { me.handle(req, peer.0).await.map(axum::body::Body::new) }
             },
-            None => b.serve_connection(TokioIo::new(s), svc).await,
-        };
-        if let Err(e) = r {
-            tracing::debug!(%peer, "webdav connection: {e}");
-        }
+        )
     }
 
-    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    async fn handle(&self, req: Request<axum::body::Body>, peer: SocketAddr) -> Response<Body> {
         REQUESTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let method = req.method().clone();
-        let uri = req.uri().path().to_string();
-        let resp = self.route(req, peer).await;
-        tracing::debug!("webdav {method} {uri} -> {}", resp.status().as_u16());
-        resp
+        self.route(req, peer).await
     }
 
     /// One request through the share without a connection: authentication, the path checks
@@ -1640,13 +1565,7 @@ impl Share {
 /// Binds the share's address (port 0: any free port) and returns the listener and the
 /// address actually bound.
 pub async fn bind(cfg: &WebdavConfig) -> Result<(TcpListener, SocketAddr)> {
-    let l = TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|e| Error::io(format!("webdav: binding {}", cfg.listen), e))?;
-    let addr = l
-        .local_addr()
-        .map_err(|e| Error::io("webdav: local address", e))?;
-    Ok((l, addr))
+    crate::serve::bind(cfg.listen, "webdav.listen").await
 }
 
 #[cfg(test)]
