@@ -40,7 +40,7 @@ use http::{Request, Response, StatusCode};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::auth::Users;
+use crate::auth::{self, Gate, Users};
 use crate::config::WebdavConfig;
 use crate::error::{Error, Result};
 use crate::meta::{unix_secs, FileKind, ROOT_INO};
@@ -1370,19 +1370,20 @@ fn simple(code: u16, text: &str) -> Response<Body> {
     r
 }
 
-fn basic_credentials(h: &http::HeaderMap) -> Option<(String, String)> {
-    use base64::Engine;
-    let v = h.get(http::header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, b64) = v.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
+/// The answer to a request the authentication gate refused (401, 429, 503, 400).
+fn auth_refused(v: &auth::Verdict) -> Response<Body> {
+    let mut r = simple(v.status(), v.message());
+    if let Some(s) = v.retry_after_secs() {
+        r.headers_mut()
+            .insert(http::header::RETRY_AFTER, http::HeaderValue::from(s));
     }
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(b64.trim())
-        .ok()?;
-    let s = String::from_utf8(raw).ok()?;
-    let (u, p) = s.split_once(':')?;
-    Some((u.to_string(), p.to_string()))
+    if v.status() == 401 {
+        r.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Basic realm=\"tiergate\", charset=\"UTF-8\""),
+        );
+    }
+    r
 }
 
 /// The share: dav-server over the volume, with authentication and TLS in front.
@@ -1391,7 +1392,7 @@ pub static REQUESTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64
 
 pub struct Share {
     dav: DavHandler,
-    users: Option<Arc<Users>>,
+    users: Option<Arc<Gate>>,
     tls: Option<TlsAcceptor>,
 }
 
@@ -1410,7 +1411,7 @@ impl Share {
                     path.display()
                 )));
             }
-            Some(Arc::new(u))
+            Some(Arc::new(Gate::new(u, FAILED_AUTH_DELAY)?))
         } else {
             None
         };
@@ -1476,31 +1477,11 @@ impl Share {
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         let mut principal = None;
-        if let Some(users) = &self.users {
-            let ok = match basic_credentials(req.headers()) {
-                Some((name, pass)) => {
-                    let (u, n) = (users.clone(), name.clone());
-                    let ok = tokio::task::spawn_blocking(move || u.verify(&n, &pass))
-                        .await
-                        .unwrap_or(false);
-                    if !ok {
-                        // Named in the log (for fail2ban and the like), and slowed down, so
-                        // guessing costs a second per try on each connection.
-                        tracing::warn!(%peer, user = %name, "webdav: wrong user name or password");
-                        tokio::time::sleep(FAILED_AUTH_DELAY).await;
-                    }
-                    principal = ok.then_some(name);
-                    ok
-                }
-                None => false,
-            };
-            if !ok {
-                let mut r = simple(401, "authentication required");
-                r.headers_mut().insert(
-                    http::header::WWW_AUTHENTICATE,
-                    http::HeaderValue::from_static("Basic realm=\"tiergate\", charset=\"UTF-8\""),
-                );
-                return r;
+        if let Some(gate) = &self.users {
+            let auth = req.headers().get(http::header::AUTHORIZATION);
+            match gate.authenticate(auth.map(|v| v.as_bytes()), peer.ip()).await {
+                auth::Verdict::Allowed(name) => principal = Some(name),
+                refused => return auth_refused(&refused),
             }
         }
         let mut paths = vec![req.uri().path().to_string()];

@@ -7,6 +7,7 @@ mod common;
 mod core;
 mod durability;
 mod faults;
+mod hostile_auth;
 mod hostile_listeners;
 mod mount;
 mod objectlock;

@@ -26,7 +26,7 @@ pub(crate) struct Resp {
 }
 
 impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
@@ -43,7 +43,7 @@ pub(crate) struct Dav {
     auth: Option<String>,
 }
 
-fn read_response(stream: TcpStream, method: &str) -> std::io::Result<Resp> {
+pub(crate) fn read_response(stream: TcpStream, method: &str) -> std::io::Result<Resp> {
     let mut r = BufReader::new(stream);
     let mut line = String::new();
     r.read_line(&mut line)?;
@@ -100,6 +100,11 @@ fn read_response(stream: TcpStream, method: &str) -> std::io::Result<Resp> {
 }
 
 impl Dav {
+    /// The share's address, for tests that speak raw HTTP.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     fn connect(&self) -> TcpStream {
         let s = TcpStream::connect(self.addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
