@@ -117,14 +117,16 @@ pub struct Space {
     pub metadata_bytes: u64,
     /// The tenant's quota, when one is set (config or management API); enforced on writes.
     pub quota_bytes: Option<u64>,
-    /// What counts against it: stored bytes plus written data not yet committed.
+    /// What counts against it: stored bytes (the recycle bin's included) plus written data
+    /// not yet committed.
     pub quota_used_bytes: Option<u64>,
     pub quota_used_percent: Option<f64>,
     /// The soft threshold, in percent of the quota, and whether usage has reached it.
     pub quota_warn_percent: u8,
     pub quota_warning: bool,
     /// The recycle bin: files deleted within `[recycle] days`, their sizes, and the stored
-    /// bytes only they hold (not counted against the quota).
+    /// bytes only they hold (part of `quota_used_bytes`; purged oldest first when a write
+    /// needs the room).
     pub recycle_files: u64,
     pub recycle_logical_bytes: u64,
     pub recycle_stored_bytes: u64,

@@ -1641,6 +1641,7 @@ impl Volume {
             .filter(|&e| e <= MAX_FILE_SIZE)
             .ok_or(Error::TooBig)?;
         self.check_writable(ino)?;
+        self.recycle_make_room(data.len() as u64)?;
         self.check_quota(data.len() as u64)?;
         let tier = self.tier.read().clone();
         if let Some(t) = tier {
@@ -2806,14 +2807,19 @@ impl Volume {
         })
     }
 
-    /// statfs. With a quota: total = the quota, used = what counts against it, free = the rest
-    /// (what backup software plans with). Without one: the local disk holding the volume.
+    /// statfs. With a quota: total = the quota, used = what counts against it (the recycle
+    /// bin included), free = the rest, and available (what backup software plans with) = free
+    /// plus what the recycle bin would give up for a write (as of its last count). Without
+    /// one: the local disk holding the volume.
     pub fn statfs(&self) -> Result<StatFs> {
         let bsize = 4096u64;
         let (total, free, avail) = match self.quota() {
             Some(q) => {
                 let free = q.saturating_sub(self.quota_used());
-                (q, free, free)
+                let avail = free
+                    .saturating_add(self.recycle_stats().stored_bytes)
+                    .min(q);
+                (q, free, avail)
             }
             None => {
                 let s = nix::sys::statvfs::statvfs(&self.dir)
@@ -2855,12 +2861,11 @@ impl Volume {
         Some(self.quota.load(Ordering::Relaxed)).filter(|&q| q > 0)
     }
 
-    /// What counts against the quota: stored bytes (after dedup and compression, as billed)
-    /// plus written data not yet committed, counted at full size until it is, minus what only
-    /// the recycle bin holds (not part of the share the tenant sees).
+    /// What counts against the quota: stored bytes (after dedup and compression, as billed,
+    /// the recycle bin's included: the provider stores them too) plus written data not yet
+    /// committed, counted at full size until it is.
     pub fn quota_used(&self) -> u64 {
-        (self.stored_now.load(Ordering::Relaxed) + self.dirty_total.load(Ordering::Relaxed))
-            .saturating_sub(self.recycle.stored_bytes.load(Ordering::Relaxed))
+        self.stored_now.load(Ordering::Relaxed) + self.dirty_total.load(Ordering::Relaxed)
     }
 
     /// Refuses a write of `len` bytes that would take the volume past its quota (ENOSPC / 507).
@@ -3363,7 +3368,8 @@ impl Volume {
     /// A directory inode with no name anywhere in the namespace, created on first use and kept
     /// under a metadata record named after `purpose`. FUSE cannot reach it (no lookup leads
     /// there); the WebDAV front-end stages uploads in it, so an unfinished PUT is never visible
-    /// under any name, and renames finished ones into place atomically.
+    /// under any name, and renames finished ones into place atomically. Files unlinked there
+    /// are never recycled.
     pub fn hidden_dir(&self, purpose: &str) -> Result<u64> {
         let _ns = self.ns.lock();
         let key = meta::misc_key(&format!("hidden_dir.{purpose}"));
@@ -3374,6 +3380,7 @@ impl Volume {
                     .map_err(|_| Error::Corrupt(format!("hidden directory record {purpose}")))?,
             );
             if self.load_inode(ino).is_ok() {
+                self.recycle_skip_dir(ino);
                 return Ok(ino);
             }
         }
@@ -3391,6 +3398,7 @@ impl Volume {
         b.put(key, ino.to_le_bytes().to_vec());
         self.apply(b)?;
         self.kv.flush()?;
+        self.recycle_skip_dir(ino);
         Ok(ino)
     }
 

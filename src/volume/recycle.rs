@@ -5,9 +5,18 @@
 //! `restore` reach it; GC purges it when its time is up, and only then do its chunks become
 //! garbage.
 //!
-//! The bytes only recycled files hold do not count against the tenant's quota (they are not
-//! part of the share the tenant sees). Counting them means walking the recycled files'
-//! extents, so the figure is refreshed in the background after changes, not on every write.
+//! Files in a hidden directory ([`Volume::hidden_dir`]: the WebDAV staging area, where refused
+//! and aborted uploads die) never had a name the tenant saw, and are never recycled.
+//!
+//! The bytes recycled files hold count against the tenant's quota: the provider stores (and
+//! pays for) them like any other. When a write would take the volume past its quota and the
+//! bin holds files, the oldest recycled files are deleted before their time until the write
+//! fits ([`Volume::recycle_make_room`]), each time with a warning in the log and an event on
+//! the status page: under quota pressure the protection window shrinks rather than the quota
+//! leaking. Only when the bin is empty (or what is left in it frees nothing) is the write
+//! refused (ENOSPC / 507). The bin's own figures (files, bytes, the stored bytes only it
+//! holds) walk the recycled files' extents, so they are refreshed in the background after
+//! changes, not on every write.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -63,6 +72,9 @@ impl Volume {
         if self.recycle_days() == 0 || attr.kind != FileKind::File || attr.size == 0 {
             return None;
         }
+        if self.recycle.hidden_dirs.lock().contains(&from.0) {
+            return None; // a staging file: never visible, never recycled
+        }
         self.recycle.dirty.store(true, Ordering::Relaxed);
         Some((
             meta::recycled_key(unix_now(), ino),
@@ -70,12 +82,29 @@ impl Volume {
         ))
     }
 
+    /// Notes a hidden directory: what is unlinked there is not recycled.
+    pub(super) fn recycle_skip_dir(&self, ino: u64) {
+        let mut h = self.recycle.hidden_dirs.lock();
+        if !h.contains(&ino) {
+            h.push(ino);
+        }
+    }
+
     /// The recycle bin's records, oldest first.
     fn recycled_records(&self) -> Result<Vec<RecycledRecord>> {
+        self.recycled_records_limit(usize::MAX)
+    }
+
+    /// The oldest `limit` records of the recycle bin, oldest first.
+    fn recycled_records_limit(&self, limit: usize) -> Result<Vec<RecycledRecord>> {
         let p = meta::recycled_prefix();
-        self.kv
-            .range(&p, prefix_end(&p).as_deref())?
-            .into_iter()
+        let end = prefix_end(&p);
+        let rows = if limit == usize::MAX {
+            self.kv.range(&p, end.as_deref())?
+        } else {
+            self.kv.range_limit(&p, end.as_deref(), limit)?
+        };
+        rows.into_iter()
             .map(|(key, v)| {
                 let (parent, name) = meta::decode_recycled(&v)?;
                 Ok(RecycledRecord {
@@ -222,33 +251,76 @@ impl Volume {
     pub fn recycle_purge(&self, cutoff_unix: u64) -> Result<(u64, u64)> {
         let mut files = 0;
         let mut bytes = 0;
-        for RecycledRecord { key, when, ino, .. } in self.recycled_records()? {
-            if when >= cutoff_unix {
+        for r in self.recycled_records()? {
+            if r.when >= cutoff_unix {
                 break; // oldest first
             }
-            let _ns = self.ns.lock();
-            let e = self.entry(ino)?;
-            let size = e.data.read().attr.size;
-            let mut b = Batch::default();
-            b.delete(key);
-            // Still open by someone: the last close deletes it, like an unlinked open file.
-            let open = e.opens.load(Ordering::Acquire) > 0;
-            b.put(meta::orphan_key(ino), Vec::new());
-            if open {
-                e.data.write().orphan = true;
-            }
-            self.apply(b)?;
-            if !open {
-                self.delete_inode_data(ino)?;
-            }
+            bytes += self.purge_record(r)?;
             files += 1;
-            bytes += size;
         }
         if files > 0 {
-            self.recycle.dirty.store(true, Ordering::Relaxed);
             tracing::info!(files, bytes, "recycle bin: expired files deleted");
         }
         Ok((files, bytes))
+    }
+
+    /// Deletes one recycled file for good; returns its size.
+    fn purge_record(&self, r: RecycledRecord) -> Result<u64> {
+        let RecycledRecord { key, ino, .. } = r;
+        let _ns = self.ns.lock();
+        let e = self.entry(ino)?;
+        let size = e.data.read().attr.size;
+        let mut b = Batch::default();
+        b.delete(key);
+        // Still open by someone: the last close deletes it, like an unlinked open file.
+        let open = e.opens.load(Ordering::Acquire) > 0;
+        b.put(meta::orphan_key(ino), Vec::new());
+        if open {
+            e.data.write().orphan = true;
+        }
+        self.apply(b)?;
+        if !open {
+            self.delete_inode_data(ino)?;
+        }
+        self.recycle.dirty.store(true, Ordering::Relaxed);
+        Ok(size)
+    }
+
+    /// Before a write of `len` bytes: if it would take the volume past its quota, deletes the
+    /// oldest recycled files until it fits or the bin is empty (loudly: the insider protection
+    /// shrinks). The quota check that follows refuses the write if it still does not fit.
+    pub(super) fn recycle_make_room(&self, len: u64) -> Result<()> {
+        let Some(q) = self.quota() else {
+            return Ok(());
+        };
+        let fits = |v: &Volume| v.quota_used().saturating_add(len) <= q;
+        if fits(self) {
+            return Ok(());
+        }
+        // One writer purges at a time; the others find room (or an empty bin) after it.
+        let _one = self.recycle.making_room.lock();
+        let (mut files, mut bytes, mut oldest) = (0u64, 0u64, None);
+        while !fits(self) {
+            let Some(r) = self.recycled_records_limit(1)?.pop() else {
+                break;
+            };
+            oldest.get_or_insert(r.when);
+            bytes += self.purge_record(r)?;
+            files += 1;
+        }
+        if files > 0 {
+            let age_days = oldest.map_or(0, |w| unix_now().saturating_sub(w) / 86_400);
+            let msg = format!(
+                "quota reached: {files} file(s) ({bytes} bytes) deleted from the recycle bin \
+                 before their {} days were up, to make room for new writes (oldest deleted \
+                 {age_days} day(s) ago); raise the quota or shorten [recycle] days to keep \
+                 the full protection",
+                self.recycle_days()
+            );
+            tracing::warn!("{msg}");
+            crate::status::event("warning", msg);
+        }
+        Ok(())
     }
 
     /// Purges what is older than the configured days.
@@ -303,9 +375,6 @@ impl Volume {
             }
         }
         *self.recycle.stats.lock() = st;
-        self.recycle
-            .stored_bytes
-            .store(st.stored_bytes, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -329,6 +398,8 @@ pub(super) struct RecycleState {
     pub(super) dirty: std::sync::atomic::AtomicBool,
     pub(super) counted_at: Mutex<Option<Instant>>,
     pub(super) stats: Mutex<RecycleStats>,
-    /// `stats.stored_bytes`, readable without a lock (the quota check).
-    pub(super) stored_bytes: AtomicU64,
+    /// Hidden directories ([`Volume::hidden_dir`]) known to this process: not recycled from.
+    pub(super) hidden_dirs: Mutex<Vec<u64>>,
+    /// Held while the bin is purged to make room under the quota.
+    pub(super) making_room: Mutex<()>,
 }
