@@ -417,9 +417,8 @@ impl<K: std::hash::Hash + Eq + Clone> Throttle<K> {
     /// oldest (an attacker filling the table pushes out its own oldest entries first).
     fn evict(&mut self, now: Instant) {
         let p = self.policy;
-        self.map.retain(|_, b| {
-            b.until > now || now.saturating_duration_since(b.last) < p.forget
-        });
+        self.map
+            .retain(|_, b| b.until > now || now.saturating_duration_since(b.last) < p.forget);
         while self.map.len() >= self.cap {
             let Some(k) = self
                 .map
@@ -816,7 +815,10 @@ mod tests {
         for _ in 0..3 {
             t.fail(&3, t0 + Duration::from_secs(3));
         }
-        assert_eq!(t.blocked(&3, t0 + Duration::from_secs(3)), Some(Duration::from_secs(1)));
+        assert_eq!(
+            t.blocked(&3, t0 + Duration::from_secs(3)),
+            Some(Duration::from_secs(1))
+        );
         // A flood of new keys keeps the table at its cap; the oldest entries go first.
         for k in 100..1100u32 {
             t.fail(&k, t0 + Duration::from_secs(4));
@@ -868,7 +870,9 @@ mod tests {
         );
         assert_eq!(gate.authenticate(None, ip).await, Verdict::Denied);
         for i in 0..PER_SOURCE.free {
-            let v = gate.authenticate(Some(&basic(&format!("alice:{i}"))), ip).await;
+            let v = gate
+                .authenticate(Some(&basic(&format!("alice:{i}"))), ip)
+                .await;
             assert_eq!(v, Verdict::Denied);
         }
         // The next failure blocks the source; while blocked, no verification runs.
@@ -891,9 +895,13 @@ mod tests {
         );
         // Oversized headers are refused before decoding; control characters never pass.
         let long = basic(&format!("alice:{}", "x".repeat(MAX_AUTH_HEADER)));
-        assert_eq!(gate.authenticate(Some(&long), other).await, Verdict::Malformed);
         assert_eq!(
-            gate.authenticate(Some(&basic("al\nice:s3cret")), other).await,
+            gate.authenticate(Some(&long), other).await,
+            Verdict::Malformed
+        );
+        assert_eq!(
+            gate.authenticate(Some(&basic("al\nice:s3cret")), other)
+                .await,
             Verdict::Denied
         );
     }

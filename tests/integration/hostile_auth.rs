@@ -139,7 +139,12 @@ fn a_flood_of_wrong_passwords_keeps_memory_bounded_and_valid_users_answered() {
         answered += 1;
         if bob_first.is_none() && start.elapsed() > Duration::from_secs(1) {
             let (r, t) = ask(Ipv4Addr::new(127, 0, 0, 2), addr, "bob:builder");
-            assert_eq!(r.status, 207, "bob's first login during the flood: {}", r.text());
+            assert_eq!(
+                r.status,
+                207,
+                "bob's first login during the flood: {}",
+                r.text()
+            );
             bob_first = Some(t);
         }
         std::thread::sleep(Duration::from_millis(100));
