@@ -419,7 +419,7 @@ mod tests {
     fn admission_counts_per_source_and_in_total_and_gives_places_back() {
         let adm = Arc::new(Admission {
             name: "t",
-            limits: limits(4, 2),
+            limits: limits(5, 2),
             counts: Default::default(),
             refused: parking_lot::Mutex::new(Refusals {
                 since_log: 0,
@@ -437,10 +437,12 @@ mod tests {
         let _b1 = adm.admit(b).unwrap();
         let _b2 = adm.admit(b2).unwrap();
         assert_eq!(adm.admit(b).err(), Some("max_connections_per_ip"));
+        let _c1 = adm.admit(c).unwrap();
         assert_eq!(adm.admit(c).err(), Some("max_connections"));
         drop(a1);
-        let _c1 = adm.admit(c).unwrap();
-        assert_eq!(adm.counts.lock().total, 4);
+        let _c2 = adm.admit(c).unwrap();
+        assert_eq!(adm.counts.lock().total, 5);
+        assert_eq!(adm.counts.lock().per_source.len(), 3);
         // The v4-mapped form of an IPv4 address is that address.
         assert_eq!(source("::ffff:127.0.0.1".parse().unwrap()), a);
     }
