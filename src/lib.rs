@@ -32,5 +32,6 @@ pub mod tiering;
 pub mod volume;
 pub mod web;
 pub mod webdav;
+pub mod xmldepth;
 
 pub use error::{Error, Result};

@@ -106,6 +106,12 @@ enum Cmd {
     Snapshot {
         #[command(subcommand)]
         cmd: SnapshotCmd,
+    /// WebDAV locks held on the share: list them, or clear those a vanished client left
+    /// (offline: the daemon must be stopped; it reads the locks at start).
+    Locks {
+        #[command(subcommand)]
+        cmd: LocksCmd,
+    },
     },
     /// Manage the users of the WebDAV share (its `webdav.users_file`).
     User {
@@ -164,6 +170,27 @@ enum SnapshotCmd {
     /// Take a snapshot now; it stays until `tiergate snapshot delete` (the schedule's keep rules
     /// prune only scheduled ones).
     Create {
+#[derive(Subcommand)]
+enum LocksCmd {
+    /// Every lock: token, path, user, expiry, scope.
+    List {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove locks: the one with this token, or those on this path (and below it), or with
+    /// --all every lock.
+    Clear {
+        /// A lock token (`urn:uuid:...`) or a path on the share (`/dir/file`).
+        target: Option<String>,
+        #[arg(long, conflicts_with = "target")]
+        all: bool,
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
         /// Its name. Default: "manual-YYYY-MM-DD_HHMMSSZ" (UTC).
         name: Option<String>,
         #[arg(long, short)]
@@ -270,6 +297,7 @@ fn main() {
         } => index_rebuild(&config),
         Cmd::Verify {
             config,
+        Cmd::Locks { cmd } => locks(cmd),
             remote,
             deep,
         } => verify(&config, remote, deep),
@@ -741,6 +769,56 @@ fn snapshot(cmd: SnapshotCmd) -> Result<()> {
             let req = match &name {
                 Some(n) => format!("snapshot create {n}"),
                 None => "snapshot create".into(),
+fn locks(cmd: LocksCmd) -> Result<()> {
+    match cmd {
+        LocksCmd::List { config, json } => {
+            let cfg = Config::load(&config)?;
+            let vol = open(&cfg)?;
+            let locks = tiergate::webdav::list_locks(&vol)?;
+            if json {
+                let v: Vec<_> = locks
+                    .iter()
+                    .map(|l| {
+                        serde_json::json!({
+                            "token": l.token, "path": l.path, "user": l.principal,
+                            "expires_unix": l.expires_unix, "shared": l.shared, "deep": l.deep,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            println!("{} WebDAV lock(s)", locks.len());
+            for l in locks {
+                println!(
+                    "{}  {}  user {}  expires {}  {}{}",
+                    l.token,
+                    l.path,
+                    l.principal.as_deref().unwrap_or("-"),
+                    l.expires_unix.map(utc_time).unwrap_or_else(|| "never".into()),
+                    if l.shared { "shared" } else { "exclusive" },
+                    if l.deep { ", depth infinity" } else { "" },
+                );
+            }
+            Ok(())
+        }
+        LocksCmd::Clear {
+            target,
+            all,
+            config,
+        } => {
+            if target.is_none() && !all {
+                anyhow::bail!("say which locks: a token, a path, or --all");
+            }
+            let cfg = Config::load(&config)?;
+            let vol = open(&cfg)?;
+            let n = tiergate::webdav::clear_locks(&vol, target.as_deref())?;
+            println!("{n} lock(s) removed");
+            Ok(())
+        }
+    }
+}
+
             };
             let r = tiergate::control::call(&cfg.volume.path, &req)?;
             if json {

@@ -62,6 +62,19 @@ pub use snapshot::{
 pub const MAX_FILE_SIZE: u64 = i64::MAX as u64;
 pub const MAX_NAME_LEN: usize = 255;
 const MAX_XATTR_VALUE: usize = 64 * 1024;
+/// Xattrs under this prefix hold the WebDAV share's dead properties (src/webdav.rs). Whoever
+/// sets them (a PROPPATCH, or `setfattr` through the mount), the same limits hold: the XML
+/// inside nests at most [`crate::xmldepth::MAX_DEPTH`] levels (deeper XML would crash the
+/// parser that reads it back), and an inode holds at most [`MAX_DAV_PROPS`] of them, each at
+/// most [`MAX_DAV_PROP_BYTES`], together at most [`MAX_DAV_PROP_TOTAL`].
+pub const DAV_PROP_PREFIX: &[u8] = b"user.tiergate.dav.";
+/// Dead properties per resource (real clients set a handful: Windows 4, macOS 1-3).
+pub const MAX_DAV_PROPS: usize = 64;
+/// Bytes of one stored dead property (its XML and names).
+pub const MAX_DAV_PROP_BYTES: usize = 16 * 1024;
+/// Bytes of all dead properties of one resource: bounds a PROPFIND answer to ~64 KiB per
+/// member and the metadata a resource can hold outside its data.
+pub const MAX_DAV_PROP_TOTAL: usize = 64 * 1024;
 /// Dirty bytes of one file above which a write commits the file's data (keeping the last,
 /// still-growing chunk in memory so that a streaming write is chunked exactly once).
 const FILE_DIRTY_COMMIT: u64 = 64 << 20;
@@ -1438,7 +1451,8 @@ impl Volume {
         let e = self.entry(ino)?;
         let mut d = e.data.write();
         let key = meta::xattr_key(ino, name);
-        let exists = self.kv.get(&key)?.is_some();
+        let old = self.kv.get(&key)?;
+        let exists = old.is_some();
         match how {
             XattrSet::Create if exists => return Err(Error::Exists),
             XattrSet::Replace if !exists => return Err(Error::NoXattr),
@@ -1510,6 +1524,26 @@ impl Volume {
             if off < start && off + x.len as u64 > start {
                 out.push((off, x));
             }
+        let dav = name.starts_with(DAV_PROP_PREFIX);
+        if dav {
+            if value.len() > MAX_DAV_PROP_BYTES {
+                return Err(Error::TooBig);
+            }
+            match crate::xmldepth::prop_record(value) {
+                None => {
+                    return Err(Error::Invalid(
+                        "not a WebDAV property record (the share's own xattr namespace)".into(),
+                    ))
+                }
+                Some([.., xml]) if crate::xmldepth::too_deep(xml) => {
+                    return Err(Error::Invalid(format!(
+                        "a WebDAV property nested deeper than {} levels",
+                        crate::xmldepth::MAX_DEPTH
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
         }
         for (k, v) in self.kv.range(
             &meta::extent_key(ino, start),
@@ -1521,6 +1555,11 @@ impl Volume {
     }
 
     /// A chunk's plaintext, from the cache or its pack (verified: decrypted and re-hashed).
+        if dav {
+            self.check_dav_props(ino, &key, value.len())?;
+            let grows = value.len().saturating_sub(old.map_or(0, |o| o.len()));
+            self.check_quota(grows as u64)?;
+        }
     fn chunk_data(&self, id: &ChunkId) -> Result<Arc<Vec<u8>>> {
         if let Some(c) = self.chunk_cache.lock().get(id) {
             return Ok(c.clone());
@@ -1528,6 +1567,27 @@ impl Volume {
         // Kernel readahead asks for several pieces of one chunk at once: let one reader decode
         // it and the others find it in the cache, instead of each decoding the whole chunk.
         let _decoding = self.decode_locks[id.0[0] as usize % DECODE_STRIPES].lock();
+    /// Refuses a dead property (see [`DAV_PROP_PREFIX`]) of `len` bytes at `key` that would
+    /// take `ino` past [`MAX_DAV_PROPS`] or [`MAX_DAV_PROP_TOTAL`] (507 / ENOSPC).
+    fn check_dav_props(&self, ino: u64, key: &[u8], len: usize) -> Result<()> {
+        let mut p = meta::xattr_prefix(ino);
+        p.extend_from_slice(DAV_PROP_PREFIX);
+        let (mut count, mut total) = (1, len);
+        for (k, v) in self.kv.range(&p, prefix_end(&p).as_deref())? {
+            if k != key {
+                count += 1;
+                total += v.len();
+            }
+        }
+        if count > MAX_DAV_PROPS || total > MAX_DAV_PROP_TOTAL {
+            return Err(Error::NoSpace(format!(
+                "inode {ino}: dead properties are limited to {MAX_DAV_PROPS} and \
+                 {MAX_DAV_PROP_TOTAL} bytes per resource"
+            )));
+        }
+        Ok(())
+    }
+
         if let Some(c) = self.chunk_cache.lock().get(id) {
             return Ok(c.clone());
         }
@@ -3503,3 +3563,16 @@ mod tests {
         assert_eq!(m, vec![(2, 3), (5, 20), (30, 35)]);
     }
 }
+    /// Every front-end state whose name starts with `prefix`, by name (one record per WebDAV
+    /// lock, say: a change rewrites one small record, not a table).
+    pub fn frontend_states(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let p = meta::misc_key(&format!("frontend.{prefix}"));
+        let skip = meta::misc_key("frontend.").len();
+        Ok(self
+            .kv
+            .range(&p, prefix_end(&p).as_deref())?
+            .into_iter()
+            .map(|(k, v)| (String::from_utf8_lossy(&k[skip..]).into_owned(), v))
+            .collect())
+    }
+

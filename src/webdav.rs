@@ -44,21 +44,37 @@ use crate::auth::{self, Gate, Users};
 use crate::config::WebdavConfig;
 use crate::error::{Error, Result};
 use crate::meta::{unix_secs, FileKind, ROOT_INO};
-use crate::volume::{Attr, Caller, Changed, RenameMode, SetAttr, Volume, XattrSet, MAX_NAME_LEN};
+use crate::volume::{
+    Attr, Caller, Changed, RenameMode, SetAttr, Volume, XattrSet, DAV_PROP_PREFIX, MAX_NAME_LEN,
+};
+use crate::xmldepth;
 
 /// Bytes of a PUT body gathered before one core `write` (one blocking-pool round trip).
 const WRITE_BATCH: usize = 1 << 20;
 /// Largest single read handed to dav-server for GET.
 const READ_BATCH: usize = 1 << 20;
 /// Dead properties live in xattrs under this prefix, so they are durable, move with the file
-/// on MOVE, and are visible (read-only in spirit) through the mount.
-const PROP_PREFIX: &[u8] = b"user.tiergate.dav.";
+/// on MOVE, and are visible (read-only in spirit) through the mount. The core bounds their
+/// number, size and nesting whoever sets them ([`crate::volume::DAV_PROP_PREFIX`]).
+const PROP_PREFIX: &[u8] = DAV_PROP_PREFIX;
 /// How long a request with wrong credentials waits before its 401.
 const FAILED_AUTH_DELAY: Duration = Duration::from_secs(1);
 /// Name of the staging directory record ([`Volume::hidden_dir`]).
 const STAGING: &str = "webdav-staging";
-/// Where the lock table is kept ([`Volume::set_frontend_state`]).
+/// Where earlier versions kept the whole lock table in one record ([`Volume::frontend_state`]);
+/// read once at start and converted to one record per lock.
 const LOCK_STATE: &str = "webdav.locks";
+/// One record per lock: this prefix and the lock token ([`Volume::frontend_states`]).
+const LOCK_PREFIX: &str = "webdav.lock.";
+/// Timeout of a lock whose LOCK asked for none, or for `Infinite` (RFC 4918 §10.7 lets the
+/// server choose). Clients refresh well within it: Windows and macOS every few minutes.
+pub const LOCK_DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+/// Longest timeout granted: a client that vanished holds a lock at most this long.
+pub const LOCK_MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Locks one user may hold at once (a desktop client holds one per open document).
+pub const MAX_LOCKS_PER_USER: usize = 100;
+/// Locks held at once on the share; each is a small record kept in memory and on disk.
+pub const MAX_LOCKS: usize = 1000;
 
 // ------------------------------------------------------------------------ errors and paths
 
@@ -243,13 +259,6 @@ fn put_field(v: &mut Vec<u8>, f: &[u8]) {
     v.extend_from_slice(f);
 }
 
-fn take_field<'a>(b: &mut &'a [u8]) -> Option<&'a [u8]> {
-    let n = u32::from_le_bytes(b.get(..4)?.try_into().ok()?) as usize;
-    let f = b.get(4..4 + n)?;
-    *b = &b[4 + n..];
-    Some(f)
-}
-
 /// Value layout: version byte 1, then namespace, prefix, name and the property's XML, each as
 /// (u32 little-endian length, bytes); an absent namespace or prefix is stored empty.
 #[doc(hidden)]
@@ -262,25 +271,24 @@ pub fn encode_prop(p: &DavProp) -> Vec<u8> {
     v
 }
 
-/// The inverse of [`encode_prop`]; `None` for bytes it did not write. (Public, like the lock
-/// table's codec and [`destination_path`], for the fuzz targets in `fuzz/`.)
+/// The inverse of [`encode_prop`]; `None` for bytes it did not write, and for a property
+/// whose XML nests deeper than [`xmldepth::MAX_DEPTH`] or does not parse: dav-server would
+/// parse it recursively (a stack overflow) or fail the whole PROPFIND on it, so such a
+/// property (set through the mount, or stored before the limits) is hidden instead. (Public,
+/// like the lock table's codec and [`destination_path`], for the fuzz targets in `fuzz/`.)
 #[doc(hidden)]
 pub fn decode_prop(b: &[u8], with_content: bool) -> Option<DavProp> {
-    let (&ver, mut rest) = b.split_first()?;
-    if ver != 1 {
+    let [ns, prefix, name, xml] = xmldepth::prop_record(b)?;
+    if xmldepth::too_deep(xml) || (!xml.is_empty() && xmltree::Element::parse(xml).is_err()) {
         return None;
     }
     let s = |f: &[u8]| String::from_utf8(f.to_vec()).ok();
     let opt = |f: String| if f.is_empty() { None } else { Some(f) };
-    let ns = s(take_field(&mut rest)?)?;
-    let prefix = s(take_field(&mut rest)?)?;
-    let name = s(take_field(&mut rest)?)?;
-    let xml = take_field(&mut rest)?.to_vec();
     Some(DavProp {
-        name,
-        prefix: opt(prefix),
-        namespace: opt(ns),
-        xml: (with_content && !xml.is_empty()).then_some(xml),
+        name: s(name)?,
+        prefix: opt(s(prefix)?),
+        namespace: opt(s(ns)?),
+        xml: (with_content && !xml.is_empty()).then(|| xml.to_vec()),
     })
 }
 
@@ -628,13 +636,29 @@ impl DavFileSystem for TgFs {
             let a = resolve(&vol, &p)?;
             let mut out = Vec::new();
             let mut failed = false;
+            // What each applied change replaced, to undo them all if a later one fails
+            // (RFC 4918 §9.2: a PROPPATCH is applied entirely or not at all).
+            let mut undo: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
             for (set, prop) in patch {
                 let x = prop_xattr(&prop.namespace, &prop.name);
+                if !failed {
+                    let before = match vol.getxattr(a.ino, &x) {
+                        Ok(v) => Some(v),
+                        Err(Error::NoXattr) => None,
+                        Err(e) => return Err(e),
+                    };
+                    undo.push((x.clone(), before));
+                }
                 let r = if failed {
                     Err(StatusCode::FAILED_DEPENDENCY)
                 } else if set {
+                    // The core bounds dead properties (nesting, size, count, total per
+                    // resource, quota); RFC 4918 §9.2.1 answers 507 where one does not fit.
                     vol.setxattr(a.ino, &x, &encode_prop(&prop), XattrSet::Any)
-                        .map_err(|e| status(e.http_status()))
+                        .map_err(|e| match e {
+                            Error::TooBig | Error::NoSpace(_) => StatusCode::INSUFFICIENT_STORAGE,
+                            e => status(e.http_status()),
+                        })
                 } else {
                     // Removing a property that does not exist succeeds (RFC 4918 §14.23).
                     match vol.removexattr(a.ino, &x) {
@@ -651,6 +675,21 @@ impl DavFileSystem for TgFs {
                 };
                 let shown = DavProp { xml: None, ..prop };
                 out.push((st, shown));
+            }
+            if failed {
+                undo.pop(); // the one that failed changed nothing
+                for (x, before) in undo.into_iter().rev() {
+                    match before {
+                        Some(v) => vol.setxattr(a.ino, &x, &v, XattrSet::Any)?,
+                        None => match vol.removexattr(a.ino, &x) {
+                            Ok(()) | Err(Error::NoXattr) => {}
+                            Err(e) => return Err(e),
+                        },
+                    }
+                }
+                for (st, _) in out.iter_mut().filter(|(st, _)| *st == StatusCode::OK) {
+                    *st = StatusCode::FAILED_DEPENDENCY;
+                }
             }
             vol.sync_metadata()?;
             vol.changed(&[Changed::Inode(a.ino)]);
@@ -920,8 +959,10 @@ impl Drop for TgFile {
 // ------------------------------------------------------------------------ locks
 
 /// WebDAV locks (RFC 4918 §6–7) kept in the volume's metadata store, so they survive a
-/// restart. Every change rewrites the (small) table durably before the client gets its answer.
-/// Expired locks are dropped whenever the table is consulted.
+/// restart: one small record per lock, written durably before the client gets its answer.
+/// Every lock expires ([`LOCK_DEFAULT_TIMEOUT`], at most [`LOCK_MAX_TIMEOUT`]); expired locks
+/// are dropped whenever the table is consulted. [`MAX_LOCKS`] and [`MAX_LOCKS_PER_USER`] bound
+/// the table.
 #[derive(Clone)]
 struct DurableLs {
     vol: Arc<Volume>,
@@ -1032,6 +1073,8 @@ pub fn decode_locks(b: &[u8]) -> Vec<DavLock> {
                 }
             };
             let owner = match opt(f[4])? {
+                // Bounded first: xmltree parses (and drops) recursively.
+                Some(xml) if xmldepth::too_deep(xml.as_bytes()) => return None,
                 Some(xml) => Some(Box::new(xmltree::Element::parse(xml.as_bytes()).ok()?)),
                 None => None,
             };
@@ -1056,10 +1099,7 @@ pub fn decode_locks(b: &[u8]) -> Vec<DavLock> {
 
 impl DurableLs {
     fn load(vol: Arc<Volume>) -> Result<DurableLs> {
-        let locks = vol
-            .frontend_state(LOCK_STATE)?
-            .map(|b| decode_locks(&b))
-            .unwrap_or_default();
+        let locks = load_locks(&vol)?;
         if !locks.is_empty() {
             tracing::info!("webdav: {} lock(s) restored", locks.len());
         }
@@ -1070,24 +1110,148 @@ impl DurableLs {
         })
     }
 
-    /// The table with expired locks removed.
+    /// The table with expired locks removed (their records are deleted in the background:
+    /// one left behind is dropped at the next start anyway).
     fn table(&self) -> parking_lot::MutexGuard<'_, Vec<DavLock>> {
         let mut t = self.locks.lock();
         let now = SystemTime::now();
-        t.retain(|l| l.timeout_at.is_none_or(|at| at > now));
+        let expired: Vec<String> = t
+            .iter()
+            .filter(|l| l.timeout_at.is_some_and(|at| at <= now))
+            .map(|l| l.token.clone())
+            .collect();
+        if !expired.is_empty() {
+            t.retain(|l| l.timeout_at.is_none_or(|at| at > now));
+            let vol = self.vol.clone();
+            let work = move || {
+                for tok in expired {
+                    if let Err(e) = vol.set_frontend_state(&lock_key(&tok), None) {
+                        tracing::warn!("webdav: removing an expired lock: {e}");
+                    }
+                }
+            };
+            if let Ok(h) = tokio::runtime::Handle::try_current() {
+                h.spawn_blocking(work);
+            }
+        }
         t
     }
 
-    /// Writes the current table durably. The snapshot is taken under the persist lock, so
-    /// the last writer always stores a table that includes every earlier change.
-    async fn save(&self) -> std::result::Result<(), ()> {
+    /// Makes the stored record of `token` match the table: written if the lock is in it,
+    /// removed if not. Serialised, so the last change of a lock is the one stored.
+    async fn save(&self, token: &str) -> std::result::Result<(), ()> {
         let _g = self.persist.lock().await;
-        let snapshot = encode_locks(&self.table());
-        let vol = self.vol.clone();
-        blocking(move || vol.set_frontend_state(LOCK_STATE, Some(&snapshot)))
+        let record = self
+            .table()
+            .iter()
+            .find(|l| l.token == token)
+            .map(|l| encode_locks(std::slice::from_ref(l)));
+        let (vol, key) = (self.vol.clone(), lock_key(token));
+        blocking(move || vol.set_frontend_state(&key, record.as_deref()))
             .await
             .map_err(|_| ())
     }
+}
+
+/// The frontend-state name of one lock's record.
+fn lock_key(token: &str) -> String {
+    format!("{LOCK_PREFIX}{token}")
+}
+
+/// The timeout a lock gets: [`LOCK_DEFAULT_TIMEOUT`] when the client asked for none or for
+/// `Infinite` (dav-server passes both as `None`), never more than [`LOCK_MAX_TIMEOUT`].
+fn lock_timeout(asked: Option<Duration>) -> Duration {
+    asked
+        .unwrap_or(LOCK_DEFAULT_TIMEOUT)
+        .min(LOCK_MAX_TIMEOUT)
+}
+
+/// Every stored lock that has not expired. Reads the one-record table of earlier versions
+/// too, rewrites it as one record per lock and removes it; removes expired records.
+fn load_locks(vol: &Volume) -> Result<Vec<DavLock>> {
+    let now = SystemTime::now();
+    let live = |l: &DavLock| l.timeout_at.is_none_or(|at| at > now);
+    let mut out = Vec::new();
+    for (name, v) in vol.frontend_states(LOCK_PREFIX)? {
+        let ls = decode_locks(&v);
+        if ls.iter().all(|l| !live(l)) {
+            vol.set_frontend_state(&name, None)?;
+        }
+        out.extend(ls.into_iter().filter(live));
+    }
+    if let Some(old) = vol.frontend_state(LOCK_STATE)? {
+        let ls: Vec<DavLock> = decode_locks(&old).into_iter().filter(live).collect();
+        for l in &ls {
+            vol.set_frontend_state(&lock_key(&l.token), Some(&encode_locks(std::slice::from_ref(l))))?;
+        }
+        vol.set_frontend_state(LOCK_STATE, None)?;
+        tracing::info!("webdav: lock table of an earlier version converted ({} lock(s))", ls.len());
+        out.extend(ls);
+    }
+    // A lock stored without a timeout (earlier versions allowed it) gets the maximum from now.
+    for l in out.iter_mut().filter(|l| l.timeout_at.is_none()) {
+        l.timeout = Some(LOCK_MAX_TIMEOUT);
+        l.timeout_at = Some(now + LOCK_MAX_TIMEOUT);
+    }
+    Ok(out)
+}
+
+/// A stored WebDAV lock, as `tiergate locks list` shows it.
+#[derive(Debug, Clone)]
+pub struct LockInfo {
+    pub token: String,
+    /// The locked path, percent-encoded as in the request.
+    pub path: String,
+    /// The user who took it (none on a share without authentication).
+    pub principal: Option<String>,
+    /// When it expires (Unix seconds).
+    pub expires_unix: Option<u64>,
+    pub shared: bool,
+    /// Depth infinity: it covers everything below a collection too.
+    pub deep: bool,
+}
+
+/// The locks stored in `vol` (the daemon must be stopped: it keeps the table in memory and
+/// reads it at start).
+pub fn list_locks(vol: &Volume) -> Result<Vec<LockInfo>> {
+    Ok(load_locks(vol)?
+        .into_iter()
+        .map(|l| LockInfo {
+            path: l.path.as_url_string(),
+            token: l.token,
+            principal: l.principal,
+            expires_unix: l.timeout_at.map(unix_secs),
+            shared: l.shared,
+            deep: l.deep,
+        })
+        .collect())
+}
+
+/// Removes stored locks: all of them (`which` = None), the one with token `which`, or those
+/// on the path `which` (percent-encoded or not) or below it. Returns how many were removed.
+pub fn clear_locks(vol: &Volume, which: Option<&str>) -> Result<usize> {
+    let want = which.map(|w| {
+        let p = DavPath::new(w).ok();
+        (w.to_string(), p.map(|p| segs_of(&p).iter().map(|s| s.to_vec()).collect::<Vec<_>>()))
+    });
+    let mut n = 0;
+    for l in load_locks(vol)? {
+        let hit = match &want {
+            None => true,
+            Some((w, segs)) => {
+                l.token == *w
+                    || segs.as_ref().is_some_and(|s| {
+                        let s: Vec<&[u8]> = s.iter().map(|x| x.as_slice()).collect();
+                        below(&l, &s)
+                    })
+            }
+        };
+        if hit {
+            vol.set_frontend_state(&lock_key(&l.token), None)?;
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 impl DavLockSystem for DurableLs {
@@ -1101,7 +1265,18 @@ impl DavLockSystem for DurableLs {
         deep: bool,
     ) -> LsFuture<'_, std::result::Result<DavLock, DavLock>> {
         let segs = segs_of(path);
-        let lock = {
+        let timeout = lock_timeout(timeout);
+        let lock = DavLock {
+            token: new_token(),
+            path: Box::new(path.clone()),
+            principal: principal.map(str::to_string),
+            owner: owner.map(|o| Box::new(o.clone())),
+            timeout_at: Some(SystemTime::now() + timeout),
+            timeout: Some(timeout),
+            shared,
+            deep,
+        };
+        {
             let mut t = self.table();
             let conflict = t
                 .iter()
@@ -1109,25 +1284,26 @@ impl DavLockSystem for DurableLs {
             if let Some(c) = conflict {
                 return futures_util::future::ready(Err(c.clone())).boxed();
             }
-            let lock = DavLock {
-                token: new_token(),
-                path: Box::new(path.clone()),
-                principal: principal.map(str::to_string),
-                owner: owner.map(|o| Box::new(o.clone())),
-                timeout_at: timeout.map(|d| SystemTime::now() + d),
-                timeout,
-                shared,
-                deep,
-            };
+            // Limits: refused like a conflict (423 Locked), which is all dav-server can answer.
+            let mine = t.iter().filter(|l| l.principal.as_deref() == principal).count();
+            if t.len() >= MAX_LOCKS || mine >= MAX_LOCKS_PER_USER {
+                tracing::warn!(
+                    user = principal.unwrap_or("-"),
+                    "webdav: LOCK refused: {} locks held ({mine} by this user; limits {MAX_LOCKS} \
+                     and {MAX_LOCKS_PER_USER} per user)",
+                    t.len()
+                );
+                return futures_util::future::ready(Err(lock)).boxed();
+            }
             t.push(lock.clone());
-            lock
-        };
+        }
         async move {
-            if self.save().await.is_err() {
+            if self.save(&lock.token).await.is_err() {
                 // Not durable: take it back and refuse (the conflict answer is the only
                 // failure dav-server can send here; the log says why).
                 self.locks.lock().retain(|l| l.token != lock.token);
-                tracing::error!("webdav: lock table could not be saved; LOCK refused");
+                let _ = self.save(&lock.token).await;
+                tracing::error!("webdav: lock could not be saved; LOCK refused");
                 return Err(lock);
             }
             Ok(lock)
@@ -1143,11 +1319,12 @@ impl DavLockSystem for DurableLs {
             t.retain(|l| !(l.token == token && covers(l, &segs)));
             t.len() != before
         };
+        let token = token.to_string();
         async move {
             if !removed {
                 return Err(());
             }
-            self.save().await
+            self.save(&token).await
         }
         .boxed()
     }
@@ -1159,19 +1336,20 @@ impl DavLockSystem for DurableLs {
         timeout: Option<Duration>,
     ) -> LsFuture<'_, std::result::Result<DavLock, ()>> {
         let segs = segs_of(path);
+        let timeout = lock_timeout(timeout);
         let found = {
             let mut t = self.table();
             t.iter_mut()
                 .find(|l| l.token == token && covers(l, &segs))
                 .map(|l| {
-                    l.timeout = timeout;
-                    l.timeout_at = timeout.map(|d| SystemTime::now() + d);
+                    l.timeout = Some(timeout);
+                    l.timeout_at = Some(SystemTime::now() + timeout);
                     l.clone()
                 })
         };
         async move {
             let l = found.ok_or(())?;
-            self.save().await?;
+            self.save(&l.token).await?;
             Ok(l)
         }
         .boxed()
@@ -1226,15 +1404,19 @@ impl DavLockSystem for DurableLs {
 
     fn delete(&self, path: &DavPath) -> LsFuture<'_, std::result::Result<(), ()>> {
         let segs = segs_of(path);
-        let removed = {
+        let removed: Vec<String> = {
             let mut t = self.table();
-            let before = t.len();
+            let gone = t
+                .iter()
+                .filter(|l| below(l, &segs))
+                .map(|l| l.token.clone())
+                .collect();
             t.retain(|l| !below(l, &segs));
-            t.len() != before
+            gone
         };
         async move {
-            if removed {
-                self.save().await?;
+            for tok in removed {
+                self.save(&tok).await?;
             }
             Ok(())
         }
@@ -1360,6 +1542,141 @@ pub fn destination_path(v: &str) -> &str {
     rest.split(['?', '#']).next().unwrap_or(rest)
 }
 
+/// Largest XML body (PROPFIND, PROPPATCH, LOCK) read: dav-server's own limit for them.
+const MAX_XML_BODY: usize = 64 << 10;
+/// Most ranges served from one Range header; a header with more is ignored (a 200 with the
+/// whole body, RFC 9110 §14.2). Real clients ask for one; 16 leaves room for PDF viewers.
+pub const MAX_RANGES: usize = 16;
+
+/// Reads the body of a request whose body dav-server parses as XML, up to [`MAX_XML_BODY`],
+/// and refuses it (400) if it nests deeper than [`xmldepth::MAX_DEPTH`]: xml-rs and xmltree
+/// recurse per level, and ~2,000 levels (14 KB) overflowed the thread's stack and aborted the
+/// daemon. The answer is the bytes to hand on, or the response to send instead.
+async fn read_xml_body<B>(body: B) -> std::result::Result<Bytes, Response<Body>>
+where
+    B: hyper::body::Body,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    use http_body_util::BodyExt;
+    let b = match http_body_util::Limited::new(body, MAX_XML_BODY).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(simple(
+                413,
+                &format!("XML body larger than {MAX_XML_BODY} bytes"),
+            ))
+        }
+        Err(e) => return Err(simple(400, &format!("reading the request body: {e}"))),
+    };
+    if xmldepth::too_deep(&b) {
+        return Err(simple(
+            400,
+            &format!("XML body nested deeper than {} levels", xmldepth::MAX_DEPTH),
+        ));
+    }
+    Ok(b)
+}
+
+/// What to do with a `Range` header of a GET or HEAD on a file of `len` bytes, before
+/// dav-server sees it. dav-server 0.11 serves every range as asked (`bytes=0-,0-,...`: 3,000
+/// copies of the file from a 9 KB header) and computes `end - start + 1` unchecked
+/// (`bytes=0-18446744073709551615` wraps to a broken 206). Here: more than [`MAX_RANGES`]
+/// ranges, or any malformed one, drops the header (200, the whole body); otherwise the
+/// satisfiable ranges are clamped to the file, sorted and coalesced where they overlap or
+/// touch, and handed on in that canonical form; none satisfiable gives a header dav-server
+/// answers with 416. `None`: drop the header; `Some(v)`: replace it with `v`.
+#[doc(hidden)]
+pub fn normalise_range(v: &[u8], len: u64) -> Option<String> {
+    let v = std::str::from_utf8(v).ok()?.trim();
+    let (unit, specs) = v.split_once('=')?;
+    if !unit.trim().eq_ignore_ascii_case("bytes") {
+        return None;
+    }
+    let specs: Vec<&str> = specs.split(',').map(str::trim).collect();
+    if specs.len() > MAX_RANGES {
+        return None;
+    }
+    let num = |s: &str| -> Option<u64> {
+        (!s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    for spec in specs {
+        let (a, b) = spec.split_once('-')?;
+        let (a, b) = (a.trim(), b.trim());
+        let r = if a.is_empty() {
+            // Suffix: the last `n` bytes.
+            let n = num(b)?;
+            (n > 0 && len > 0).then(|| (len - n.min(len), len - 1))
+        } else {
+            let start = num(a)?;
+            let end = if b.is_empty() { None } else { Some(num(b)?) };
+            if end.is_some_and(|e| e < start) {
+                return None;
+            }
+            (start < len).then(|| (start, end.unwrap_or(u64::MAX).min(len - 1)))
+        };
+        ranges.extend(r);
+    }
+    if ranges.is_empty() {
+        return Some(format!("bytes={len}-"));
+    }
+    ranges.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+    for (s, e) in ranges {
+        match merged.last_mut() {
+            Some(last) if s <= last.1.saturating_add(1) => last.1 = last.1.max(e),
+            _ => merged.push((s, e)),
+        }
+    }
+    let parts: Vec<String> = merged.iter().map(|(s, e)| format!("{s}-{e}")).collect();
+    Some(format!("bytes={}", parts.join(",")))
+}
+
+/// Content types a browser runs or renders as a document of the share's origin.
+fn active_content(ct: &str) -> bool {
+    let ct = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    ["html", "xml", "javascript", "ecmascript", "svg"]
+        .iter()
+        .any(|w| ct.contains(w))
+}
+
+/// Headers on every answer of the share, so that what users uploaded cannot act in the
+/// browser of someone viewing the share (stored XSS from its origin, credentials in hand):
+/// `nosniff`; for files a `sandbox` CSP that runs no script and loads nothing, and
+/// `Content-Disposition: attachment` for active types (HTML, SVG, XML, JavaScript); for the
+/// directory listing (our own HTML) a CSP that allows only its inline style.
+fn harden(resp: &mut Response<Body>, listing: bool) {
+    use http::header::{HeaderValue, CONTENT_DISPOSITION, CONTENT_SECURITY_POLICY, CONTENT_TYPE};
+    let h = resp.headers_mut();
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    let ct = h
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    if listing && ct.starts_with("text/html") {
+        h.insert(
+            CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(
+                "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+            ),
+        );
+        return;
+    }
+    h.insert(
+        CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; sandbox; frame-ancestors 'none'"),
+    );
+    if active_content(&ct) {
+        h.insert(CONTENT_DISPOSITION, HeaderValue::from_static("attachment"));
+    }
+}
+
 fn simple(code: u16, text: &str) -> Response<Body> {
     let mut r = Response::new(Body::from(format!("{text}\n")));
     *r.status_mut() = status(code);
@@ -1394,6 +1711,9 @@ pub struct Share {
     dav: DavHandler,
     users: Option<Arc<Gate>>,
     tls: Option<TlsAcceptor>,
+    /// For the checks in [`Share::route`] that look at the volume (ranges, LOCK).
+    vol: Arc<Volume>,
+    ls: DurableLs,
 }
 
 impl Share {
@@ -1417,14 +1737,20 @@ impl Share {
         };
         let tls = cfg.tls()?;
         let fs = TgFs::new(vol.clone())?;
-        let ls = DurableLs::load(vol)?;
+        let ls = DurableLs::load(vol.clone())?;
         let dav = DavHandler::builder()
             .filesystem(Box::new(fs))
-            .locksystem(Box::new(ls))
+            .locksystem(Box::new(ls.clone()))
             .read_buf_size(READ_BATCH)
             .autoindex(true)
             .build_handler();
-        Ok(Share { dav, users, tls })
+        Ok(Share {
+            dav,
+            users,
+            tls,
+            vol,
+            ls,
+        })
     }
 
     pub fn scheme(&self) -> &'static str {
@@ -1532,6 +1858,39 @@ impl Share {
             );
             return r;
         }
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        if matches!(method.as_str(), "PROPFIND" | "PROPPATCH" | "LOCK") {
+            let (parts, body) = req.into_parts();
+            let body = match read_xml_body(body).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            let req = Request::from_parts(parts, http_body_util::Full::new(body));
+            let resp = self.dav_handle(principal, req).await;
+            if method.as_str() == "LOCK" && resp.status() == StatusCode::CREATED {
+                return self.lock_created(resp, &path).await;
+            }
+            return resp;
+        }
+        let get = method == http::Method::GET || method == http::Method::HEAD;
+        let mut req = req;
+        if get && req.headers().contains_key(http::header::RANGE) {
+            self.normalise_range_header(&mut req, &path).await;
+        }
+        let mut resp = self.dav_handle(principal, req).await;
+        if get {
+            harden(&mut resp, path.ends_with('/'));
+        }
+        resp
+    }
+
+    async fn dav_handle<B>(&self, principal: Option<String>, req: Request<B>) -> Response<Body>
+    where
+        B: hyper::body::Body,
+        B::Data: Buf + Send + 'static,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
         match principal {
             Some(p) => {
                 self.dav
@@ -1539,6 +1898,75 @@ impl Share {
                     .await
             }
             None => self.dav.handle(req).await,
+        }
+    }
+
+    /// Rewrites (or drops) the Range header of a GET or HEAD on a file ([`normalise_range`]).
+    async fn normalise_range_header<B>(&self, req: &mut Request<B>, path: &str) {
+        let Some(p) = percent_decode(path) else {
+            return;
+        };
+        let vol = self.vol.clone();
+        let len = tokio::task::spawn_blocking(move || {
+            vol.resolve(&p)
+                .ok()
+                .filter(|a| a.inode.kind == FileKind::File)
+                .map(|a| a.inode.size)
+        })
+        .await
+        .ok()
+        .flatten();
+        let Some(len) = len else {
+            return; // not a file: dav-server answers (404, a listing) without ranges
+        };
+        let h = req.headers_mut();
+        let fixed = h
+            .get(http::header::RANGE)
+            .and_then(|v| normalise_range(v.as_bytes(), len));
+        match fixed.and_then(|v| http::HeaderValue::from_str(&v).ok()) {
+            Some(v) => {
+                h.insert(http::header::RANGE, v);
+            }
+            None => {
+                h.remove(http::header::RANGE);
+            }
+        }
+    }
+
+    /// After a LOCK that dav-server answered 201 (an unmapped URL): makes the empty resource
+    /// RFC 4918 §7.3 says it creates. (dav-server opens the file for writing and drops it,
+    /// which for us is an upload never finished, so nothing would be left.) If that fails,
+    /// the lock is released and the error is the answer.
+    async fn lock_created(&self, resp: Response<Body>, path: &str) -> Response<Body> {
+        let vol = self.vol.clone();
+        let p = percent_decode(path).unwrap_or_default();
+        let made = tokio::task::spawn_blocking(move || -> Result<()> {
+            let (parent, name) = resolve_parent(&vol, &p)?;
+            if lookup_opt(&vol, parent, &name)?.is_some() {
+                return Ok(());
+            }
+            let (a, fh) = vol.create_file(parent, &name, 0o644, owner(&vol)?)?;
+            vol.release(fh)?;
+            vol.sync_metadata()?;
+            entry_changed(&vol, parent, &name, Some(a.ino));
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|e| Err(Error::Invalid(format!("lock task: {e}"))));
+        match made {
+            Ok(()) => resp,
+            Err(e) => {
+                let token = resp
+                    .headers()
+                    .get("lock-token")
+                    .and_then(|v| v.to_str().ok())
+                    .map(|t| t.trim_matches(['<', '>']).to_string());
+                if let (Some(t), Ok(dp)) = (token, DavPath::new(path)) {
+                    let _ = self.ls.unlock(&dp, &t).await;
+                }
+                tracing::warn!("webdav: LOCK of unmapped {path}: creating it failed: {e}");
+                simple(e.http_status(), &e.to_string())
+            }
         }
     }
 }
@@ -1600,6 +2028,71 @@ mod tests {
         }
         for ok in ["\"\"", "*", "\"a\", W/\"b\"", "W/\"\"", ""] {
             assert!(!etag_lone_quote(ok.as_bytes()), "{ok}");
+        }
+    }
+
+    #[test]
+    fn ranges_are_bounded_clamped_and_coalesced() {
+        let n = |v: &str, len| normalise_range(v.as_bytes(), len);
+        assert_eq!(n("bytes=0-18446744073709551615", 100).as_deref(), Some("bytes=0-99"));
+        assert_eq!(n("bytes=10-19, 0-14,90-", 100).as_deref(), Some("bytes=0-19,90-99"));
+        assert_eq!(n("bytes=-10,95-", 100).as_deref(), Some("bytes=90-99"));
+        assert_eq!(n("bytes=0-9,10-19", 100).as_deref(), Some("bytes=0-19"));
+        assert_eq!(n("bytes=-500", 100).as_deref(), Some("bytes=0-99"));
+        assert_eq!(n("bytes=200-", 100).as_deref(), Some("bytes=100-"));
+        let many = format!("bytes={}", vec!["0-"; 17].join(","));
+        assert_eq!(n(&many, 100), None);
+        let sixteen = format!("bytes={}", vec!["0-"; 16].join(","));
+        assert_eq!(n(&sixteen, 100).as_deref(), Some("bytes=0-99"));
+        for bad in ["bytes=5-1", "bytes=a-", "items=0-1", "bytes=", "bytes=1", "bytes=-"] {
+            assert_eq!(n(bad, 100), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn deep_or_malformed_dead_properties_are_hidden() {
+        let prop = |xml: Vec<u8>| DavProp {
+            name: "n".into(),
+            prefix: Some("Z".into()),
+            namespace: Some("http://example.com/z".into()),
+            xml: Some(xml),
+        };
+        let deep = |n: usize| {
+            let mut x = "<Z:n xmlns:Z=\"http://example.com/z\">".to_string();
+            x.push_str(&"<a>".repeat(n));
+            x.push_str(&"</a>".repeat(n));
+            x.push_str("</Z:n>");
+            x.into_bytes()
+        };
+        assert!(decode_prop(&encode_prop(&prop(deep(10))), true).is_some());
+        assert!(decode_prop(&encode_prop(&prop(deep(5000))), true).is_none());
+        assert!(decode_prop(&encode_prop(&prop(b"<a><b></a>".to_vec())), true).is_none());
+        // A lock record whose owner is too deep is dropped, not parsed.
+        let owner = String::from_utf8(deep(5000)).unwrap();
+        let line = format!(
+            "v1 {} {} - {} - - 0 0\n",
+            hex::encode("t"),
+            hex::encode("/a"),
+            hex::encode(owner)
+        );
+        assert!(decode_locks(line.as_bytes()).is_empty());
+    }
+
+    #[test]
+    fn lock_timeouts_have_a_default_and_a_maximum() {
+        assert_eq!(lock_timeout(None), LOCK_DEFAULT_TIMEOUT);
+        assert_eq!(lock_timeout(Some(Duration::from_secs(5))), Duration::from_secs(5));
+        assert_eq!(lock_timeout(Some(Duration::from_secs(86400))), LOCK_MAX_TIMEOUT);
+    }
+
+    #[test]
+    fn active_types_are_attachments() {
+        for ct in ["text/html; charset=utf-8", "image/svg+xml", "application/xhtml+xml",
+                   "text/javascript", "application/xml"] {
+            assert!(active_content(ct), "{ct}");
+        }
+        for ct in ["text/plain", "application/octet-stream", "image/png", ""] {
+            assert!(!active_content(ct), "{ct}");
         }
     }
 

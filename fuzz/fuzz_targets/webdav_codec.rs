@@ -1,7 +1,10 @@
 //! The WebDAV adapter's own parsers and record formats (src/webdav.rs): request path checks,
-//! the Destination header, dead properties as stored in xattrs, and the durable lock table.
+//! the Destination header, dead properties as stored in xattrs, the durable lock records, the
+//! XML nesting scanner (src/xmldepth.rs) and the Range normaliser.
 //! None panics on any input; what is encoded decodes to the same value; what decodes from
-//! arbitrary stored bytes encodes and decodes again to the same thing.
+//! arbitrary stored bytes encodes and decodes again to the same thing; nothing nested deeper
+//! than the limit reaches the XML parser; a normalised Range is sorted, disjoint, inside the
+//! file and short.
 #![no_main]
 
 use std::time::{Duration, UNIX_EPOCH};
@@ -11,7 +14,7 @@ use dav_server::fs::DavProp;
 use dav_server::ls::DavLock;
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
-use tiergate::webdav;
+use tiergate::{webdav, xmldepth};
 
 #[derive(Arbitrary, Debug)]
 struct Lock {
@@ -33,6 +36,24 @@ struct Input {
     stored_prop: Vec<u8>,
     locks: Vec<Lock>,
     stored_locks: Vec<u8>,
+    /// Arbitrary text for the nesting scanner, and a nesting built from it: `depth` copies of
+    /// an element around `inner`, as a stored dead property.
+    xml: Vec<u8>,
+    nest: (u16, String, String),
+    range: (Vec<u8>, u64),
+}
+
+/// `<tag>` `depth` times, `inner`, then the closing tags: well-formed for a plain tag name.
+fn nested(depth: usize, tag: &str, inner: &str) -> String {
+    let mut s = String::new();
+    for _ in 0..depth {
+        s.push_str(&format!("<{tag}>"));
+    }
+    s.push_str(inner);
+    for _ in 0..depth {
+        s.push_str(&format!("</{tag}>"));
+    }
+    s
 }
 
 fn owner_xml(e: &xmltree::Element) -> Vec<u8> {
@@ -80,13 +101,68 @@ fuzz_target!(|input: Input| {
         xml: xml.filter(|x| !x.is_empty()),
     };
     let enc = webdav::encode_prop(&p);
-    let back = webdav::decode_prop(&enc, true).expect("an encoded property decodes");
-    assert!(same_props(&back, &p), "{back:?} != {p:?}");
-    let bare = webdav::decode_prop(&enc, false).unwrap();
-    assert!(bare.xml.is_none() && bare.name == p.name);
+    // A property whose XML is too deep or does not parse is hidden, never handed on.
+    let readable = p
+        .xml
+        .as_deref()
+        .is_none_or(|x| !xmldepth::too_deep(x) && xmltree::Element::parse(x).is_ok());
+    match webdav::decode_prop(&enc, true) {
+        Some(back) => {
+            assert!(readable, "an unreadable property was handed on: {p:?}");
+            assert!(same_props(&back, &p), "{back:?} != {p:?}");
+            let bare = webdav::decode_prop(&enc, false).unwrap();
+            assert!(bare.xml.is_none() && bare.name == p.name);
+        }
+        None => assert!(!readable, "a readable property did not decode: {p:?}"),
+    }
     if let Some(d) = webdav::decode_prop(&input.stored_prop, true) {
+        assert!(d.xml.as_deref().is_none_or(|x| !xmldepth::too_deep(x)));
         let again = webdav::decode_prop(&webdav::encode_prop(&d), true).unwrap();
         assert!(same_props(&again, &d));
+    }
+
+    // The nesting scanner: no panic on anything, never more than limit + 1, and exact on
+    // nestings built around arbitrary text (it may count more, never fewer).
+    let lim = xmldepth::MAX_DEPTH;
+    assert!(xmldepth::depth(&input.xml, lim) <= lim + 1);
+    let (n, tag, inner) = input.nest;
+    let n = usize::from(n % 4096);
+    let tag: String = tag.chars().filter(|c| c.is_ascii_alphabetic()).take(8).collect();
+    let tag = if tag.is_empty() { "a".to_string() } else { tag };
+    let doc = nested(n, &tag, &inner);
+    let got = xmldepth::depth(doc.as_bytes(), lim);
+    assert!(got >= n.min(lim + 1), "{n} levels counted as {got}");
+    // Deep ones never reach the parser as a stored property.
+    let stored = webdav::encode_prop(&DavProp {
+        name: tag.clone(),
+        prefix: None,
+        namespace: None,
+        xml: Some(doc.clone().into_bytes()),
+    });
+    if n > lim {
+        assert!(webdav::decode_prop(&stored, true).is_none(), "{n} levels handed on");
+    } else if !xmldepth::too_deep(doc.as_bytes()) {
+        // Bounded: parsing it cannot exhaust the stack.
+        let _ = xmltree::Element::parse(doc.as_bytes());
+    }
+
+    // Range: a normalised header is short, sorted, disjoint and inside the file.
+    let (range, len) = input.range;
+    let len = len % (1 << 40);
+    if let Some(v) = webdav::normalise_range(&range, len) {
+        let specs = v.strip_prefix("bytes=").expect("a bytes range");
+        let parts: Vec<&str> = specs.split(',').collect();
+        assert!(parts.len() <= webdav::MAX_RANGES, "{v}");
+        if parts != [format!("{len}-")] {
+            let mut prev: Option<u64> = None;
+            for p in parts {
+                let (a, b) = p.split_once('-').unwrap();
+                let (a, b): (u64, u64) = (a.parse().unwrap(), b.parse().unwrap());
+                assert!(a <= b && b < len, "{v} for {len} bytes");
+                assert!(prev.is_none_or(|e| a > e + 1), "{v}: not coalesced");
+                prev = Some(b);
+            }
+        }
     }
 
     // Locks: every field survives the table's encoding.
@@ -96,6 +172,8 @@ fuzz_target!(|input: Input| {
             continue;
         };
         let owner = match l.owner {
+            // Bounded first (xmltree recurses); deep owners are refused at the request.
+            Some(x) if xmldepth::too_deep(x.as_bytes()) => continue,
             Some(x) => match xmltree::Element::parse(x.as_bytes()) {
                 Ok(e) => Some(Box::new(e)),
                 Err(_) => continue,

@@ -53,12 +53,37 @@ enum Header {
     Other(String, String),
 }
 
+/// A body as sent, or an XML body nested `depth` levels deep around arbitrary text inside
+/// the usual PROPFIND, PROPPATCH or LOCK wrapping (the form that overflowed the stack).
+#[derive(Arbitrary, Debug)]
+enum ReqBody {
+    Raw(Vec<u8>),
+    Nested { depth: u16, inner: String },
+}
+
 #[derive(Arbitrary, Debug)]
 struct Req {
     verb: Verb,
     path: String,
     headers: Vec<Header>,
-    body: Vec<u8>,
+    body: ReqBody,
+}
+
+fn nested_body(verb: &Verb, depth: usize, inner: &str) -> Vec<u8> {
+    let (open, close) = ("<Z:n>".repeat(depth), "</Z:n>".repeat(depth));
+    let ns = "xmlns:D=\"DAV:\" xmlns:Z=\"http://example.com/z\"";
+    match verb {
+        Verb::Proppatch => format!(
+            "<D:propertyupdate {ns}><D:set><D:prop>{open}{inner}{close}</D:prop></D:set>\
+             </D:propertyupdate>"
+        ),
+        Verb::Lock => format!(
+            "<D:lockinfo {ns}><D:lockscope><D:exclusive/></D:lockscope><D:locktype><D:write/>\
+             </D:locktype><D:owner>{open}{inner}{close}</D:owner></D:lockinfo>"
+        ),
+        _ => format!("<D:propfind {ns}><D:prop>{open}{inner}{close}</D:prop></D:propfind>"),
+    }
+    .into_bytes()
 }
 
 struct Fixture {
@@ -161,7 +186,14 @@ fuzz_target!(|reqs: Vec<Req>| {
                 let (n, v) = header(h);
                 b = b.header(n, v);
             }
-            let Ok(req) = b.body(Full::new(Bytes::from(r.body.clone()))) else {
+            let body = match &r.body {
+                ReqBody::Raw(b) => b.clone(),
+                ReqBody::Nested { depth, inner } => {
+                    nested_body(&r.verb, usize::from(depth % 4096), inner)
+                }
+            };
+            let deep = tiergate::xmldepth::too_deep(&body);
+            let Ok(req) = b.body(Full::new(Bytes::from(body.clone()))) else {
                 continue;
             };
             let uri_path = req.uri().path().to_string();
@@ -185,11 +217,14 @@ fuzz_target!(|reqs: Vec<Req>| {
             if m.as_str() == "PROPFIND" && infinite && status != 400 {
                 assert_eq!(status, 403, "PROPFIND Depth: infinity");
             }
+            if deep && matches!(m.as_str(), "PROPFIND" | "PROPPATCH" | "LOCK") && !infinite {
+                assert!(matches!(status, 400 | 401 | 413), "deep XML body got {status}");
+            }
             if m == Method::PUT && plain && (status == 201 || status == 204) {
                 let get = Request::get(&path).body(Full::new(Bytes::new())).unwrap();
-                let (s, body) = send(&f.share, get).await;
+                let (s, got) = send(&f.share, get).await;
                 assert_eq!(s, 200, "GET after a successful PUT of {path:?}");
-                assert!(body == r.body, "PUT of {path:?} did not read back");
+                assert!(got == body, "PUT of {path:?} did not read back");
             }
         }
         let opt = Request::options("/").body(Full::new(Bytes::new())).unwrap();

@@ -8,6 +8,7 @@ mod core;
 mod durability;
 mod faults;
 mod hostile_auth;
+mod hostile_dav;
 mod hostile_quota;
 mod hostile_listeners;
 mod mount;
