@@ -361,6 +361,7 @@ impl S3Config {
                     "endpoint = {ep:?} must start with http:// or https://"
                 ));
             }
+            endpoint_has_no_credentials(ep)?;
         }
         if self.region.is_empty() {
             return bad("region must not be empty".into());
@@ -466,6 +467,37 @@ impl S3Config {
         };
         Ok((id, secret))
     }
+}
+
+/// An endpoint URL with credentials in it (`https://KEY:SECRET@host`) is refused: the URL is
+/// logged and shown by `tiergate status`, and the SDK would not use them anyway. The message
+/// names only the scheme and host, never what comes before the `@`.
+fn endpoint_has_no_credentials(ep: &str) -> Result<()> {
+    let (scheme, rest) = ep.split_once("://").unwrap_or(("", ep));
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    match authority.rsplit_once('@') {
+        Some((_, host)) => Err(Error::Invalid(format!(
+            "[s3] endpoint = \"{scheme}://<credentials>@{host}...\" carries credentials in the \
+             URL: they would end up in logs and status output; write endpoint = \"{scheme}://{host}\", \
+             the access key as s3.access_key_id and the secret key in s3.secret_access_key_file"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// A warning when `path` (a file holding a secret, configured as `key`) can be read by its
+/// group or by other users; `None` when it cannot, or does not exist (a missing file is
+/// reported where it is read). Shared by the config's checks and the daemon's own.
+pub fn secret_file_warning(path: &Path, key: &str) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (mode & 0o077 != 0).then(|| {
+        format!(
+            "{key} {p} has mode {mode:04o}: other users can read the secret in it; \
+             fix with `chmod 600 {p}`",
+            p = path.display()
+        )
+    })
 }
 
 const KIB: u64 = 1 << 10;
@@ -798,7 +830,6 @@ pub struct WebConfig {
     pub body_timeout_secs: u64,
 }
 
-
 fn default_web_listen() -> std::net::SocketAddr {
     std::net::SocketAddr::from(([127, 0, 0, 1], 8081))
 }
@@ -864,7 +895,6 @@ fn validate_listener(
     Ok(())
 }
 
-
 impl Default for WebConfig {
     fn default() -> Self {
         WebConfig {
@@ -894,7 +924,10 @@ impl WebConfig {
             self.max_connections,
             self.max_connections_per_ip,
             [
-                ("tls_handshake_timeout_secs", self.tls_handshake_timeout_secs),
+                (
+                    "tls_handshake_timeout_secs",
+                    self.tls_handshake_timeout_secs,
+                ),
                 ("header_timeout_secs", self.header_timeout_secs),
                 ("body_timeout_secs", self.body_timeout_secs),
             ],
@@ -1108,7 +1141,6 @@ pub struct WebdavConfig {
     pub body_timeout_secs: u64,
 }
 
-
 impl Default for WebdavConfig {
     fn default() -> Self {
         WebdavConfig {
@@ -1269,7 +1301,89 @@ impl Config {
         {
             *p = base.join(&*p);
         }
+        let mut warnings = cfg.warnings();
+        if cfg
+            .s3
+            .as_ref()
+            .is_some_and(|s3| s3.secret_access_key.is_some())
+        {
+            warnings.extend(secret_file_warning(
+                path,
+                "the config file (it holds s3.secret_access_key)",
+            ));
+        }
+        for w in warnings {
+            tracing::warn!("{}: {w}", path.display());
+        }
         Ok(cfg)
+    }
+
+    /// Settings that work but expose the volume: a share without authentication or without
+    /// TLS on the network, secret files other users can read. Logged by [`Config::load`];
+    /// errors for what must not run at all are in [`Config::validate`].
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = self.share_exposure_warnings();
+        out.extend(self.secret_file_warnings());
+        out
+    }
+
+    fn share_exposure_warnings(&self) -> Vec<String> {
+        let w = &self.webdav;
+        let mut out = Vec::new();
+        if !w.enabled {
+            return out;
+        }
+        if !w.auth_required() {
+            out.push(format!(
+                "the WebDAV share on {} asks for no password: every local user and process can \
+                 read, change and delete the whole volume through it; set \
+                 webdav.require_auth = true and add users with `tiergate user add`",
+                w.listen
+            ));
+        }
+        if !w.listen.ip().is_loopback() && w.tls_cert.is_none() {
+            out.push(format!(
+                "the WebDAV share listens on {} over plain HTTP: its passwords and every file \
+                 cross the network unencrypted; set webdav.tls_cert and webdav.tls_key",
+                w.listen
+            ));
+        }
+        out
+    }
+
+    fn secret_file_warnings(&self) -> Vec<String> {
+        let mut files: Vec<(&Path, &str)> = Vec::new();
+        if let Some(f) = &self.volume.passphrase_file {
+            files.push((f, "volume.passphrase_file"));
+        }
+        if let Some(f) = self
+            .s3
+            .as_ref()
+            .and_then(|s3| s3.secret_access_key_file.as_ref())
+        {
+            files.push((f, "s3.secret_access_key_file"));
+        }
+        if self.webdav.enabled {
+            if let Some(f) = &self.webdav.users_file {
+                files.push((f, "webdav.users_file"));
+            }
+            if let Some(f) = &self.webdav.tls_key {
+                files.push((f, "webdav.tls_key"));
+            }
+        }
+        if let Some(f) = &self.web.management_token_file {
+            files.push((f, "web.management_token_file"));
+        }
+        if let Some(f) = self.web.tls_key.as_ref().filter(|_| self.web.enabled) {
+            files.push((f, "web.tls_key"));
+        }
+        if let Some(f) = &self.web.heartbeat_token_file {
+            files.push((f, "web.heartbeat_token_file"));
+        }
+        files
+            .into_iter()
+            .filter_map(|(f, key)| secret_file_warning(f, key))
+            .collect()
     }
 
     pub fn parse(text: &str) -> Result<Self> {
@@ -2083,6 +2197,114 @@ mod tests {
         assert!(w.management_token_file.is_some() && w.heartbeat_token_file.is_some());
         assert_eq!(w.heartbeat_interval_secs, 60);
         assert!(w.heartbeat_url.as_deref().unwrap().starts_with("https://"));
+    }
+
+    #[test]
+    fn s3_endpoint_with_credentials_is_refused_without_echoing_them() {
+        for ep in [
+            "https://AKIAX:topsecret@s3.example.com",
+            "http://AKIAX@s3.example.com:3900/",
+            "https://a:b@c@s3.example.com/x",
+        ] {
+            let err = Config::parse(&format!("{S3_MIN}endpoint = \"{ep}\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("carries credentials"), "{ep}: {err}");
+            assert!(err.contains("s3.example.com"), "{ep}: {err}");
+            assert!(
+                !err.contains("topsecret") && !err.contains("AKIAX"),
+                "{ep}: {err}"
+            );
+        }
+        // An '@' in the path or query is not userinfo.
+        let cfg = Config::parse(&format!(
+            "{S3_MIN}endpoint = \"https://s3.example.com/a@b?x=@\"\n"
+        ))
+        .unwrap();
+        assert!(cfg.s3.unwrap().endpoint.unwrap().contains("a@b"));
+    }
+
+    #[test]
+    fn exposed_shares_are_warned_about() {
+        let w = |extra: &str| {
+            Config::parse(&format!("[volume]\npath = \"x\"\n[webdav]\n{extra}\n"))
+                .unwrap()
+                .warnings()
+        };
+        // The default loopback share runs without a password, with a warning.
+        let ws = w("");
+        assert!(
+            ws.iter().any(|m| m.contains("asks for no password")),
+            "{ws:?}"
+        );
+        assert!(w("require_auth = true").is_empty());
+        let ws = w("enabled = false");
+        assert!(ws.is_empty(), "{ws:?}");
+        // On the network: authentication is forced, plain HTTP is warned about.
+        let ws = w("listen = \"0.0.0.0:8080\"");
+        assert_eq!(ws.len(), 1, "{ws:?}");
+        assert!(
+            ws[0].contains("plain HTTP") && ws[0].contains("tls_cert"),
+            "{ws:?}"
+        );
+        let ws = w("listen = \"0.0.0.0:8080\"\ntls_cert = \"c\"\ntls_key = \"k\"");
+        assert!(ws.is_empty(), "{ws:?}");
+    }
+
+    #[test]
+    fn secret_files_readable_by_others_are_named_with_the_fix() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let files = [
+            ("pass", "volume.passphrase_file"),
+            ("s3-secret", "s3.secret_access_key_file"),
+            ("webdav-users", "webdav.users_file"),
+            ("token", "web.management_token_file"),
+        ];
+        for (f, _) in files {
+            std::fs::write(dir.path().join(f), "0123456789abcdef0123\n").unwrap();
+        }
+        let cfg_path = dir.path().join("tiergate.toml");
+        std::fs::write(
+            &cfg_path,
+            "[volume]\npath = \"v\"\npassphrase_file = \"pass\"\n\
+             [webdav]\nrequire_auth = true\n\
+             [web]\nmanagement_token_file = \"token\"\n\
+             [s3]\nregion = \"r\"\nbucket = \"bkt\"\nsecret_access_key_file = \"s3-secret\"\n",
+        )
+        .unwrap();
+        let chmod = |f: &str, mode: u32| {
+            std::fs::set_permissions(dir.path().join(f), std::fs::Permissions::from_mode(mode))
+                .unwrap()
+        };
+        for (f, _) in files {
+            chmod(f, 0o600);
+        }
+        let cfg = Config::load(&cfg_path).unwrap();
+        assert!(cfg.warnings().is_empty(), "{:?}", cfg.warnings());
+        for (i, (f, key)) in files.into_iter().enumerate() {
+            chmod(f, [0o644, 0o640, 0o604, 0o660][i]);
+            let ws = Config::load(&cfg_path).unwrap().warnings();
+            let path = dir.path().join(f);
+            assert_eq!(ws.len(), 1, "{f}: {ws:?}");
+            assert!(ws[0].starts_with(key), "{ws:?}");
+            assert!(
+                ws[0].contains(&format!("chmod 600 {}", path.display())),
+                "{ws:?}"
+            );
+            chmod(f, 0o600);
+        }
+        // A secret written into the config itself makes the config file a secret file.
+        std::fs::write(
+            &cfg_path,
+            format!("{S3_MIN}secret_access_key = \"s\"\n").replace("\"x\"", "\"v\""),
+        )
+        .unwrap();
+        std::fs::set_permissions(&cfg_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(secret_file_warning(&cfg_path, "the config file").is_some());
+        std::fs::set_permissions(&cfg_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(secret_file_warning(&cfg_path, "the config file").is_none());
+        assert!(secret_file_warning(&dir.path().join("absent"), "x").is_none());
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod hostile_auth;
 mod hostile_dav;
 mod hostile_quota;
 mod hostile_listeners;
+mod image;
 mod mount;
 mod objectlock;
 mod recovery;

@@ -1,0 +1,70 @@
+//! The appliance image's first-boot step, without a VM: `image/test-firstboot.py` checks the
+//! seed's rules (explicit NFS clients and management networks, unprivileged ports), the
+//! firewall, smb.conf and tiergate.toml it writes, and that a seed disk is applied at the first
+//! boot only. Here it runs in the test command, and the tiergate.toml it writes is loaded by
+//! tiergate's own config code.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use tiergate::config::Config;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn firstboot_unit_tests_pass() {
+    let out = Command::new("python3")
+        .arg(repo().join("image/test-firstboot.py"))
+        .output()
+        .expect("python3 (Debian package python3) runs image/test-firstboot.py");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "image/test-firstboot.py:\n{stderr}");
+    assert!(stderr.contains("\nOK"), "{stderr}");
+}
+
+/// The config the first-boot step writes for a seed is one tiergate accepts: the status server
+/// and the share with TLS, the share with users.
+#[test]
+fn firstboot_config_loads_in_tiergate() {
+    let script = r#"
+import importlib.machinery, importlib.util, sys
+loader = importlib.machinery.SourceFileLoader("fb", sys.argv[1])
+spec = importlib.util.spec_from_loader("fb", loader)
+fb = importlib.util.module_from_spec(spec)
+loader.exec_module(fb)
+seed = fb.load_seed(sys.argv[2])
+fb.validate(seed)
+sys.stdout.write(fb.render_config(seed, "1GiB"))
+"#;
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(repo().join("image/rootfs/usr/lib/tiergate/firstboot"))
+        .arg(repo().join("image/seed.example.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let cfg = Config::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert!(cfg.webdav.tls_cert.is_some() && cfg.webdav.auth_required());
+    assert!(!cfg.web.listen.ip().is_loopback());
+    assert!(cfg.fuse.allow_other);
+    assert!(
+        text.contains("[web]\nlisten = \"0.0.0.0:8081\"\ntls_cert = "),
+        "{text}"
+    );
+    // Only loud warnings that do not apply: TLS is on, the share needs a password.
+    let warnings = cfg.warnings();
+    assert!(
+        warnings
+            .iter()
+            .all(|w| !w.contains("plain HTTP") && !w.contains("no password")),
+        "{warnings:?}"
+    );
+}
