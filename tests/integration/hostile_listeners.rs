@@ -64,6 +64,9 @@ fn self_signed(dir: &Path) {
             "/CN=localhost",
             "-addext",
             "subjectAltName=IP:127.0.0.1",
+            // A leaf, not a CA: webpki refuses a CA certificate as the server's own.
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
         ])
         .arg("-keyout")
         .arg(dir.join("key.pem"))
