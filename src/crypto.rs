@@ -6,7 +6,9 @@
 //! - the **id key** keys blake3 for chunk ids: ids are a MAC of the content, so whoever holds the
 //!   bucket but not the key cannot confirm a guess about what a chunk contains;
 //! - the **data key** encrypts chunk blobs (AES-256-GCM, see `blob`);
-//! - the **metadata key** encrypts metadata journal segments and checkpoints.
+//! - the **metadata key** encrypts metadata journal segments, checkpoints and heads;
+//! - the **MAC key** authenticates the bucket's plaintext objects (`volume.toml`, `lease`), so
+//!   that someone who can write the bucket but lacks the passphrase cannot forge or edit them.
 //!
 //! The master key is stored only wrapped: AES-256-GCM under a key derived from the passphrase
 //! with argon2id (the key file, see [`wrap_master_key`]). Changing the passphrase rewraps the
@@ -35,6 +37,8 @@ pub const CONTEXT_ID_KEY: &str = "tiergate 2026-01 chunk id key v1";
 pub const CONTEXT_DATA_KEY: &str = "tiergate 2026-01 chunk data encryption key v1";
 /// blake3 `derive_key` context for the metadata encryption key.
 pub const CONTEXT_META_KEY: &str = "tiergate 2026-01 metadata encryption key v1";
+/// blake3 `derive_key` context for the key that authenticates plaintext bucket objects.
+pub const CONTEXT_MAC_KEY: &str = "tiergate 2026-12 bucket object mac key v1";
 
 /// Key file magic, followed by a one-byte format version.
 pub const KEYFILE_MAGIC: [u8; 8] = *b"TGKEYFIL";
@@ -92,6 +96,7 @@ impl MasterKey {
             id: blake3::derive_key(CONTEXT_ID_KEY, &self.0),
             data: blake3::derive_key(CONTEXT_DATA_KEY, &self.0),
             meta: blake3::derive_key(CONTEXT_META_KEY, &self.0),
+            mac: blake3::derive_key(CONTEXT_MAC_KEY, &self.0),
         }
     }
 }
@@ -114,6 +119,7 @@ pub struct Keys {
     id: [u8; 32],
     data: [u8; 32],
     meta: [u8; 32],
+    mac: [u8; 32],
 }
 
 impl Keys {
@@ -131,6 +137,26 @@ impl Keys {
     pub fn meta_key(&self) -> &[u8; 32] {
         &self.meta
     }
+
+    /// MAC of `data` for one `purpose` (a fixed ASCII label, so a MAC made for one kind of
+    /// object never verifies as another): keyed blake3 under the MAC subkey of
+    /// `purpose || 0x00 || data`, 64 lowercase hex digits.
+    pub fn mac_hex(&self, purpose: &str, data: &[u8]) -> String {
+        let mut h = blake3::Hasher::new_keyed(&self.mac);
+        h.update(purpose.as_bytes());
+        h.update(&[0]);
+        h.update(data);
+        h.finalize().to_hex().to_string()
+    }
+
+    /// Whether `mac` (hex) is the MAC of `data` for `purpose`; compared in constant time.
+    pub fn mac_ok(&self, purpose: &str, data: &[u8], mac: &str) -> bool {
+        let Ok(given) = blake3::Hash::from_hex(mac.trim()) else {
+            return false;
+        };
+        let want = blake3::Hash::from_hex(self.mac_hex(purpose, data)).expect("own hex");
+        want == given
+    }
 }
 
 impl fmt::Debug for Keys {
@@ -144,6 +170,7 @@ impl Drop for Keys {
         wipe(&mut self.id);
         wipe(&mut self.data);
         wipe(&mut self.meta);
+        wipe(&mut self.mac);
     }
 }
 

@@ -14,7 +14,11 @@
 //! header as associated data, zstd-compressed inside):
 //! - `meta/journal/<first>-<last>.seg`: entries `first..=last` (16 hex digits each);
 //! - `meta/checkpoint/<end>-<start>.ckpt`: every non-local key/value pair, read between journal
-//!   positions `start` and `end`; recovery loads it and replays the entries after `start`.
+//!   positions `start` and `end`; recovery loads it and replays the entries after `start`;
+//! - `meta/head/<generation>.head`: the newest consistency point the appliance shipped, with
+//!   the checkpoint it builds on and the digest of `volume.toml` ([`Head`]). Its generation
+//!   grows with every head written, and sits in the authenticated header, so an old head
+//!   copied under a newer name is refused; recovery refuses to stop short of the newest one.
 
 use aes_gcm::aead::AeadInOut;
 use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
@@ -29,6 +33,7 @@ pub const TAG_LOCAL: u8 = b'L';
 
 const SEGMENT_MAGIC: [u8; 8] = *b"TGMSEG\0\0";
 const CHECKPOINT_MAGIC: [u8; 8] = *b"TGMCKPT\0";
+const HEAD_MAGIC: [u8; 8] = *b"TGMHEAD\0";
 const FORMAT_VERSION: u32 = 1;
 /// magic (8) + version (4) + two positions (16) + nonce (12).
 const HEADER_LEN: usize = 40;
@@ -36,6 +41,7 @@ const TAG_LEN: usize = 16;
 
 pub const JOURNAL_PREFIX: &str = "meta/journal/";
 pub const CHECKPOINT_PREFIX: &str = "meta/checkpoint/";
+pub const HEAD_PREFIX: &str = "meta/head/";
 
 /// A journal entry: its position and its encoded operations.
 pub type Entry = (u64, Vec<u8>);
@@ -386,6 +392,69 @@ pub fn parse_key_range(key: &str) -> Option<(u64, u64)> {
     ))
 }
 
+pub fn head_key(generation: u64) -> String {
+    format!("{HEAD_PREFIX}{generation:016x}.head")
+}
+
+/// The generation in a head's key.
+pub fn parse_head_key(key: &str) -> Option<u64> {
+    let stem = key.strip_prefix(HEAD_PREFIX)?.strip_suffix(".head")?;
+    (stem.len() == 16)
+        .then(|| u64::from_str_radix(stem, 16).ok())
+        .flatten()
+}
+
+/// The newest consistency point an appliance shipped, authenticated with the metadata key:
+/// what a recovery must reach. Written after every segment and checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    /// Grows by one (at least) with every head written, across appliances of the volume.
+    pub generation: u64,
+    /// The consistency point: the last journal position whose segment is in the bucket.
+    pub point: u64,
+    /// The newest checkpoint in the bucket when it was written (start, end).
+    pub checkpoint: (u64, u64),
+    /// When it was written (Unix seconds).
+    pub written_unix: u64,
+    /// [`crate::volume::VolumeInfo::digest`] of the volume's config.
+    pub volume_digest: [u8; 32],
+}
+
+impl Head {
+    pub fn seal(&self, keys: &Keys) -> Vec<u8> {
+        let mut plain = Vec::with_capacity(56);
+        plain.extend_from_slice(&self.checkpoint.0.to_le_bytes());
+        plain.extend_from_slice(&self.checkpoint.1.to_le_bytes());
+        plain.extend_from_slice(&self.written_unix.to_le_bytes());
+        plain.extend_from_slice(&self.volume_digest);
+        seal(keys, HEAD_MAGIC, self.generation, self.point, &plain)
+    }
+
+    /// Opens the head stored under `key`, checking that the name carries its generation.
+    pub fn open(keys: &Keys, key: &str, obj: &[u8]) -> Result<Head> {
+        let (generation, point, plain) = open(keys, HEAD_MAGIC, "metadata head", obj)?;
+        if parse_head_key(key) != Some(generation) {
+            return Err(Error::Corrupt(format!(
+                "{key}: its header says generation {generation} (renamed or copied)"
+            )));
+        }
+        let mut c = Cursor(&plain);
+        let checkpoint = (c.u64()?, c.u64()?);
+        let written_unix = c.u64()?;
+        let volume_digest: [u8; 32] = c.take(32)?.try_into().expect("32 bytes");
+        if !c.0.is_empty() {
+            return Err(Error::Corrupt(format!("{key}: trailing bytes")));
+        }
+        Ok(Head {
+            generation,
+            point,
+            checkpoint,
+            written_unix,
+            volume_digest,
+        })
+    }
+}
+
 /// A compact copy of the whole metadata store (without local and journal keys).
 ///
 /// It is read while the volume keeps changing, so it holds some mix of the states between
@@ -514,6 +583,31 @@ mod tests {
         drop(kv);
         let kv = JournaledKv::new(SledStore::open(dir.path(), 1 << 20).unwrap()).unwrap();
         assert_eq!(kv.last_seq(), 50);
+    }
+
+    #[test]
+    fn heads_round_trip_and_refuse_renaming_and_other_kinds() {
+        let k = keys();
+        let h = Head {
+            generation: 41,
+            point: 13_978,
+            checkpoint: (1_000, 1_010),
+            written_unix: 1_795_000_000,
+            volume_digest: [3; 32],
+        };
+        let obj = h.seal(&k);
+        assert_eq!(Head::open(&k, &head_key(41), &obj).unwrap(), h);
+        assert_eq!(parse_head_key(&head_key(41)), Some(41));
+        // An old head copied under a newer name.
+        let err = Head::open(&k, &head_key(42), &obj).unwrap_err();
+        assert!(err.to_string().contains("generation 41"), "{err}");
+        // Another volume's key, a segment under a head's name, junk.
+        let other = crate::crypto::MasterKey::from_bytes([8; 32]).subkeys();
+        assert!(Head::open(&other, &head_key(41), &obj).is_err());
+        let seg = seal_segment(&k, &[(41, b"x".to_vec())]);
+        assert!(Head::open(&k, &head_key(41), &seg).is_err());
+        assert!(Head::open(&k, &head_key(41), &[0u8; 100]).is_err());
+        assert_eq!(parse_head_key("meta/head/xyz.head"), None);
     }
 
     #[test]

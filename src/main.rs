@@ -49,6 +49,11 @@ enum Cmd {
     Recover {
         #[arg(long, short)]
         config: PathBuf,
+        /// Recover even though the bucket's journal stops short of the newest authenticated
+        /// consistency point (objects deleted or damaged), or no authenticated head is left:
+        /// every change after the point reached is lost.
+        #[arg(long)]
+        accept_older: bool,
     },
     /// Tiering state of the running daemon: cache, upload queue, consistency point, errors.
     Status {
@@ -275,7 +280,10 @@ fn main() {
             }
         }
         Cmd::Serve { config, take_over } => serve(config.as_deref(), take_over),
-        Cmd::Recover { config } => recover(&config),
+        Cmd::Recover {
+            config,
+            accept_older,
+        } => recover(&config, accept_older),
         Cmd::Status { config, json } => status(&config, json),
         Cmd::Stats { config } => stats(&config),
         Cmd::Probe { config } => probe(&config),
@@ -588,7 +596,7 @@ fn status(path: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn recover(path: &Path) -> Result<()> {
+fn recover(path: &Path, accept_older: bool) -> Result<()> {
     let cfg = Config::load(path)?;
     let pass = cfg.passphrase()?;
     let bars =
@@ -610,8 +618,22 @@ fn recover(path: &Path) -> Result<()> {
             bar.finish();
         }
     };
-    let r = tiergate::recover::recover(&cfg, &pass.0, &progress)
+    let opts = tiergate::recover::RecoverOptions { accept_older };
+    let r = tiergate::recover::recover(&cfg, &pass.0, &opts, &progress)
         .with_context(|| format!("recovering into {}", cfg.volume.path.display()))?;
+    for w in &r.warnings {
+        eprintln!("tiergate: WARNING: {w}");
+    }
+    if r.older_than_head {
+        eprintln!(
+            "tiergate: WARNING: recovered to consistency point {}, OLDER than the newest one \
+             the bucket proves ({}): every change after {} is lost",
+            r.consistency_point,
+            r.newest_head
+                .map_or("none left".to_string(), |(g, p)| format!("{p}, head generation {g}")),
+            r.consistency_point
+        );
+    }
     println!(
         "recovered volume {} to consistency point {}: {} records from the checkpoint, {} journal \
          entries from {} segments, {} packs off-site; downloaded {} in {:.1} s",

@@ -59,7 +59,9 @@ use crate::error::{Error, Result};
 use crate::kv::{prefix_end, Batch, KvStore};
 use crate::meta::{self, ChunkRecord, Extent, FileKind, PackRecord, PackState, Stats, ROOT_INO};
 use crate::pack::{self, BlobLocation, PackEntry};
-use crate::tiering::metasync::{Lease, APPLIANCE_ID_FILE, KEY_OBJECT, LEASE_OBJECT};
+use crate::tiering::metasync::{
+    judge_lease, LeaseState, APPLIANCE_ID_FILE, KEY_OBJECT, LEASE_OBJECT,
+};
 use crate::volume::{self, is_snapshot_ino, Volume, SNAPSHOT_DIR_INO, SNAPSHOT_DIR_NAME};
 
 /// Records per page of a metadata scan.
@@ -177,13 +179,20 @@ pub fn change_passphrase(
 
     let lease_check = match store.rt.block_on(store.backend.get(LEASE_OBJECT)) {
         Ok(bytes) => {
-            let held: Lease = serde_json::from_slice(&bytes).map_err(|e| {
-                Error::Corrupt(format!("lease object in {}: {e}", store.describe()))
-            })?;
             let me = std::fs::read_to_string(vol.dir().join(APPLIANCE_ID_FILE))
                 .map(|s| s.trim().to_string())
                 .unwrap_or_default();
-            if held.appliance != me {
+            // Only a lease an appliance of this volume signed can hold the change back; a
+            // forged one is what the daemon replaces at its next start.
+            let held = match judge_lease(&bytes, vol.keys(), &vol.info().volume_id) {
+                LeaseState::Authentic(held) => Some(held),
+                LeaseState::Absent => None,
+                LeaseState::NotAuthentic(why, _) => {
+                    tracing::warn!("the lease object in the bucket is not authentic ({why}): ignored");
+                    None
+                }
+            };
+            if let Some(held) = held.filter(|h| h.appliance != me) {
                 return Err(Error::Invalid(format!(
                     "{} is in use by appliance {} on {}: its key object belongs to that \
                      appliance's volume, so nothing was changed. Change the passphrase there; or, \

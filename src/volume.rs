@@ -103,7 +103,8 @@ pub const META_DIR: &str = "meta";
 pub const PACK_DIR: &str = "packs";
 const VOLUME_FORMAT: u32 = 1;
 
-/// The volume's own record, written once at creation (plaintext: it holds no secret).
+/// The volume's own record, written once at creation (plaintext: it holds no secret, but it is
+/// authenticated: see [`VolumeInfo::mac`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VolumeInfo {
@@ -111,6 +112,71 @@ pub struct VolumeInfo {
     pub volume_id: String,
     pub created_unix: i64,
     pub chunking: ChunkerParams,
+    /// MAC of the fields above under the volume's MAC subkey ([`VolumeInfo::canonical`]), so
+    /// that an edited copy in the bucket (other chunking parameters, another id) is refused.
+    /// Missing in volumes made before it existed: added at their next open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+}
+
+/// MAC purpose label of `volume.toml` (part of the format: do not change).
+pub const VOLUME_MAC_PURPOSE: &str = "tiergate volume.toml v1";
+
+/// What [`VolumeInfo::check_mac`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MacState {
+    Valid,
+    /// Written before `volume.toml` carried a MAC (or the MAC line was removed).
+    Missing,
+}
+
+impl VolumeInfo {
+    /// The authenticated fields in a fixed binary form (independent of TOML formatting):
+    /// format version (4), volume id length (4) and bytes, creation time (8, i64), chunker
+    /// min, avg, max (4 each), all little-endian.
+    pub fn canonical(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64);
+        out.extend_from_slice(&self.format_version.to_le_bytes());
+        out.extend_from_slice(&(self.volume_id.len() as u32).to_le_bytes());
+        out.extend_from_slice(self.volume_id.as_bytes());
+        out.extend_from_slice(&self.created_unix.to_le_bytes());
+        for v in [
+            self.chunking.min_size,
+            self.chunking.avg_size,
+            self.chunking.max_size,
+        ] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out
+    }
+
+    /// blake3 of [`Self::canonical`]: what a metadata head records of this config.
+    pub fn digest(&self) -> [u8; 32] {
+        *blake3::hash(&self.canonical()).as_bytes()
+    }
+
+    /// Sets the MAC for `keys`.
+    pub fn seal(&mut self, keys: &crypto::Keys) {
+        self.mac = Some(keys.mac_hex(VOLUME_MAC_PURPOSE, &self.canonical()));
+    }
+
+    /// `Err(Corrupt)` when a MAC is present and wrong (an edited config, or another volume's).
+    pub fn check_mac(&self, keys: &crypto::Keys, what: &str) -> Result<MacState> {
+        match &self.mac {
+            None => Ok(MacState::Missing),
+            Some(m) if keys.mac_ok(VOLUME_MAC_PURPOSE, &self.canonical(), m) => Ok(MacState::Valid),
+            Some(_) => Err(Error::Corrupt(format!(
+                "{what} is not authentic: its MAC does not match its contents under this \
+                 volume's key (edited, or from another volume); refusing to use its chunking \
+                 parameters and ids"
+            ))),
+        }
+    }
+
+    /// The TOML text of this record.
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string(self).map_err(|e| Error::Invalid(e.to_string()))
+    }
 }
 
 /// Run-time settings (from the config); none of them changes the on-disk format.
@@ -444,12 +510,14 @@ impl Volume {
             &crypto::wrap_master_key(&master, passphrase.as_bytes(), kdf),
             0o600,
         )?;
-        let info = VolumeInfo {
+        let mut info = VolumeInfo {
             format_version: VOLUME_FORMAT,
             volume_id: hex::encode(rand::random::<[u8; 16]>()),
             created_unix: now().secs,
             chunking,
+            mac: None,
         };
+        info.seal(&master.subkeys());
         let kv = SledStore::open(&dir.join(META_DIR), 8 << 20)?;
         let mut root = Inode::new(FileKind::Dir, 0o755, 0, 0, ROOT_INO);
         // The creating user owns the root, so an unprivileged demo volume is writable.
@@ -465,7 +533,7 @@ impl Volume {
         kv.apply(b)?;
         kv.flush()?;
         drop(kv);
-        let text = toml::to_string(&info).map_err(|e| Error::Invalid(e.to_string()))?;
+        let text = info.to_toml()?;
         // Written last: its presence marks a complete volume.
         write_file_durably(&dir.join(VOLUME_FILE), text.as_bytes(), 0o644)?;
         Ok(info)
@@ -500,6 +568,15 @@ impl Volume {
             .map_err(|e| Error::io(format!("reading {}", key_path.display()), e))?;
         let master = crypto::unwrap_master_key(&wrapped, passphrase.as_bytes())?;
         let lock = lock_volume(dir)?;
+        let mut info = info;
+        let keys = master.subkeys();
+        if info.check_mac(&keys, &info_path.display().to_string())? == MacState::Missing {
+            // Made before volume.toml carried a MAC: add it (the shipper uploads the new bytes).
+            tracing::warn!(path = %info_path.display(),
+                "volume.toml has no MAC (made by an older tiergate): adding it");
+            info.seal(&keys);
+            write_file_durably(&info_path, info.to_toml()?.as_bytes(), 0o644)?;
+        }
         let kv = SledStore::open(&dir.join(META_DIR), opts.metadata_cache_bytes)?;
         let get_u64 = |name: &str| -> Result<u64> {
             Ok(match kv.get(&meta::misc_key(name))? {
@@ -528,7 +605,7 @@ impl Volume {
             },
             info,
             kv: JournaledKv::new(kv)?,
-            keys: master.subkeys(),
+            keys,
             opts,
             ns: Mutex::new(()),
             commit: Mutex::new(CommitState { stats }),
@@ -3504,6 +3581,43 @@ impl Volume {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `volume.toml` of master 00 01 .. 1f (see crypto's golden vectors), pinned: a change
+    /// breaks the MAC of every existing volume's config.
+    const GOLDEN_VOLUME_MAC: &str =
+        "70a54a2ceff8c9e0efb532ac79a74bfe5cdd5f46cfc10b22f1e811d891653e89";
+
+    fn golden_info() -> VolumeInfo {
+        VolumeInfo {
+            format_version: 1,
+            volume_id: "00112233445566778899aabbccddeeff".into(),
+            created_unix: 1_795_000_000,
+            chunking: ChunkerParams {
+                min_size: 131_072,
+                avg_size: 524_288,
+                max_size: 2_097_152,
+            },
+            mac: None,
+        }
+    }
+
+    #[test]
+    fn golden_volume_mac() {
+        let keys = crypto::MasterKey::from_bytes(std::array::from_fn(|i| i as u8)).subkeys();
+        let mut info = golden_info();
+        assert_eq!(info.check_mac(&keys, "t").unwrap(), MacState::Missing);
+        info.seal(&keys);
+        assert_eq!(info.mac.as_deref(), Some(GOLDEN_VOLUME_MAC));
+        assert_eq!(info.check_mac(&keys, "t").unwrap(), MacState::Valid);
+        // Survives a TOML round trip; any edited field, or another volume's key, fails.
+        let back: VolumeInfo = toml::from_str(&info.to_toml().unwrap()).unwrap();
+        assert_eq!(back.check_mac(&keys, "t").unwrap(), MacState::Valid);
+        let mut edited = info.clone();
+        edited.chunking.avg_size *= 2;
+        assert!(edited.check_mac(&keys, "t").is_err());
+        let other = crypto::MasterKey::from_bytes([9; 32]).subkeys();
+        assert!(info.check_mac(&other, "t").is_err());
+    }
 
     #[test]
     fn insert_dirty_merges_and_overwrites() {

@@ -14,6 +14,20 @@
 //! The lease object names the appliance that writes the volume's prefix. Nothing is uploaded
 //! (packs included: two appliances would write different packs under the same ids) until this
 //! appliance holds it; one that finds another appliance's lease stops and says so.
+//!
+//! Someone who can write the bucket but does not hold the passphrase must not be able to stop
+//! uploads or make a recovery silently older, so:
+//! - the lease carries a MAC under the volume's MAC subkey. A lease that fails it (forged,
+//!   edited, or written by a tiergate from before leases were signed) is not honoured: the
+//!   appliance says so loudly (error log, status event) and writes its own. So is an authentic
+//!   lease of another appliance that is older than this appliance's own claim (a replayed copy),
+//!   and a lease that went missing. Only a genuine appliance of the volume (it holds the key)
+//!   can fence this one.
+//! - after every segment and checkpoint a [`journal::Head`] names the new consistency point,
+//!   sealed under the metadata key with a growing generation: recovery refuses to stop short of
+//!   the newest one it finds without `--accept-older` (see `recover`).
+//! - the bucket's `volume.toml` is checked at every start: one that differs from the local copy
+//!   and fails its MAC is reported as tampering, then replaced.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -40,6 +54,13 @@ pub const LEASE_OBJECT: &str = "lease";
 /// Local file naming this appliance (random, made at first start).
 pub const APPLIANCE_ID_FILE: &str = "appliance-id";
 
+/// Local key: the generation of the newest metadata head this appliance wrote.
+pub const HEAD_GENERATION: &str = "journal.head_generation";
+/// Local key: `since_unix` of the lease this appliance last wrote.
+const LEASE_SINCE: &str = "lease.since_unix";
+/// MAC purpose label of the lease (part of the format: do not change).
+pub const LEASE_MAC_PURPOSE: &str = "tiergate lease v1";
+
 pub const CKPT_START: &str = "journal.checkpoint_start";
 pub const CKPT_END: &str = "journal.checkpoint_end";
 /// 1 once a checkpoint is off-site (before that, nothing is recoverable from the bucket).
@@ -52,6 +73,61 @@ pub struct Lease {
     pub appliance: String,
     pub host: String,
     pub since_unix: u64,
+    /// MAC of the fields above and the volume id ([`Lease::canonical`]) under the volume's MAC
+    /// subkey.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+}
+
+impl Lease {
+    /// The authenticated bytes: volume id, appliance, host (each as length (4) and bytes),
+    /// `since_unix` (8), little-endian.
+    pub fn canonical(&self, volume_id: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        for s in [volume_id, &self.appliance, &self.host] {
+            out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+            out.extend_from_slice(s.as_bytes());
+        }
+        out.extend_from_slice(&self.since_unix.to_le_bytes());
+        out
+    }
+
+    pub fn sign(&mut self, keys: &crate::crypto::Keys, volume_id: &str) {
+        self.mac = Some(keys.mac_hex(LEASE_MAC_PURPOSE, &self.canonical(volume_id)));
+    }
+
+    pub fn is_authentic(&self, keys: &crate::crypto::Keys, volume_id: &str) -> bool {
+        self.mac
+            .as_deref()
+            .is_some_and(|m| keys.mac_ok(LEASE_MAC_PURPOSE, &self.canonical(volume_id), m))
+    }
+}
+
+/// The bucket's lease object, judged.
+#[derive(Debug)]
+pub enum LeaseState {
+    Absent,
+    Authentic(Lease),
+    /// Not written by an appliance of this volume: why, and what it claims (if it parses).
+    NotAuthentic(String, Option<Lease>),
+}
+
+/// Judges the bytes of a lease object.
+pub fn judge_lease(bytes: &[u8], keys: &crate::crypto::Keys, volume_id: &str) -> LeaseState {
+    match serde_json::from_slice::<Lease>(bytes) {
+        Err(e) => LeaseState::NotAuthentic(format!("not a lease ({e})"), None),
+        Ok(l) if l.is_authentic(keys, volume_id) => LeaseState::Authentic(l),
+        Ok(l) => LeaseState::NotAuthentic(
+            if l.mac.is_none() {
+                "it carries no MAC (forged, or written by a tiergate from before leases were \
+                 signed)"
+                    .into()
+            } else {
+                "its MAC does not verify under this volume's key (forged or edited)".into()
+            },
+            Some(l),
+        ),
+    }
 }
 
 /// The id of this appliance (one per volume directory), made on first use.
@@ -92,6 +168,45 @@ fn set_local(t: &Tiering, pairs: &[(&str, u64)]) -> Result<()> {
 }
 
 impl Tiering {
+    /// The bucket's lease object, judged against this volume's key.
+    async fn read_lease(&self) -> Result<LeaseState> {
+        match self.backend.get(LEASE_OBJECT).await {
+            Ok(bytes) => Ok(judge_lease(
+                &bytes,
+                self.vol.keys(),
+                &self.vol.info().volume_id,
+            )),
+            Err(e) if e.is_not_found() => Ok(LeaseState::Absent),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Writes this appliance's signed lease.
+    async fn write_lease(&self) -> Result<()> {
+        let mut lease = Lease {
+            appliance: self.appliance.clone(),
+            host: host_name(),
+            since_unix: crate::meta::unix_now(),
+            mac: None,
+        };
+        lease.sign(self.vol.keys(), &self.vol.info().volume_id);
+        let body = serde_json::to_vec_pretty(&lease).expect("lease to JSON");
+        self.backend.put(LEASE_OBJECT, Bytes::from(body)).await?;
+        set_local(self, &[(LEASE_SINCE, lease.since_unix)])
+    }
+
+    /// Says loudly that the lease object was not written by an appliance of this volume.
+    fn report_false_lease(&self, why: &str) {
+        let msg = format!(
+            "the lease object in the bucket is not authentic: {why}. Someone who can write the \
+             bucket but does not hold the passphrase wrote it; it is ignored and replaced by \
+             this appliance's lease, and uploads continue. Check who has write access to the \
+             bucket"
+        );
+        tracing::error!("{msg}");
+        crate::status::event("error", msg);
+    }
+
     /// Takes (or confirms) the lease of the volume's prefix. `Ok(false)`: another appliance
     /// holds it and `take_over` was not given.
     pub async fn claim_lease(&self) -> Result<bool> {
@@ -100,29 +215,31 @@ impl Tiering {
             return Ok(true);
         }
         let me = self.appliance.clone();
-        match self.backend.get(LEASE_OBJECT).await {
-            Ok(bytes) => {
-                let held: Lease = serde_json::from_slice(&bytes)
-                    .map_err(|e| Error::Corrupt(format!("lease object of this volume: {e}")))?;
-                if held.appliance != me && !self.take_over.load(Ordering::SeqCst) {
+        match self.read_lease().await? {
+            LeaseState::Absent => {}
+            LeaseState::Authentic(held) if held.appliance == me => {}
+            LeaseState::Authentic(held) if held.since_unix < local_u64(self, LEASE_SINCE)? => {
+                self.report_false_lease(&format!(
+                    "it names appliance {} since {}, before this appliance's own claim (a \
+                     replayed old lease)",
+                    held.appliance, held.since_unix
+                ));
+            }
+            LeaseState::Authentic(held) => {
+                if !self.take_over.load(Ordering::SeqCst) {
                     *self.fenced_by.lock() = Some(held);
                     return Ok(false);
                 }
-                if held.appliance != me {
-                    tracing::warn!(previous = %held.appliance, host = %held.host,
-                        "taking over the volume from another appliance (--take-over)");
-                }
+                tracing::warn!(previous = %held.appliance, host = %held.host,
+                    "taking over the volume from another appliance (--take-over)");
             }
-            Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(e.into()),
+            // An unsigned lease of this very appliance: written before leases were signed.
+            LeaseState::NotAuthentic(_, Some(held)) if held.appliance == me && held.mac.is_none() => {
+                tracing::info!("signing this appliance's lease (written by an older tiergate)");
+            }
+            LeaseState::NotAuthentic(why, _) => self.report_false_lease(&why),
         }
-        let lease = Lease {
-            appliance: me,
-            host: host_name(),
-            since_unix: crate::meta::unix_now(),
-        };
-        let body = serde_json::to_vec_pretty(&lease).expect("lease to JSON");
-        self.backend.put(LEASE_OBJECT, Bytes::from(body)).await?;
+        self.write_lease().await?;
         *self.fenced_by.lock() = None;
         self.leased.store(true, Ordering::SeqCst);
         // A take-over is for the first claim only: if yet another appliance takes the volume
@@ -131,14 +248,35 @@ impl Tiering {
         Ok(true)
     }
 
-    /// Whether the lease is still ours (checked before every upload, packs included).
+    /// Whether the lease is still ours (checked before every upload, packs included). A lease
+    /// that is missing, not authentic, or an authentic one older than ours (replayed) does not
+    /// stop uploads: it is reported and ours is written again.
     pub(super) async fn lease_still_ours(&self) -> Result<bool> {
-        let bytes = self.backend.get(LEASE_OBJECT).await?;
-        let held: Lease = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::Corrupt(format!("lease object of this volume: {e}")))?;
-        if held.appliance == self.appliance {
-            return Ok(true);
-        }
+        let held = match self.read_lease().await? {
+            LeaseState::Authentic(held) if held.appliance == self.appliance => return Ok(true),
+            LeaseState::Authentic(held) if held.since_unix < local_u64(self, LEASE_SINCE)? => {
+                self.report_false_lease(&format!(
+                    "it names appliance {} since {}, before this appliance's own claim (a \
+                     replayed old lease)",
+                    held.appliance, held.since_unix
+                ));
+                self.write_lease().await?;
+                return Ok(true);
+            }
+            LeaseState::Authentic(held) => held,
+            LeaseState::Absent => {
+                let msg = "the lease object went missing from the bucket: written again";
+                tracing::warn!("{msg}");
+                crate::status::event("warning", msg);
+                self.write_lease().await?;
+                return Ok(true);
+            }
+            LeaseState::NotAuthentic(why, _) => {
+                self.report_false_lease(&why);
+                self.write_lease().await?;
+                return Ok(true);
+            }
+        };
         tracing::error!(appliance = %held.appliance, host = %held.host,
             "another appliance took over this volume: this one stops uploading");
         crate::status::event(
@@ -164,7 +302,12 @@ impl Tiering {
             let local = std::fs::read(&path)
                 .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
             let same = match self.backend.get(key).await {
-                Ok(remote) => remote.as_ref() == local.as_slice(),
+                Ok(remote) if remote.as_ref() == local.as_slice() => true,
+                Ok(remote) if key == VOLUME_OBJECT => {
+                    self.check_remote_volume_object(&remote);
+                    false
+                }
+                Ok(_) => false,
                 Err(e) if e.is_not_found() => false,
                 Err(e) => return Err(e.into()),
             };
@@ -173,6 +316,74 @@ impl Tiering {
                 tracing::info!(object = key, "volume object uploaded");
             }
         }
+        Ok(())
+    }
+
+    /// The bucket's `volume.toml` differs from the local one: fine if it is an older,
+    /// authentic or unsigned copy of the same config (an upgrade adds the MAC), tampering
+    /// otherwise. Either way the local copy replaces it.
+    fn check_remote_volume_object(&self, remote: &[u8]) {
+        let local = self.vol.info();
+        let parsed = std::str::from_utf8(remote)
+            .ok()
+            .and_then(|t| toml::from_str::<crate::volume::VolumeInfo>(t).ok());
+        let why = match parsed {
+            None => Some("it is not a volume config".to_string()),
+            Some(r) => match r.check_mac(self.vol.keys(), VOLUME_OBJECT) {
+                Err(e) => Some(e.to_string()),
+                Ok(_) if r.canonical() != local.canonical() => {
+                    Some("it differs from this volume's config and carries no MAC".into())
+                }
+                Ok(_) => None,
+            },
+        };
+        if let Some(why) = why {
+            let msg = format!(
+                "{VOLUME_OBJECT} in the bucket was altered ({why}): replaced with this \
+                 appliance's copy. Someone who can write the bucket changed it; check who has \
+                 write access"
+            );
+            tracing::error!("{msg}");
+            crate::status::event("error", msg);
+        }
+    }
+
+    /// Writes a new [`journal::Head`] naming the current consistency point and checkpoint
+    /// (nothing before the first checkpoint: the bucket cannot rebuild the volume then). The
+    /// generation is made durable locally before the upload, so it never repeats. Without
+    /// Object Lock the previous head is deleted; with it, heads stay until their retention
+    /// ends (prune_meta removes them), so that deleting the newest is impossible.
+    /// `checkpoint`: the one just uploaded (before the local bookkeeping names it), or None
+    /// for the one the bookkeeping names.
+    pub(super) async fn write_head(&self, point: u64, checkpoint: Option<(u64, u64)>) -> Result<()> {
+        let checkpoint = match checkpoint {
+            Some(c) => c,
+            None if local_u64(self, HAVE_CKPT)? == 0 => return Ok(()),
+            None => (local_u64(self, CKPT_START)?, local_u64(self, CKPT_END)?),
+        };
+        let generation = local_u64(self, HEAD_GENERATION)? + 1;
+        set_local(self, &[(HEAD_GENERATION, generation)])?;
+        let head = journal::Head {
+            generation,
+            point,
+            checkpoint,
+            written_unix: crate::meta::unix_now(),
+            volume_digest: self.vol.info().digest(),
+        };
+        self.backend
+            .put(
+                &journal::head_key(generation),
+                Bytes::from(head.seal(self.vol.keys())),
+            )
+            .await?;
+        if self.backend.retention().is_none() && generation > 1 {
+            match self.backend.delete(&journal::head_key(generation - 1)).await {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => tracing::debug!("deleting the previous metadata head: {e}"),
+            }
+        }
+        tracing::debug!(generation, point = head.point, "metadata head off-site");
         Ok(())
     }
 
@@ -185,6 +396,10 @@ impl Tiering {
                 }
                 if !objects_shipped {
                     self.ship_volume_objects().await?;
+                    // A head at every start: volumes from before heads existed get one, and
+                    // a head deleted from the bucket comes back.
+                    self.write_head(self.vol.journal().consistency_point()?, None)
+                        .await?;
                     objects_shipped = true;
                 }
                 self.ship_journal().await
@@ -266,6 +481,9 @@ impl Tiering {
             self.backend
                 .put(&journal::segment_key(first, last), Bytes::from(obj))
                 .await?;
+            // Before the local bookkeeping, so that a `tiergate sync` that returned has its
+            // point named by a head too.
+            self.write_head(last, None).await?;
             let vol = self.vol.clone();
             tokio::task::spawn_blocking(move || vol.journal().shipped_through(last))
                 .await
@@ -315,6 +533,12 @@ impl Tiering {
         let size = obj.len() as u64;
         let key = journal::checkpoint_key(ck.start, ck.end);
         self.backend.put(&key, Bytes::from(obj)).await?;
+        // Before the bookkeeping: once the volume counts as recoverable, a head names it.
+        self.write_head(
+            self.vol.journal().consistency_point()?,
+            Some((ck.start, ck.end)),
+        )
+        .await?;
         set_local(
             self,
             &[
@@ -371,6 +595,14 @@ impl Tiering {
         }
         for o in list_all(self.backend.as_ref(), journal::JOURNAL_PREFIX, 1000).await? {
             if matches!(journal::parse_key_range(&o.key), Some((_, last)) if last <= start) {
+                unneeded.push(o.key);
+            }
+        }
+        // Heads older than the newest this appliance wrote (left by Object Lock, or by a
+        // delete that failed).
+        let newest_head = local_u64(self, HEAD_GENERATION)?;
+        for o in list_all(self.backend.as_ref(), journal::HEAD_PREFIX, 1000).await? {
+            if journal::parse_head_key(&o.key).is_some_and(|g| g < newest_head) {
                 unneeded.push(o.key);
             }
         }

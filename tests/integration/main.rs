@@ -7,6 +7,7 @@ mod common;
 mod core;
 mod durability;
 mod faults;
+mod hostile_recovery;
 mod hostile_auth;
 mod hostile_dav;
 mod hostile_quota;
