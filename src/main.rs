@@ -1346,10 +1346,13 @@ fn start_webdav(
 #[derive(Subcommand)]
 enum KeyCmd {
     /// Wrap the master key with a new passphrase: the key file, and the store's key object (so a
-    /// recovery needs the new one). No data is re-encrypted. The current passphrase comes from
-    /// the config; the new one from standard input (first line), or asked for twice at a
-    /// terminal. Exit status 0: done; 1: nothing changed; 2: changed locally, the store's key
-    /// object is updated when the daemon next starts.
+    /// recovery needs the new one). The master key itself stays the same and no data is
+    /// re-encrypted: an older copy of the key object (a version kept by Object Lock or bucket
+    /// versioning, a copy of the bucket) still opens the volume with the old passphrase
+    /// (docs/RECOVERY.md#changing-the-passphrase). The current passphrase comes from the config;
+    /// the new one from standard input (first line), or asked for twice at a terminal. Exit
+    /// status 0: done; 1: nothing changed; 2: changed locally, the store's key object is
+    /// updated when the daemon next starts.
     Change {
         #[arg(long, short)]
         config: PathBuf,
@@ -1377,6 +1380,9 @@ fn key_change(path: &Path) -> Result<()> {
     let cfg = Config::load(path)?;
     let old = cfg.passphrase()?;
     let vol = open(&cfg)?;
+    if let Some(lock) = cfg.s3.as_ref().and_then(|s3| s3.object_lock.as_ref()) {
+        eprintln!("tiergate: WARNING: {}", old_key_versions_warning(lock));
+    }
     let new = if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
         let p = rpassword::prompt_password("new passphrase: ")?;
         if rpassword::prompt_password("again: ")? != p {
@@ -1425,6 +1431,21 @@ fn key_change(path: &Path) -> Result<()> {
             std::process::exit(2);
         }
     }
+}
+
+/// What `key change` cannot undo under Object Lock: the bucket keeps the key object wrapped
+/// under the old passphrase, and it opens the same master key.
+fn old_key_versions_warning(lock: &tiergate::config::ObjectLockConfig) -> String {
+    format!(
+        "[s3.object_lock] is on ({} mode, {} days): the bucket keeps every earlier version of \
+         keys/master until its retention ends, each wrapped under the passphrase it had then. \
+         This command wraps the SAME master key under the new passphrase and re-encrypts no \
+         data, so whoever holds an old passphrase and can read the bucket still opens the whole \
+         volume, including data written after this change. If an old passphrase leaked, this \
+         does not lock it out: see docs/RECOVERY.md (Changing the passphrase).",
+        lock.mode.as_str(),
+        lock.days
+    )
 }
 
 fn index_rebuild(path: &Path) -> Result<()> {
@@ -1479,4 +1500,27 @@ fn verify(path: &Path, remote: bool, deep: bool) -> Result<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_change_under_object_lock_says_the_old_passphrase_still_opens_the_volume() {
+        let lock = tiergate::config::ObjectLockConfig {
+            mode: tiergate::config::LockMode::Compliance,
+            days: 30,
+        };
+        let w = old_key_versions_warning(&lock);
+        for needle in [
+            "COMPLIANCE",
+            "30 days",
+            "SAME master key",
+            "old passphrase",
+            "RECOVERY.md",
+        ] {
+            assert!(w.contains(needle), "{needle}: {w}");
+        }
+    }
 }
