@@ -533,8 +533,47 @@ pub struct Gate {
     waiting_shared: AtomicUsize,
     waiting_clean: AtomicUsize,
     tables: Mutex<Tables>,
-    /// A hash of a random password with the default parameters, verified for unknown names.
-    dummy: String,
+    /// To the verifier threads.
+    jobs: std::sync::mpsc::SyncSender<Job>,
+}
+
+/// One verification for the verifier threads; `hash` None: an unknown name (the dummy hash).
+struct Job {
+    hash: Option<String>,
+    password: String,
+    permit: OwnedSemaphorePermit,
+    reply: tokio::sync::oneshot::Sender<bool>,
+}
+
+/// The verifier threads: one per permit, fed by a channel. Not tokio's blocking pool: glibc
+/// keeps a freed 19 MiB argon2 block in the allocating thread's malloc arena, and verifications
+/// spread over the pool's many threads kept ~300 MiB (16 arenas x 19 MiB) after a flood
+/// (measured: hostile_auth flood test); a few fixed threads keep at most a few blocks.
+fn spawn_verifiers(n: usize, dummy: String) -> Result<std::sync::mpsc::SyncSender<Job>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(n);
+    let rx = Arc::new(Mutex::new(rx));
+    for i in 0..n {
+        let (rx, dummy) = (rx.clone(), dummy.clone());
+        std::thread::Builder::new()
+            .name(format!("argon2-{i}"))
+            .spawn(move || loop {
+                let job = rx.lock().recv();
+                let Ok(job) = job else {
+                    return; // the gate is gone
+                };
+                let ok = match &job.hash {
+                    Some(h) => argon2_verify(h, &job.password),
+                    None => {
+                        argon2_verify(&dummy, &job.password);
+                        false
+                    }
+                };
+                drop(job.permit);
+                let _ = job.reply.send(ok);
+            })
+            .map_err(|e| Error::io("starting the password verifier threads", e))?;
+    }
+    Ok(tx)
 }
 
 /// Decrements a waiting counter when a queued request leaves the queue (or is dropped).
@@ -557,12 +596,12 @@ impl Gate {
             reserved: Arc::new(Semaphore::new(1)),
             waiting_shared: AtomicUsize::new(0),
             waiting_clean: AtomicUsize::new(0),
+            jobs: spawn_verifiers(ARGON2_PERMITS + 1, dummy)?,
             tables: Mutex::new(Tables {
                 sources: Throttle::new(PER_SOURCE, THROTTLE_ENTRIES),
                 names: Throttle::new(PER_USER, THROTTLE_ENTRIES),
                 inflight: HashMap::new(),
             }),
-            dummy,
         })
     }
 
@@ -638,20 +677,18 @@ impl Gate {
                 return Verdict::Busy(BUSY_RETRY);
             }
         };
-        let (h, p, dummy) = (hash.clone(), pass.to_string(), self.dummy.clone());
+        let (reply, answer) = tokio::sync::oneshot::channel();
         // The permit travels with the work: a client that hangs up does not free it early.
-        let ok = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            match h {
-                Some(h) => argon2_verify(&h, &p),
-                None => {
-                    argon2_verify(&dummy, &p);
-                    false
-                }
-            }
-        })
-        .await
-        .unwrap_or(false);
+        let job = Job {
+            hash,
+            password: pass.to_string(),
+            permit,
+            reply,
+        };
+        if self.jobs.try_send(job).is_err() {
+            return Verdict::Busy(BUSY_RETRY); // cannot happen: permits bound the jobs
+        }
+        let ok = answer.await.unwrap_or(false);
         let now = Instant::now();
         if ok {
             self.users.remember(name, pass, now);
