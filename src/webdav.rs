@@ -1161,9 +1161,7 @@ fn lock_key(token: &str) -> String {
 /// The timeout a lock gets: [`LOCK_DEFAULT_TIMEOUT`] when the client asked for none or for
 /// `Infinite` (dav-server passes both as `None`), never more than [`LOCK_MAX_TIMEOUT`].
 fn lock_timeout(asked: Option<Duration>) -> Duration {
-    asked
-        .unwrap_or(LOCK_DEFAULT_TIMEOUT)
-        .min(LOCK_MAX_TIMEOUT)
+    asked.unwrap_or(LOCK_DEFAULT_TIMEOUT).min(LOCK_MAX_TIMEOUT)
 }
 
 /// Every stored lock that has not expired. Reads the one-record table of earlier versions
@@ -1182,10 +1180,16 @@ fn load_locks(vol: &Volume) -> Result<Vec<DavLock>> {
     if let Some(old) = vol.frontend_state(LOCK_STATE)? {
         let ls: Vec<DavLock> = decode_locks(&old).into_iter().filter(live).collect();
         for l in &ls {
-            vol.set_frontend_state(&lock_key(&l.token), Some(&encode_locks(std::slice::from_ref(l))))?;
+            vol.set_frontend_state(
+                &lock_key(&l.token),
+                Some(&encode_locks(std::slice::from_ref(l))),
+            )?;
         }
         vol.set_frontend_state(LOCK_STATE, None)?;
-        tracing::info!("webdav: lock table of an earlier version converted ({} lock(s))", ls.len());
+        tracing::info!(
+            "webdav: lock table of an earlier version converted ({} lock(s))",
+            ls.len()
+        );
         out.extend(ls);
     }
     // A lock stored without a timeout (earlier versions allowed it) gets the maximum from now.
@@ -1232,7 +1236,10 @@ pub fn list_locks(vol: &Volume) -> Result<Vec<LockInfo>> {
 pub fn clear_locks(vol: &Volume, which: Option<&str>) -> Result<usize> {
     let want = which.map(|w| {
         let p = DavPath::new(w).ok();
-        (w.to_string(), p.map(|p| segs_of(&p).iter().map(|s| s.to_vec()).collect::<Vec<_>>()))
+        (
+            w.to_string(),
+            p.map(|p| segs_of(&p).iter().map(|s| s.to_vec()).collect::<Vec<_>>()),
+        )
     });
     let mut n = 0;
     for l in load_locks(vol)? {
@@ -1285,7 +1292,10 @@ impl DavLockSystem for DurableLs {
                 return futures_util::future::ready(Err(c.clone())).boxed();
             }
             // Limits: refused like a conflict (423 Locked), which is all dav-server can answer.
-            let mine = t.iter().filter(|l| l.principal.as_deref() == principal).count();
+            let mine = t
+                .iter()
+                .filter(|l| l.principal.as_deref() == principal)
+                .count();
             if t.len() >= MAX_LOCKS || mine >= MAX_LOCKS_PER_USER {
                 tracing::warn!(
                     user = principal.unwrap_or("-"),
@@ -1558,7 +1568,10 @@ where
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     use http_body_util::BodyExt;
-    let b = match http_body_util::Limited::new(body, MAX_XML_BODY).collect().await {
+    let b = match http_body_util::Limited::new(body, MAX_XML_BODY)
+        .collect()
+        .await
+    {
         Ok(c) => c.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             return Err(simple(
@@ -1636,7 +1649,12 @@ pub fn normalise_range(v: &[u8], len: u64) -> Option<String> {
 
 /// Content types a browser runs or renders as a document of the share's origin.
 fn active_content(ct: &str) -> bool {
-    let ct = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let ct = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     ["html", "xml", "javascript", "ecmascript", "svg"]
         .iter()
         .any(|w| ct.contains(w))
@@ -1805,7 +1823,10 @@ impl Share {
         let mut principal = None;
         if let Some(gate) = &self.users {
             let auth = req.headers().get(http::header::AUTHORIZATION);
-            match gate.authenticate(auth.map(|v| v.as_bytes()), peer.ip()).await {
+            match gate
+                .authenticate(auth.map(|v| v.as_bytes()), peer.ip())
+                .await
+            {
                 auth::Verdict::Allowed(name) => principal = Some(name),
                 refused => return auth_refused(&refused),
             }
@@ -2034,8 +2055,14 @@ mod tests {
     #[test]
     fn ranges_are_bounded_clamped_and_coalesced() {
         let n = |v: &str, len| normalise_range(v.as_bytes(), len);
-        assert_eq!(n("bytes=0-18446744073709551615", 100).as_deref(), Some("bytes=0-99"));
-        assert_eq!(n("bytes=10-19, 0-14,90-", 100).as_deref(), Some("bytes=0-19,90-99"));
+        assert_eq!(
+            n("bytes=0-18446744073709551615", 100).as_deref(),
+            Some("bytes=0-99")
+        );
+        assert_eq!(
+            n("bytes=10-19, 0-14,90-", 100).as_deref(),
+            Some("bytes=0-19,90-99")
+        );
         assert_eq!(n("bytes=-10,95-", 100).as_deref(), Some("bytes=90-99"));
         assert_eq!(n("bytes=0-9,10-19", 100).as_deref(), Some("bytes=0-19"));
         assert_eq!(n("bytes=-500", 100).as_deref(), Some("bytes=0-99"));
@@ -2044,7 +2071,14 @@ mod tests {
         assert_eq!(n(&many, 100), None);
         let sixteen = format!("bytes={}", vec!["0-"; 16].join(","));
         assert_eq!(n(&sixteen, 100).as_deref(), Some("bytes=0-99"));
-        for bad in ["bytes=5-1", "bytes=a-", "items=0-1", "bytes=", "bytes=1", "bytes=-"] {
+        for bad in [
+            "bytes=5-1",
+            "bytes=a-",
+            "items=0-1",
+            "bytes=",
+            "bytes=1",
+            "bytes=-",
+        ] {
             assert_eq!(n(bad, 100), None, "{bad}");
         }
     }
@@ -2081,14 +2115,25 @@ mod tests {
     #[test]
     fn lock_timeouts_have_a_default_and_a_maximum() {
         assert_eq!(lock_timeout(None), LOCK_DEFAULT_TIMEOUT);
-        assert_eq!(lock_timeout(Some(Duration::from_secs(5))), Duration::from_secs(5));
-        assert_eq!(lock_timeout(Some(Duration::from_secs(86400))), LOCK_MAX_TIMEOUT);
+        assert_eq!(
+            lock_timeout(Some(Duration::from_secs(5))),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            lock_timeout(Some(Duration::from_secs(86400))),
+            LOCK_MAX_TIMEOUT
+        );
     }
 
     #[test]
     fn active_types_are_attachments() {
-        for ct in ["text/html; charset=utf-8", "image/svg+xml", "application/xhtml+xml",
-                   "text/javascript", "application/xml"] {
+        for ct in [
+            "text/html; charset=utf-8",
+            "image/svg+xml",
+            "application/xhtml+xml",
+            "text/javascript",
+            "application/xml",
+        ] {
             assert!(active_content(ct), "{ct}");
         }
         for ct in ["text/plain", "application/octet-stream", "image/png", ""] {

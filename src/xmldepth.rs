@@ -130,7 +130,15 @@ mod tests {
         assert_eq!(depth(b"<a><!-- <b><c> --><![CDATA[<x><y>]]></a>", 64), 1);
         assert_eq!(depth(b"<!DOCTYPE a><?pi <x> ?><a/>", 64), 0);
         // Binary noise and truncation never panic.
-        for s in [&b"<"[..], b"<a", b"<a '", b"</", b"<!--", b"<![CDATA[", b"\x00<\x01>"] {
+        for s in [
+            &b"<"[..],
+            b"<a",
+            b"<a '",
+            b"</",
+            b"<!--",
+            b"<![CDATA[",
+            b"\x00<\x01>",
+        ] {
             let _ = depth(s, 64);
         }
     }

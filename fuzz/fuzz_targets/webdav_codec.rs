@@ -127,7 +127,11 @@ fuzz_target!(|input: Input| {
     assert!(xmldepth::depth(&input.xml, lim) <= lim + 1);
     let (n, tag, inner) = input.nest;
     let n = usize::from(n % 4096);
-    let tag: String = tag.chars().filter(|c| c.is_ascii_alphabetic()).take(8).collect();
+    let tag: String = tag
+        .chars()
+        .filter(|c| c.is_ascii_alphabetic())
+        .take(8)
+        .collect();
     let tag = if tag.is_empty() { "a".to_string() } else { tag };
     let doc = nested(n, &tag, &inner);
     let got = xmldepth::depth(doc.as_bytes(), lim);
@@ -140,7 +144,10 @@ fuzz_target!(|input: Input| {
         xml: Some(doc.clone().into_bytes()),
     });
     if n > lim {
-        assert!(webdav::decode_prop(&stored, true).is_none(), "{n} levels handed on");
+        assert!(
+            webdav::decode_prop(&stored, true).is_none(),
+            "{n} levels handed on"
+        );
     } else if !xmldepth::too_deep(doc.as_bytes()) {
         // Bounded: parsing it cannot exhaust the stack.
         let _ = xmltree::Element::parse(doc.as_bytes());

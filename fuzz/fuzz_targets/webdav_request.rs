@@ -218,7 +218,10 @@ fuzz_target!(|reqs: Vec<Req>| {
                 assert_eq!(status, 403, "PROPFIND Depth: infinity");
             }
             if deep && matches!(m.as_str(), "PROPFIND" | "PROPPATCH" | "LOCK") && !infinite {
-                assert!(matches!(status, 400 | 401 | 413), "deep XML body got {status}");
+                assert!(
+                    matches!(status, 400 | 401 | 413),
+                    "deep XML body got {status}"
+                );
             }
             if m == Method::PUT && plain && (status == 201 || status == 204) {
                 let get = Request::get(&path).body(Full::new(Bytes::new())).unwrap();
