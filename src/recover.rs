@@ -244,7 +244,13 @@ pub fn recover(
                 warnings.push(format!(
                     "{key} cannot be used ({e}): the journal ends at {consistency_point}"
                 ));
-                check_point(&head, consistency_point, &listing.segments, opts, &mut warnings)?;
+                check_point(
+                    &head,
+                    consistency_point,
+                    &listing.segments,
+                    opts,
+                    &mut warnings,
+                )?;
                 break;
             }
             Err(e) => return Err(e),

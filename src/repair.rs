@@ -188,7 +188,9 @@ pub fn change_passphrase(
                 LeaseState::Authentic(held) => Some(held),
                 LeaseState::Absent => None,
                 LeaseState::NotAuthentic(why, _) => {
-                    tracing::warn!("the lease object in the bucket is not authentic ({why}): ignored");
+                    tracing::warn!(
+                        "the lease object in the bucket is not authentic ({why}): ignored"
+                    );
                     None
                 }
             };

@@ -234,7 +234,9 @@ impl Tiering {
                     "taking over the volume from another appliance (--take-over)");
             }
             // An unsigned lease of this very appliance: written before leases were signed.
-            LeaseState::NotAuthentic(_, Some(held)) if held.appliance == me && held.mac.is_none() => {
+            LeaseState::NotAuthentic(_, Some(held))
+                if held.appliance == me && held.mac.is_none() =>
+            {
                 tracing::info!("signing this appliance's lease (written by an older tiergate)");
             }
             LeaseState::NotAuthentic(why, _) => self.report_false_lease(&why),
@@ -355,7 +357,11 @@ impl Tiering {
     /// ends (prune_meta removes them), so that deleting the newest is impossible.
     /// `checkpoint`: the one just uploaded (before the local bookkeeping names it), or None
     /// for the one the bookkeeping names.
-    pub(super) async fn write_head(&self, point: u64, checkpoint: Option<(u64, u64)>) -> Result<()> {
+    pub(super) async fn write_head(
+        &self,
+        point: u64,
+        checkpoint: Option<(u64, u64)>,
+    ) -> Result<()> {
         let checkpoint = match checkpoint {
             Some(c) => c,
             None if local_u64(self, HAVE_CKPT)? == 0 => return Ok(()),
@@ -377,7 +383,11 @@ impl Tiering {
             )
             .await?;
         if self.backend.retention().is_none() && generation > 1 {
-            match self.backend.delete(&journal::head_key(generation - 1)).await {
+            match self
+                .backend
+                .delete(&journal::head_key(generation - 1))
+                .await
+            {
                 Ok(()) => {}
                 Err(e) if e.is_not_found() => {}
                 Err(e) => tracing::debug!("deleting the previous metadata head: {e}"),

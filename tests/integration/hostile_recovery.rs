@@ -38,11 +38,11 @@ fn objects(v: &TestVolume, dir: &str) -> Vec<String> {
     names
 }
 
-/// Writes `rounds` batches of files, each followed by `tiergate sync` (one or more journal
-/// segments per round); returns every file by name.
-fn ship_rounds(v: &TestVolume, rounds: u64) -> BTreeMap<String, Vec<u8>> {
+/// Writes batches of files for rounds `rounds`, each followed by `tiergate sync` (one or more
+/// journal segments per round); returns every file by name.
+fn ship_rounds(v: &TestVolume, rounds: std::ops::Range<u64>) -> BTreeMap<String, Vec<u8>> {
     let mut files = BTreeMap::new();
-    for r in 0..rounds {
+    for r in rounds {
         for i in 0..3 {
             let name = format!("r{r}-f{i}.bin");
             let data = random_bytes(r * 10 + i, 40_000 + (i as usize) * 1000);
@@ -84,9 +84,9 @@ fn recovered_point(o: &std::process::Output) -> u64 {
 fn deleting_the_newest_segments_needs_accept_older_and_names_the_point() {
     let mut v = volume();
     v.start();
-    let early = ship_rounds(&v, 2);
+    let early = ship_rounds(&v, 0..2);
     let segs_early = objects(&v, "meta/journal");
-    let late = ship_rounds(&v, 2);
+    let late = ship_rounds(&v, 2..4);
     lose(&mut v);
     let segs = objects(&v, "meta/journal");
     let newer: Vec<&String> = segs.iter().filter(|s| !segs_early.contains(s)).collect();
@@ -156,7 +156,7 @@ fn recover_refusal_again(v: &TestVolume) -> std::process::Output {
 fn deleting_every_head_is_not_a_silent_rollback() {
     let mut v = volume();
     v.start();
-    let files = ship_rounds(&v, 2);
+    let files = ship_rounds(&v, 0..2);
     lose(&mut v);
     let heads = objects(&v, "meta/head");
     assert!(!heads.is_empty());
@@ -179,7 +179,7 @@ fn deleting_every_head_is_not_a_silent_rollback() {
 fn a_junk_newest_checkpoint_falls_back_to_an_older_one() {
     let mut v = volume();
     v.start();
-    let files = ship_rounds(&v, 3);
+    let files = ship_rounds(&v, 0..3);
     lose(&mut v);
     let ckpts = objects(&v, "meta/checkpoint");
     assert!(!ckpts.is_empty());
@@ -198,7 +198,11 @@ fn a_junk_newest_checkpoint_falls_back_to_an_older_one() {
     .unwrap();
 
     let o = recover(&v, &[]);
-    assert!(o.status.success(), "junk checkpoint blocked recovery: {}", text(&o));
+    assert!(
+        o.status.success(),
+        "junk checkpoint blocked recovery: {}",
+        text(&o)
+    );
     let err = stderr(&o);
     assert!(
         err.contains("WARNING") && err.contains(&junk) && err.contains("older checkpoint"),
@@ -214,7 +218,7 @@ fn a_junk_newest_checkpoint_falls_back_to_an_older_one() {
 fn an_edited_volume_toml_is_refused() {
     let mut v = volume();
     v.start();
-    ship_rounds(&v, 1);
+    ship_rounds(&v, 0..1);
     lose(&mut v);
     let path = store(&v).join("volume.toml");
     let original = std::fs::read_to_string(&path).unwrap();
@@ -254,7 +258,7 @@ fn an_edited_volume_toml_is_refused() {
 fn a_forged_lease_does_not_stop_uploads() {
     let mut v = volume();
     v.start();
-    ship_rounds(&v, 1);
+    ship_rounds(&v, 0..1);
     let lease = store(&v).join("lease");
     let genuine: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&lease).unwrap()).unwrap();
