@@ -106,17 +106,17 @@ enum Cmd {
         #[command(subcommand)]
         cmd: RecycleCmd,
     },
-    /// Snapshots: read-only views of the whole volume under /.snapshots/NAME/ in the mount and
-    /// the share (asks the running daemon).
-    Snapshot {
-        #[command(subcommand)]
-        cmd: SnapshotCmd,
     /// WebDAV locks held on the share: list them, or clear those a vanished client left
     /// (offline: the daemon must be stopped; it reads the locks at start).
     Locks {
         #[command(subcommand)]
         cmd: LocksCmd,
     },
+    /// Snapshots: read-only views of the whole volume under /.snapshots/NAME/ in the mount and
+    /// the share (asks the running daemon).
+    Snapshot {
+        #[command(subcommand)]
+        cmd: SnapshotCmd,
     },
     /// Manage the users of the WebDAV share (its `webdav.users_file`).
     User {
@@ -171,11 +171,6 @@ enum RecycleCmd {
 }
 
 #[derive(Subcommand)]
-enum SnapshotCmd {
-    /// Take a snapshot now; it stays until `tiergate snapshot delete` (the schedule's keep rules
-    /// prune only scheduled ones).
-    Create {
-#[derive(Subcommand)]
 enum LocksCmd {
     /// Every lock: token, path, user, expiry, scope.
     List {
@@ -196,6 +191,11 @@ enum LocksCmd {
     },
 }
 
+#[derive(Subcommand)]
+enum SnapshotCmd {
+    /// Take a snapshot now; it stays until `tiergate snapshot delete` (the schedule's keep rules
+    /// prune only scheduled ones).
+    Create {
         /// Its name. Default: "manual-YYYY-MM-DD_HHMMSSZ" (UTC).
         name: Option<String>,
         #[arg(long, short)]
@@ -297,6 +297,7 @@ fn main() {
         Cmd::Gc { config, json } => gc(&config, json),
         Cmd::Recycle { cmd } => recycle(cmd),
         Cmd::Snapshot { cmd } => snapshot(cmd),
+        Cmd::Locks { cmd } => locks(cmd),
         Cmd::Key {
             cmd: KeyCmd::Change { config },
         } => key_change(&config),
@@ -305,7 +306,6 @@ fn main() {
         } => index_rebuild(&config),
         Cmd::Verify {
             config,
-        Cmd::Locks { cmd } => locks(cmd),
             remote,
             deep,
         } => verify(&config, remote, deep),
@@ -630,7 +630,9 @@ fn recover(path: &Path, accept_older: bool) -> Result<()> {
              the bucket proves ({}): every change after {} is lost",
             r.consistency_point,
             r.newest_head
-                .map_or("none left".to_string(), |(g, p)| format!("{p}, head generation {g}")),
+                .map_or("none left".to_string(), |(g, p)| format!(
+                    "{p}, head generation {g}"
+                )),
             r.consistency_point
         );
     }
@@ -769,28 +771,6 @@ fn recycle(cmd: RecycleCmd) -> Result<()> {
     }
 }
 
-/// A Unix time as "2026-12-03 07:00:00Z".
-fn utc_time(unix: u64) -> String {
-    tiergate::backend::utc_date(unix).replacen('T', " ", 1)
-}
-
-/// The snapshot schedule in words (`[snapshots] interval_minutes`; 0: none).
-fn schedule_text(every_minutes: u64) -> String {
-    match every_minutes {
-        0 => "no schedule".into(),
-        m => format!("a scheduled one every {m} min"),
-    }
-}
-
-fn snapshot(cmd: SnapshotCmd) -> Result<()> {
-    match cmd {
-        SnapshotCmd::Create { name, config, json } => {
-            let cfg = Config::load(&config)?;
-            // The snapshot then holds every write made through the mount before this command.
-            flush_kernel_cache(&cfg);
-            let req = match &name {
-                Some(n) => format!("snapshot create {n}"),
-                None => "snapshot create".into(),
 fn locks(cmd: LocksCmd) -> Result<()> {
     match cmd {
         LocksCmd::List { config, json } => {
@@ -817,7 +797,9 @@ fn locks(cmd: LocksCmd) -> Result<()> {
                     l.token,
                     l.path,
                     l.principal.as_deref().unwrap_or("-"),
-                    l.expires_unix.map(utc_time).unwrap_or_else(|| "never".into()),
+                    l.expires_unix
+                        .map(utc_time)
+                        .unwrap_or_else(|| "never".into()),
                     if l.shared { "shared" } else { "exclusive" },
                     if l.deep { ", depth infinity" } else { "" },
                 );
@@ -841,6 +823,28 @@ fn locks(cmd: LocksCmd) -> Result<()> {
     }
 }
 
+/// A Unix time as "2026-12-03 07:00:00Z".
+fn utc_time(unix: u64) -> String {
+    tiergate::backend::utc_date(unix).replacen('T', " ", 1)
+}
+
+/// The snapshot schedule in words (`[snapshots] interval_minutes`; 0: none).
+fn schedule_text(every_minutes: u64) -> String {
+    match every_minutes {
+        0 => "no schedule".into(),
+        m => format!("a scheduled one every {m} min"),
+    }
+}
+
+fn snapshot(cmd: SnapshotCmd) -> Result<()> {
+    match cmd {
+        SnapshotCmd::Create { name, config, json } => {
+            let cfg = Config::load(&config)?;
+            // The snapshot then holds every write made through the mount before this command.
+            flush_kernel_cache(&cfg);
+            let req = match &name {
+                Some(n) => format!("snapshot create {n}"),
+                None => "snapshot create".into(),
             };
             let r = tiergate::control::call(&cfg.volume.path, &req)?;
             if json {

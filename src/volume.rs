@@ -1523,6 +1523,26 @@ impl Volume {
         if value.len() > MAX_XATTR_VALUE {
             return Err(Error::TooBig);
         }
+        let dav = name.starts_with(DAV_PROP_PREFIX);
+        if dav {
+            if value.len() > MAX_DAV_PROP_BYTES {
+                return Err(Error::TooBig);
+            }
+            match crate::xmldepth::prop_record(value) {
+                None => {
+                    return Err(Error::Invalid(
+                        "not a WebDAV property record (the share's own xattr namespace)".into(),
+                    ))
+                }
+                Some([.., xml]) if crate::xmldepth::too_deep(xml) => {
+                    return Err(Error::Invalid(format!(
+                        "a WebDAV property nested deeper than {} levels",
+                        crate::xmldepth::MAX_DEPTH
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
         self.check_writable(ino)?;
         let _ns = self.ns.lock();
         let e = self.entry(ino)?;
@@ -1535,11 +1555,37 @@ impl Volume {
             XattrSet::Replace if !exists => return Err(Error::NoXattr),
             _ => {}
         }
+        if dav {
+            self.check_dav_props(ino, &key, value.len())?;
+            let grows = value.len().saturating_sub(old.map_or(0, |o| o.len()));
+            self.check_quota(grows as u64)?;
+        }
         d.attr.ctime = now();
         let mut b = Batch::default();
         b.put(key, value.to_vec());
         b.put(meta::inode_key(ino), d.attr.encode());
         self.apply(b)
+    }
+
+    /// Refuses a dead property (see [`DAV_PROP_PREFIX`]) of `len` bytes at `key` that would
+    /// take `ino` past [`MAX_DAV_PROPS`] or [`MAX_DAV_PROP_TOTAL`] (507 / ENOSPC).
+    fn check_dav_props(&self, ino: u64, key: &[u8], len: usize) -> Result<()> {
+        let mut p = meta::xattr_prefix(ino);
+        p.extend_from_slice(DAV_PROP_PREFIX);
+        let (mut count, mut total) = (1, len);
+        for (k, v) in self.kv.range(&p, prefix_end(&p).as_deref())? {
+            if k != key {
+                count += 1;
+                total += v.len();
+            }
+        }
+        if count > MAX_DAV_PROPS || total > MAX_DAV_PROP_TOTAL {
+            return Err(Error::NoSpace(format!(
+                "inode {ino}: dead properties are limited to {MAX_DAV_PROPS} and \
+                 {MAX_DAV_PROP_TOTAL} bytes per resource"
+            )));
+        }
+        Ok(())
     }
 
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
@@ -1601,26 +1647,6 @@ impl Volume {
             if off < start && off + x.len as u64 > start {
                 out.push((off, x));
             }
-        let dav = name.starts_with(DAV_PROP_PREFIX);
-        if dav {
-            if value.len() > MAX_DAV_PROP_BYTES {
-                return Err(Error::TooBig);
-            }
-            match crate::xmldepth::prop_record(value) {
-                None => {
-                    return Err(Error::Invalid(
-                        "not a WebDAV property record (the share's own xattr namespace)".into(),
-                    ))
-                }
-                Some([.., xml]) if crate::xmldepth::too_deep(xml) => {
-                    return Err(Error::Invalid(format!(
-                        "a WebDAV property nested deeper than {} levels",
-                        crate::xmldepth::MAX_DEPTH
-                    )))
-                }
-                Some(_) => {}
-            }
-        }
         }
         for (k, v) in self.kv.range(
             &meta::extent_key(ino, start),
@@ -1632,11 +1658,6 @@ impl Volume {
     }
 
     /// A chunk's plaintext, from the cache or its pack (verified: decrypted and re-hashed).
-        if dav {
-            self.check_dav_props(ino, &key, value.len())?;
-            let grows = value.len().saturating_sub(old.map_or(0, |o| o.len()));
-            self.check_quota(grows as u64)?;
-        }
     fn chunk_data(&self, id: &ChunkId) -> Result<Arc<Vec<u8>>> {
         if let Some(c) = self.chunk_cache.lock().get(id) {
             return Ok(c.clone());
@@ -1644,27 +1665,6 @@ impl Volume {
         // Kernel readahead asks for several pieces of one chunk at once: let one reader decode
         // it and the others find it in the cache, instead of each decoding the whole chunk.
         let _decoding = self.decode_locks[id.0[0] as usize % DECODE_STRIPES].lock();
-    /// Refuses a dead property (see [`DAV_PROP_PREFIX`]) of `len` bytes at `key` that would
-    /// take `ino` past [`MAX_DAV_PROPS`] or [`MAX_DAV_PROP_TOTAL`] (507 / ENOSPC).
-    fn check_dav_props(&self, ino: u64, key: &[u8], len: usize) -> Result<()> {
-        let mut p = meta::xattr_prefix(ino);
-        p.extend_from_slice(DAV_PROP_PREFIX);
-        let (mut count, mut total) = (1, len);
-        for (k, v) in self.kv.range(&p, prefix_end(&p).as_deref())? {
-            if k != key {
-                count += 1;
-                total += v.len();
-            }
-        }
-        if count > MAX_DAV_PROPS || total > MAX_DAV_PROP_TOTAL {
-            return Err(Error::NoSpace(format!(
-                "inode {ino}: dead properties are limited to {MAX_DAV_PROPS} and \
-                 {MAX_DAV_PROP_TOTAL} bytes per resource"
-            )));
-        }
-        Ok(())
-    }
-
         if let Some(c) = self.chunk_cache.lock().get(id) {
             return Ok(c.clone());
         }
@@ -3565,6 +3565,19 @@ impl Volume {
         self.kv.get(&meta::misc_key(&format!("frontend.{name}")))
     }
 
+    /// Every front-end state whose name starts with `prefix`, by name (one record per WebDAV
+    /// lock, say: a change rewrites one small record, not a table).
+    pub fn frontend_states(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let p = meta::misc_key(&format!("frontend.{prefix}"));
+        let skip = meta::misc_key("frontend.").len();
+        Ok(self
+            .kv
+            .range(&p, prefix_end(&p).as_deref())?
+            .into_iter()
+            .map(|(k, v)| (String::from_utf8_lossy(&k[skip..]).into_owned(), v))
+            .collect())
+    }
+
     /// Replaces (or with `None` removes) a front-end's state; durable when this returns.
     pub fn set_frontend_state(&self, name: &str, value: Option<&[u8]>) -> Result<()> {
         let key = meta::misc_key(&format!("frontend.{name}"));
@@ -3677,16 +3690,3 @@ mod tests {
         assert_eq!(m, vec![(2, 3), (5, 20), (30, 35)]);
     }
 }
-    /// Every front-end state whose name starts with `prefix`, by name (one record per WebDAV
-    /// lock, say: a change rewrites one small record, not a table).
-    pub fn frontend_states(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
-        let p = meta::misc_key(&format!("frontend.{prefix}"));
-        let skip = meta::misc_key("frontend.").len();
-        Ok(self
-            .kv
-            .range(&p, prefix_end(&p).as_deref())?
-            .into_iter()
-            .map(|(k, v)| (String::from_utf8_lossy(&k[skip..]).into_owned(), v))
-            .collect())
-    }
-
