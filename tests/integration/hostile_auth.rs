@@ -138,14 +138,34 @@ fn a_flood_of_wrong_passwords_keeps_memory_bounded_and_valid_users_answered() {
         worst = worst.max(t);
         answered += 1;
         if bob_first.is_none() && start.elapsed() > Duration::from_secs(1) {
-            let (r, t) = ask(Ipv4Addr::new(127, 0, 0, 2), addr, "bob:builder");
-            assert_eq!(
-                r.status,
-                207,
-                "bob's first login during the flood: {}",
-                r.text()
-            );
-            bob_first = Some(t);
+            // A first login may be told 503 + Retry-After while the verification queue is
+            // full (the flood's sources are clean too until they fail): a client that honours
+            // it must get in within a few seconds, and is never throttled (429) or refused.
+            let t0 = Instant::now();
+            let mut tries = 0;
+            loop {
+                let (r, _) = ask(Ipv4Addr::new(127, 0, 0, 2), addr, "bob:builder");
+                tries += 1;
+                if r.status == 207 {
+                    break;
+                }
+                assert_eq!(
+                    r.status,
+                    503,
+                    "bob's first login during the flood: {}",
+                    r.text()
+                );
+                let wait: u64 = r
+                    .header("retry-after")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap();
+                assert!(
+                    t0.elapsed() < Duration::from_secs(10),
+                    "bob still refused after {tries} tries"
+                );
+                std::thread::sleep(Duration::from_secs(wait));
+            }
+            bob_first = Some(t0.elapsed());
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -175,7 +195,7 @@ fn a_flood_of_wrong_passwords_keeps_memory_bounded_and_valid_users_answered() {
     );
     assert!(flood_time < Duration::from_secs(30), "{flood_time:?}");
     assert!(
-        peak < idle + (300 << 10),
+        peak < idle + (150 << 10),
         "RSS grew from {idle} KiB to {peak} KiB"
     );
     assert!(worst < Duration::from_secs(2), "alice waited {worst:?}");
