@@ -279,9 +279,6 @@ impl WebApp {
     pub fn new(reporter: Arc<Reporter>, cfg: &WebConfig, volume_dir: &Path) -> Result<Arc<WebApp>> {
         let token = cfg.management_token()?;
         let tls = cfg.tls()?;
-        if let Some(f) = &cfg.management_token_file {
-            warn_if_readable_by_others(f, "web.management_token_file");
-        }
         let heartbeat = match &cfg.heartbeat_url {
             Some(url) => Some(Heartbeat::new(url, cfg)?),
             None => None,
@@ -389,18 +386,6 @@ fn summary(m: &Managed) -> String {
         parts.push(format!("quota {}", ByteSize(q)));
     }
     parts.join(", ")
-}
-
-fn warn_if_readable_by_others(f: &Path, key: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Ok(md) = std::fs::metadata(f) {
-        if md.permissions().mode() & 0o077 != 0 {
-            tracing::warn!(
-                "{key} {} can be read by other users: chmod 600 it",
-                f.display()
-            );
-        }
-    }
 }
 
 /// The token of an `Authorization: Bearer <token>` header.
@@ -1384,10 +1369,6 @@ impl Heartbeat {
         let https = uri.scheme_str() == Some("https");
         let auth = match cfg.heartbeat_token()? {
             Some(t) => {
-                warn_if_readable_by_others(
-                    cfg.heartbeat_token_file.as_deref().unwrap_or(Path::new("")),
-                    "web.heartbeat_token_file",
-                );
                 let mut v = HeaderValue::from_str(&format!("Bearer {}", t.0)).map_err(|_| {
                     Error::Invalid("web.heartbeat_token_file: not a valid header value".into())
                 })?;
