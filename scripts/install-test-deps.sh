@@ -6,7 +6,8 @@
 #                    acl and libacl1-dev (pjdfstest's ACL support builds against libacl),
 #                    litmus (the WebDAV conformance suite), rclone (a real WebDAV client),
 #                    restic, borgbackup, duplicity, rsync, tar (the backup clients of
-#                    tests/suites/clients.sh), openssl (test certificates), chromium
+#                    tests/suites/clients.sh), openssl (test certificates), nftables (`nft -c`
+#                    checks the image's firewall rules in image/test-firstboot.py), chromium
 #                    (headless, for the status page test; installed only when
 #                    /usr/bin/chromium is missing)
 #   dummy user       `tests` (with group `tests`): pjdfstest switches to it and to `nobody`
@@ -22,7 +23,7 @@ set -euo pipefail
 PJDFSTEST_VERSION=0.2.2
 FSX_VERSION=0.3.2
 CARGO_FUZZ_VERSION=0.13.2
-APT_PACKAGES=(fuse3 attr acl libacl1-dev litmus rclone restic borgbackup duplicity rsync tar openssl)
+APT_PACKAGES=(fuse3 attr acl libacl1-dev litmus rclone restic borgbackup duplicity rsync tar openssl nftables)
 
 did=()
 note() {
