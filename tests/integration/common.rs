@@ -378,3 +378,37 @@ pub fn close_after(head: &[u8]) -> Vec<u8> {
     out.push_str("Connection: close\r\n\r\n");
     out.into_bytes()
 }
+
+/// A KiB field of a process's /proc status ("VmRSS:", "VmHWM:").
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// A self-signed P-256 certificate for 127.0.0.1: `cert.pem` and `key.pem` in `dir`.
+pub fn self_signed_cert(dir: &Path) {
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:P-256", "-nodes", "-days", "2"])
+        .args([
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            // A leaf, not a CA: webpki refuses a CA certificate as the server's own.
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+        ])
+        .arg("-keyout")
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .output()
+        .expect("openssl (scripts/install-test-deps.sh installs it)");
+    assert!(out.status.success(), "{out:?}");
+}

@@ -29,8 +29,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::common::{
-    close_after, header_value, random_bytes, read_head, shared_s3, text, tiergate, unique_prefix,
-    TestVolume, S3,
+    close_after, header_value, random_bytes, read_head, shared_s3, status_kib, text, tiergate,
+    unique_prefix, TestVolume, S3,
 };
 use crate::tiering::sync_ok;
 use crate::webdav::share;
@@ -1040,17 +1040,6 @@ fn a_stale_directory_listing_never_truncates_a_renamed_file() {
 }
 
 // ------------------------------------------------------------------------ soak
-
-/// A KiB field of a process's /proc status ("VmRSS:", "VmHWM:").
-fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-}
 
 /// Resident memory (KiB) and open file descriptors of a process.
 fn rss_and_fds(pid: u32) -> (u64, u64) {

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::common::TestVolume;
+use crate::common::{status_kib, TestVolume};
 use crate::webdav::{read_response, share, Resp};
 
 fn b64(s: &str) -> String {
@@ -65,15 +65,6 @@ fn ask(from: Ipv4Addr, to: SocketAddr, creds: &str) -> (Resp, Duration) {
     (r, t.elapsed())
 }
 
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|n| n.parse().ok())
-        .unwrap()
-}
-
 const LOCAL: Ipv4Addr = Ipv4Addr::LOCALHOST;
 
 /// 400 wrong-password requests (8 sources, 25 connections each at once, two waves), known and
@@ -89,14 +80,14 @@ fn a_flood_of_wrong_passwords_keeps_memory_bounded_and_valid_users_answered() {
     let (r, _) = ask(LOCAL, addr, "alice:wonderland");
     assert_eq!(r.status, 207, "{}", r.text());
     std::thread::sleep(Duration::from_millis(500));
-    let idle = status_kib(pid, "VmRSS");
+    let idle = status_kib(pid, "VmRSS:");
     let stop = Arc::new(AtomicBool::new(false));
     let peak = Arc::new(AtomicU64::new(idle));
     let sampler = {
         let (stop, peak) = (stop.clone(), peak.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                peak.fetch_max(status_kib(pid, "VmRSS"), Ordering::Relaxed);
+                peak.fetch_max(status_kib(pid, "VmRSS:"), Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(10));
             }
         })
@@ -179,7 +170,7 @@ fn a_flood_of_wrong_passwords_keeps_memory_bounded_and_valid_users_answered() {
     stop.store(true, Ordering::Relaxed);
     sampler.join().unwrap();
     let peak = peak.load(Ordering::Relaxed);
-    let hwm = status_kib(pid, "VmHWM");
+    let hwm = status_kib(pid, "VmHWM:");
     println!(
         "hostile_auth flood: 400 wrong-password requests in {flood_time:.1?}, answers {counts:?}; \
          daemon RSS idle {} MiB, peak {} MiB (VmHWM {} MiB); alice (remembered) worst \

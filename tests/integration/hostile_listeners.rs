@@ -9,7 +9,6 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::os::fd::FromRawFd;
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,33 +47,10 @@ fn daemon(tls: bool) -> TestVolume {
     let mut v = TestVolume::new(&extra);
     std::fs::write(v.dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
     if tls {
-        self_signed(v.dir.path());
+        crate::common::self_signed_cert(v.dir.path());
     }
     v.start();
     v
-}
-
-/// A self-signed P-256 certificate for 127.0.0.1: `cert.pem` and `key.pem` in `dir`.
-fn self_signed(dir: &Path) {
-    let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-        .args(["ec_paramgen_curve:P-256", "-nodes", "-days", "2"])
-        .args([
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            // A leaf, not a CA: webpki refuses a CA certificate as the server's own.
-            "-addext",
-            "basicConstraints=critical,CA:FALSE",
-        ])
-        .arg("-keyout")
-        .arg(dir.join("key.pem"))
-        .arg("-out")
-        .arg(dir.join("cert.pem"))
-        .output()
-        .expect("openssl (scripts/install-test-deps.sh installs it)");
-    assert!(out.status.success(), "{out:?}");
 }
 
 /// The address after `prefix` in the daemon's log (`webdav listening on https://`...).

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::common::{random_bytes, TestVolume, PASSPHRASE};
+use crate::common::{random_bytes, status_kib, TestVolume, PASSPHRASE};
 
 // ------------------------------------------------------------------------ a small client
 
@@ -222,15 +222,6 @@ fn daemon_pid(v: &TestVolume) -> u32 {
         }
     }
     panic!("no daemon process for {want}");
-}
-
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|n| n.parse().ok())
-        .unwrap()
 }
 
 fn etag(r: &Resp) -> String {
@@ -815,24 +806,7 @@ fn webdav_rclone_round_trip() {
 fn webdav_over_tls() {
     let mut v = TestVolume::new("");
     let dir = v.dir.path().to_path_buf();
-    let ok = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-        ])
-        .args(["-nodes", "-days", "2", "-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
-        .arg("-keyout")
-        .arg(dir.join("key.pem"))
-        .arg("-out")
-        .arg(dir.join("cert.pem"))
-        .output()
-        .expect("openssl (scripts/install-test-deps.sh installs it)");
-    assert!(ok.status.success(), "{ok:?}");
+    crate::common::self_signed_cert(&dir);
     let cfg = std::fs::read_to_string(&v.config).unwrap();
     let cfg = cfg.replace(
         "[fuse]",
