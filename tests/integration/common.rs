@@ -412,3 +412,25 @@ pub fn self_signed_cert(dir: &Path) {
         .expect("openssl (scripts/install-test-deps.sh installs it)");
     assert!(out.status.success(), "{out:?}");
 }
+
+/// setxattr(2) of `name` on `path`; the errno on failure.
+pub fn setxattr(path: &Path, name: &str, value: &[u8]) -> Result<(), i32> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    // SAFETY: valid C strings and buffer.
+    let r = unsafe {
+        libc::setxattr(
+            c.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap())
+    }
+}

@@ -3,7 +3,6 @@
 //! locks that never expire or pile up, range headers that multiply the answer, and uploaded
 //! HTML served as a page of the share's origin.
 
-use std::ffi::CString;
 use std::path::Path;
 
 use crate::common::{tiergate, TestVolume};
@@ -44,24 +43,7 @@ const LOCKINFO: &[u8] = br#"<?xml version="1.0" encoding="utf-8"?>
 const PROPFIND_ALL: &[u8] = br#"<?xml version="1.0" encoding="utf-8"?>
 <D:propfind xmlns:D="DAV:"><D:allprop/></D:propfind>"#;
 
-fn setxattr(path: &Path, name: &str, value: &[u8]) -> Result<(), i32> {
-    let c = CString::new(path.to_str().unwrap()).unwrap();
-    let n = CString::new(name).unwrap();
-    let r = unsafe {
-        libc::setxattr(
-            c.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error().raw_os_error().unwrap())
-    }
-}
+use crate::common::setxattr;
 
 /// A dead property as the share stores it (version 1, then namespace, prefix, name and XML,
 /// each with a u32 little-endian length).

@@ -126,19 +126,8 @@ fn describe_tree(root: &Path) -> BTreeMap<String, Desc> {
 }
 
 fn set_xattr(p: &Path, name: &str, value: &[u8]) {
-    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
-    let n = CString::new(name).unwrap();
-    // SAFETY: valid C strings and buffer.
-    let r = unsafe {
-        libc::setxattr(
-            c.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    assert_eq!(r, 0, "setxattr {name} on {}", p.display());
+    let r = crate::common::setxattr(p, name, value);
+    assert_eq!(r, Ok(()), "setxattr {name} on {}", p.display());
 }
 
 /// A tree with the shapes backups have: large, small, sparse, xattrs, hard links, symlinks,
