@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 use cli::daemon::*;
 use cli::offline::*;
+use cli::recycle::recycle;
 use cli::serve::serve;
 use tiergate::config;
 

@@ -8,7 +8,7 @@ use anyhow::Result;
 use tiergate::config::Config;
 
 use super::{mib, schedule_text, utc_time};
-use crate::{RecycleCmd, SnapshotCmd};
+use crate::SnapshotCmd;
 
 /// With the writeback cache the kernel holds written pages and file times for a while: hands
 /// them to the daemon (syncfs of the mount), so that what follows covers what users see there.
@@ -263,51 +263,6 @@ pub fn gc(path: &Path, json: bool) -> Result<()> {
         r["seconds"].as_f64().unwrap_or(0.0)
     );
     Ok(())
-}
-
-pub fn recycle(cmd: RecycleCmd) -> Result<()> {
-    match cmd {
-        RecycleCmd::List { config, json } => {
-            let cfg = Config::load(&config)?;
-            let r = tiergate::control::call(&cfg.volume.path, "recycle list")?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-                return Ok(());
-            }
-            let files = r["files"].as_array().cloned().unwrap_or_default();
-            println!(
-                "{} files in the recycle bin (kept {} days after deletion)",
-                files.len(),
-                r["days"]
-            );
-            for f in files {
-                let when = f["deleted_unix"].as_u64().unwrap_or(0);
-                let age = tiergate::meta::unix_now().saturating_sub(when);
-                println!(
-                    "{:>10}  deleted {:>6.1} h ago  {:>12} bytes  {}",
-                    f["ino"],
-                    age as f64 / 3600.0,
-                    f["size"],
-                    f["path"].as_str().unwrap_or("?")
-                );
-            }
-            Ok(())
-        }
-        RecycleCmd::Restore { ino, config, to } => {
-            let cfg = Config::load(&config)?;
-            let req = match &to {
-                Some(p) => format!("recycle restore {ino} {p}"),
-                None => format!("recycle restore {ino}"),
-            };
-            let r = tiergate::control::call(&cfg.volume.path, &req)?;
-            println!(
-                "restored inode {ino} as {:?} in directory inode {}",
-                r["name"].as_str().unwrap_or("?"),
-                r["dir"]
-            );
-            Ok(())
-        }
-    }
 }
 
 pub fn snapshot(cmd: SnapshotCmd) -> Result<()> {

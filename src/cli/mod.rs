@@ -4,6 +4,7 @@
 
 pub mod daemon;
 pub mod offline;
+pub mod recycle;
 pub mod serve;
 
 use std::sync::Arc;
