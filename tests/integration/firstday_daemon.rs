@@ -1,0 +1,1 @@
+//! Issue "first day": see the tests below.
