@@ -23,7 +23,7 @@ set -euo pipefail
 PJDFSTEST_VERSION=0.2.2
 FSX_VERSION=0.3.2
 CARGO_FUZZ_VERSION=0.13.2
-APT_PACKAGES=(fuse3 attr acl libacl1-dev litmus rclone restic borgbackup duplicity rsync tar openssl nftables)
+APT_PACKAGES=(fuse3 attr acl libacl1-dev litmus rclone restic borgbackup duplicity rsync tar openssl nftables tmux)
 
 did=()
 note() {
