@@ -10,22 +10,25 @@
 #                       `cargo build --release --locked` when missing)
 #   IMAGE_SIZE          virtual disk size (default 4G; the root partition grows to fill a larger
 #                       disk at boot)
-#   DEBIAN_MIRROR       default http://deb.debian.org/debian (a snapshot.debian.org URL pins
-#                       every package version)
-#   DEBIAN_SECURITY_MIRROR  default http://deb.debian.org/debian-security ("none": leave out)
+#   DEBIAN_MIRROR       default: the mirror apt on this host uses for bookworm (else for the
+#                       host's own release), from /etc/apt/sources.list(.d); a
+#                       snapshot.debian.org URL pins every package version
+#   DEBIAN_SECURITY_MIRROR  default: the one apt uses for bookworm-security ("none": leave out;
+#                       also the default when apt has no security source)
 #   SOURCE_DATE_EPOCH   timestamps in the image (default: the commit time of HEAD)
 #   OUT                 output directory (default target/image)
 #
 # Needs root (debootstrap, chroot, a loop mount for the boot loader), about 3 GiB in OUT, and
-# network access to the Debian mirror. Missing host tools are installed with apt-get.
+# network access to the Debian mirror. Missing host tools are installed with apt-get
+# (scripts/lib.sh: never removing a package; qemu-utils with qemu-system-x86 at one version).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/.." && pwd)
+# shellcheck source=scripts/lib.sh
+. "$repo/scripts/lib.sh"
 out=${OUT:-$repo/target/image}
 suite=bookworm
-mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-security_mirror=${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
 size=${IMAGE_SIZE:-4G}
 binary=${TIERGATE_BIN:-$repo/target/release/tiergate}
 name=tiergate-appliance
@@ -52,15 +55,28 @@ export E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH
 
 # --- host tools: install only what is missing --------------------------------------------------
 need=()
-for pair in debootstrap:debootstrap qemu-img:qemu-utils sfdisk:fdisk mke2fs:e2fsprogs \
-    losetup:mount objcopy:binutils; do
+for pair in debootstrap:debootstrap sfdisk:fdisk mke2fs:e2fsprogs losetup:mount objcopy:binutils \
+    python3:python3; do
     command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
 done
 if ((${#need[@]})); then
     log "installing host tools: ${need[*]}"
-    apt-get update -q
-    apt-get install -y -q --no-install-recommends "${need[@]}"
+    apt_install "${need[@]}" || die "could not install ${need[*]}"
 fi
+# qemu-img; with qemu-system-x86 of the same version, which the boot test needs.
+install_qemu || die "could not install qemu-utils and qemu-system-x86 at one version"
+
+# The Debian mirror: the one apt uses here, so the build works wherever apt does.
+if [[ -z ${DEBIAN_MIRROR:-} ]]; then
+    DEBIAN_MIRROR=$(debian_mirror "$suite" "$(host_suite)") ||
+        die "apt has no Debian source on this host: set DEBIAN_MIRROR"
+fi
+if [[ -z ${DEBIAN_SECURITY_MIRROR:-} ]]; then
+    DEBIAN_SECURITY_MIRROR=$(debian_mirror "$suite-security" "$(host_suite)-security") ||
+        DEBIAN_SECURITY_MIRROR=none
+fi
+mirror=$DEBIAN_MIRROR
+security_mirror=$DEBIAN_SECURITY_MIRROR
 
 # --- work area ---------------------------------------------------------------------------------
 work=$out/work
@@ -124,7 +140,7 @@ mapfile -t packages < <(sed -e 's/#.*//' -e '/^[[:space:]]*$/d' "$here/packages.
 log "installing ${#packages[@]} packages"
 in_root apt-get update -q
 in_root apt-get -y -q upgrade
-in_root apt-get -y -q install "${packages[@]}"
+in_root apt-get -y -q install --no-remove "${packages[@]}"
 
 # --- the tiergate binary (built if missing; cargo may wait for the shared target lock) ------
 if [[ ! -x $binary ]]; then
@@ -227,7 +243,7 @@ mkdir -p "$(dirname "$manifest")"
     echo "kernel: $kver"
     echo "source-date-epoch: $SOURCE_DATE_EPOCH"
     echo "built-with: debootstrap $(dpkg-query -W -f '${Version}' debootstrap 2>/dev/null ||
-        echo '?'), $(qemu-img --version | head -1)"
+        echo '?'), qemu-utils $(pkg_version qemu-utils)"
     echo "root-fs-uuid: $root_uuid"
     echo "# packages (name version architecture):"
     # shellcheck disable=SC2016 # dpkg-query's own ${...} fields
@@ -286,7 +302,10 @@ cp "$manifest" "$out/$name.manifest.txt"
 
 end_s=$(date +%s)
 qsize=$(stat -c %s "$qcow")
-vsize=$(qemu-img info --output=json "$qcow" | sed -n 's/.*"virtual-size": \([0-9]*\).*/\1/p')
+# The disk's virtual size from qemu-img's JSON (qemu 10 prints "virtual-size" again for the
+# format's own block node, so no line matching).
+vsize=$(qemu-img info --output=json "$qcow" |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["virtual-size"])')
 {
     echo "build-seconds: $((end_s - start_s))"
     echo "qcow2-bytes: $qsize"

@@ -9,7 +9,12 @@
 #                    tests/suites/clients.sh), openssl (test certificates), nftables (`nft -c`
 #                    checks the image's firewall rules in image/test-firstboot.py), chromium
 #                    (headless, for the status page test; installed only when
-#                    /usr/bin/chromium is missing)
+#                    /usr/bin/chromium is missing); for the image steps (image/build.sh,
+#                    image/boot-test.sh): debootstrap, fdisk, e2fsprogs, binutils, smbclient,
+#                    curl, openssh-client, mtools, dosfstools, and qemu-system-x86 with
+#                    qemu-utils at one version (scripts/lib.sh install_qemu: from
+#                    bookworm-backports where the machine's qemu-utils is a backport)
+#                    Never removes a package to install another (apt-get --no-remove).
 #   dummy user       `tests` (with group `tests`): pjdfstest switches to it and to `nobody`
 #   cargo install    pjdfstest 0.2.2, fsx 0.3.2 and cargo-fuzz 0.13.2, pinned, with --locked,
 #                    into ~/.cargo/bin
@@ -23,7 +28,8 @@ set -euo pipefail
 PJDFSTEST_VERSION=0.2.2
 FSX_VERSION=0.3.2
 CARGO_FUZZ_VERSION=0.13.2
-APT_PACKAGES=(fuse3 attr acl libacl1-dev litmus rclone restic borgbackup duplicity rsync tar openssl nftables tmux)
+APT_PACKAGES=(fuse3 attr acl libacl1-dev litmus rclone restic borgbackup duplicity rsync tar openssl nftables tmux
+    debootstrap fdisk e2fsprogs binutils smbclient curl openssh-client mtools dosfstools)
 
 did=()
 note() {
@@ -54,7 +60,8 @@ fi
 if [ "${#missing[@]}" -gt 0 ]; then
     note "apt-get install ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    apt_install=("${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}")
+    apt_install=("${sudo[@]}" apt-get install -y -q -o DPkg::Lock::Timeout=600
+        --no-install-recommends --no-remove "${missing[@]}")
     if ! "${apt_install[@]}"; then
         note "install failed; apt-get update and retry"
         "${sudo[@]}" apt-get update -q
@@ -64,6 +71,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
 else
     note "apt packages present: ${APT_PACKAGES[*]} chromium"
 fi
+
+# qemu-system-x86 and qemu-utils: one origin, one version (scripts/lib.sh).
+if ! "${sudo[@]}" bash -c '. "$1/lib.sh" && install_qemu' install_qemu "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"; then
+    note "could not install qemu-system-x86 and qemu-utils at one version" >&2
+    exit 1
+fi
+note "qemu-system-x86 and qemu-utils $(dpkg-query -W -f '${Version}' qemu-utils)"
 
 # --- FUSE device -----------------------------------------------------------------------------
 if [ ! -c /dev/fuse ]; then

@@ -5,6 +5,9 @@
 #   stop_tiergate               SIGTERM, wait, fall back to kill -9 and `umount -l`
 #   make_volume DIR             passphrase + config under DIR, `tiergate init`; prints the config path
 #   require_live_mount DIR WHO  fails unless DIR lies in a tiergate mount whose daemon answers
+#   apt_install PKG...          apt-get install that never removes a package (--no-remove)
+#   install_qemu                qemu-system-x86 and qemu-utils: one origin, one version
+#   debian_mirror SUITE [FB]    the Debian mirror apt uses on this host for SUITE (else FB)
 #
 # start_tiergate and stop_tiergate must run in the calling shell (not in `$(...)`), because they
 # keep the daemon's pid in TIERGATE_PID and use `wait` on it.
@@ -241,4 +244,103 @@ stop_tiergate() {
     fi
     [ "$ok" -ne 0 ] || log "tiergate stopped cleanly"
     return "$ok"
+}
+
+# --- Debian packages: shared by scripts/install-test-deps.sh and image/*.sh ------------------
+
+# apt_install [APT-OPTION...] PKG...: `apt-get install --no-install-recommends` that never
+# removes a package to satisfy another (--no-remove: apt fails and says which instead) and waits
+# for a dpkg lock another install holds. On failure runs `apt-get update` once and retries (the
+# package lists may be old or missing on a fresh machine).
+apt_install() {
+    local cmd=(apt-get -y -q -o DPkg::Lock::Timeout=600 install --no-install-recommends --no-remove "$@")
+    log "apt-get install $*"
+    if ! DEBIAN_FRONTEND=noninteractive "${cmd[@]}"; then
+        log "apt-get install failed; apt-get update and retry"
+        apt-get -q -o DPkg::Lock::Timeout=600 update
+        DEBIAN_FRONTEND=noninteractive "${cmd[@]}"
+    fi
+}
+
+# pkg_version PKG: the installed version of a Debian package, empty if not installed.
+pkg_version() {
+    { dpkg-query -W -f '${db:Status-Abbrev} ${Version}\n' "$1" 2>/dev/null || true; } |
+        awk '$1 == "ii" { print $2 }'
+}
+
+# host_suite: the host's Debian release (bookworm), from /etc/os-release.
+host_suite() {
+    (. /etc/os-release && echo "${VERSION_CODENAME:-}")
+}
+
+# debian_mirror SUITE [FALLBACK-SUITE]: the mirror (a URL) that apt on this host uses for SUITE's
+# main component, else FALLBACK-SUITE's; fails if apt has neither. Read through
+# `apt-get indextargets`, apt's own reading of sources.list and the deb822 .sources files: a
+# machine whose only way out is a mirror or proxy of its own has it there.
+debian_mirror() {
+    # shellcheck disable=SC2016 # apt's own $(...) fields
+    apt-get indextargets --format '$(SITE) $(RELEASE) $(COMPONENT)' 'Identifier: Packages' |
+        awk -v s="$1" -v f="${2:-}" '
+            $3 == "main" && $2 == s && want == "" { want = $1 }
+            $3 == "main" && $2 == f && fb == "" { fb = $1 }
+            END { if (want == "") want = fb; if (want == "") exit 1; print want }'
+}
+
+# enable_backports: adds HOST-SUITE-backports, from the mirror apt uses for the host's release,
+# as /etc/apt/sources.list.d/tiergate-backports.sources unless apt has it already, then
+# `apt-get update`. Backports have a low priority: nothing comes from there unless asked for
+# (-t bookworm-backports).
+enable_backports() {
+    local suite mirror f=/etc/apt/sources.list.d/tiergate-backports.sources
+    suite="$(host_suite)"
+    # shellcheck disable=SC2016
+    if apt-get indextargets --format '$(RELEASE)' 'Identifier: Packages' |
+        grep -qx "$suite-backports"; then
+        return 0
+    fi
+    if ! mirror="$(debian_mirror "$suite")"; then
+        log "ERROR: apt has no Debian source for $suite"
+        return 1
+    fi
+    log "adding $suite-backports from $mirror ($f)"
+    {
+        echo "# Added by tiergate's scripts/lib.sh (enable_backports): qemu-system-x86 at the"
+        echo "# version of the backported qemu-utils. Nothing comes from here unless asked for."
+        echo "Types: deb"
+        echo "URIs: $mirror"
+        echo "Suites: $suite-backports"
+        echo "Components: main"
+        echo "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg"
+    } >"$f"
+    apt-get -q -o DPkg::Lock::Timeout=600 update
+}
+
+# install_qemu: qemu-system-x86 (the boot test) and qemu-utils (qemu-img: the image build, the
+# boot test's overlay) from one origin at one version. qemu-system-x86 pins qemu-system-common
+# to its own version, and apt would rather remove a newer qemu-utils than mix them; so both are
+# installed in one apt-get call that may not remove anything, from backports when either
+# installed one is a backport (version ~bpoNN: the machines this project runs on come with
+# qemu-utils 10 from bookworm-backports), else from the release. Fails, naming both versions,
+# if they differ afterwards.
+install_qemu() {
+    local utils sys target=()
+    utils="$(pkg_version qemu-utils)"
+    sys="$(pkg_version qemu-system-x86)"
+    if [ -n "$utils" ] && [ "$utils" = "$sys" ]; then
+        return 0
+    fi
+    case "$utils $sys" in
+        *~bpo*)
+            enable_backports || return 1
+            target=(-t "$(host_suite)-backports")
+            ;;
+    esac
+    apt_install "${target[@]}" qemu-system-x86 qemu-utils || return 1
+    utils="$(pkg_version qemu-utils)"
+    sys="$(pkg_version qemu-system-x86)"
+    if [ -z "$utils" ] || [ "$utils" != "$sys" ]; then
+        log "ERROR: qemu-utils ${utils:-not installed}, qemu-system-x86 ${sys:-not installed}: not one version"
+        return 1
+    fi
+    log "qemu-system-x86 and qemu-utils $utils"
 }

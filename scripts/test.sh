@@ -24,6 +24,12 @@
 #   fsx          tests/suites/fsx.sh against the mount
 #   unmount      SIGTERM; tiergate must unmount and exit 0
 #   remount      serve the same volume again (it must open and mount), then stop it again
+#   image-build  image/build.sh with the release binary of the build step: the appliance's qcow2
+#                in target/image/ (debootstrap from the mirror apt uses here; ~2-3 min)
+#   image-boot   image/boot-test.sh: boots that image under QEMU (KVM if it works, else TCG,
+#                ~5 min) with a seed disk and checks it from outside: WebDAV, SMB, NFS, the
+#                status page, the firewall, first boot from the seed (logs and the VM's console
+#                in target/test-logs/image-boot/)
 # A failed step does not stop the later ones unless they depend on it. Ends with a summary line
 #   Summary: N passed, N failed, N skipped (skipped steps: fuzz, bench-smoke; not run: fsx)
 # counting test cases, and steps as one case each where they have no cases of their own: a
@@ -33,8 +39,8 @@
 # failed cases, fails. The exit status follows the counts: non-zero if anything failed or did
 # not run.
 #
-# Environment: TG_SKIP_DEPS=1, TG_SKIP_CARGO_TEST=1, TG_SKIP_FUZZ=1, TG_SKIP_BENCH=1 skip those steps (for quick
-# iterations);
+# Environment: TG_SKIP_DEPS=1, TG_SKIP_CARGO_TEST=1, TG_SKIP_FUZZ=1, TG_SKIP_BENCH=1,
+# TG_SKIP_IMAGE=1 (image-build and image-boot) skip those steps (for quick iterations);
 # CARGO_TEST_TIMEOUT (seconds, default 1800); TG_KEEP_WORKDIR=1 keeps the temporary volume; the
 # suites' own variables (FSX_OPS, PJD_NAPTIME, ...) pass through.
 set -euo pipefail
@@ -66,7 +72,7 @@ n_skipped=0
 skipped_steps=()
 missing_steps=()
 # Steps that run test cases of their own: they must count at least one passed case.
-case_steps=" cargo-test fuzz bench-smoke litmus clients pjdfstest fsx "
+case_steps=" cargo-test fuzz bench-smoke litmus clients pjdfstest fsx image-boot "
 
 # record NAME STATUS SECS NOTE
 record() {
@@ -416,6 +422,35 @@ elif [ "$build_ok" = 1 ]; then
     # The daemon exited on its own (or never started): it was not there to stop.
     missing_step unmount "tiergate was not running any more"
     missing_step remount "tiergate was not running any more"
+fi
+
+# --- the appliance image: built from the release binary, then booted under QEMU ------------------
+# Last: the boot test keeps both cores busy under TCG, and nothing else needs the image.
+if [ "${TG_SKIP_IMAGE:-0}" = 1 ]; then
+    skip_step image-build "TG_SKIP_IMAGE=1"
+    skip_step image-boot "TG_SKIP_IMAGE=1"
+elif [ "$build_ok" != 1 ]; then
+    missing_step image-build "the build failed"
+    missing_step image-boot "the build failed"
+else
+    rc=0
+    step image-build env TIERGATE_BIN="$PWD/target/release/tiergate" bash image/build.sh || rc=$?
+    build_txt=target/image/tiergate-appliance.build.txt
+    note=""
+    if [ "$rc" -eq 0 ] && [ -f "$build_txt" ]; then
+        note="$(awk '$1 == "qcow2-bytes:" { printf "qcow2 %d MiB", $2 / 1048576 }' "$build_txt")"
+    fi
+    count_step image-build "$rc" 0 0 0 "${note:-exit status $rc}"
+    if [ "$rc" -eq 0 ]; then
+        rc=0
+        step image-boot env BOOT_TEST_DIR="$LOGDIR/image-boot" bash image/boot-test.sh || rc=$?
+        p="$(sum_field "$LOGDIR/image-boot.log" '^boot-test: [0-9]+ passed' passed)"
+        f="$(sum_field "$LOGDIR/image-boot.log" '^boot-test: [0-9]+ passed' failed)"
+        note="$(grep -E '^PASS  status page reachable' "$LOGDIR/image-boot.log" | sed 's/.*: //' || true)"
+        count_step image-boot "$rc" "$p" "$f" 0 "$p passed, $f failed${note:+; $note}"
+    else
+        missing_step image-boot "the image build failed"
+    fi
 fi
 
 # --- summary -----------------------------------------------------------------------------------
