@@ -4,7 +4,8 @@
 //! - front-ends: [`fuse`] and [`webdav`] (with [`auth`]), thin adapters over [`volume`]
 //! - core: [`volume`] (the filesystem), [`meta`] (its records in the metadata store)
 //! - data path: [`chunker`] → [`crypto`] (keys, chunk ids) → [`blob`] (codec) → [`pack`] (files)
-//! - storage: [`kv`] (the small key-value interface sled sits behind)
+//! - storage: [`kv`] (the small key-value interface sled sits behind), [`durable`] (fsync and
+//!   atomic file replacement)
 //! - tiering: [`tiering`] (uploader, evictor, fetcher; registered with the core as a
 //!   [`volume::Tier`]) over [`backend`] (object stores: S3, local directory); [`control`] is
 //!   the local socket `tiergate sync` talks to
@@ -17,6 +18,7 @@ pub mod chunker;
 pub mod config;
 pub mod control;
 pub mod crypto;
+pub mod durable;
 pub mod error;
 pub mod fuse;
 pub mod journal;

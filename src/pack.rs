@@ -67,6 +67,7 @@ use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
+use crate::durable::fsync_parent;
 use crate::crypto::ChunkId;
 use crate::error::{Error, Result};
 
@@ -241,7 +242,7 @@ impl PackWriter {
         file.write_all_at(&header_bytes(pack_id), 0)
             .and_then(|_| file.sync_data())
             .map_err(|e| Error::io(ctx("write header"), e))?;
-        sync_dir(path)?;
+        fsync_parent(path)?;
         Ok(PackWriter {
             file,
             path: path.to_path_buf(),
@@ -396,7 +397,7 @@ impl PackWriter {
         self.file
             .sync_all()
             .map_err(|e| Error::io(ctx("fsync"), e))?;
-        sync_dir(&self.path)?;
+        fsync_parent(&self.path)?;
         Ok(self.len + tail.len() as u64)
     }
 
@@ -634,17 +635,6 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
             libc::SYNC_FILE_RANGE_WRITE,
         );
     }
-}
-
-/// fsyncs the directory holding `path`, so a created or renamed entry survives a crash.
-fn sync_dir(path: &Path) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(format!("fsync directory {}", dir.display()), e))
 }
 
 fn u32_at(b: &[u8], o: usize) -> u32 {

@@ -28,7 +28,6 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
@@ -449,29 +448,7 @@ fn check_name(name: &[u8]) -> Result<()> {
     Ok(())
 }
 
-pub fn fsync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(format!("syncing directory {}", dir.display()), e))
-}
-
-pub fn write_file_durably(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let ctx = |what: &str| format!("{what} {}", tmp.display());
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(|e| Error::io(ctx("creating"), e))?;
-    f.write_all(bytes)
-        .map_err(|e| Error::io(ctx("writing"), e))?;
-    f.sync_all().map_err(|e| Error::io(ctx("syncing"), e))?;
-    fs::rename(&tmp, path).map_err(|e| Error::io(format!("renaming to {}", path.display()), e))?;
-    fsync_dir(path.parent().unwrap_or(Path::new(".")))
-}
+pub use crate::durable::{fsync_dir, write_file_durably};
 
 /// Takes an exclusive lock on the volume directory so two daemons never share a volume.
 fn lock_volume(dir: &Path) -> Result<nix::fcntl::Flock<File>> {
