@@ -40,7 +40,8 @@
 # not run.
 #
 # Environment: TG_SKIP_DEPS=1, TG_SKIP_CARGO_TEST=1, TG_SKIP_FUZZ=1, TG_SKIP_BENCH=1,
-# TG_SKIP_IMAGE=1 (image-build and image-boot) skip those steps (for quick iterations);
+# TG_SKIP_IMAGE=1 (image-build and image-boot), TG_SKIP_SUITES=1 (mount, litmus, clients,
+# pjdfstest, fsx, unmount, remount) skip those steps (for quick iterations);
 # CARGO_TEST_TIMEOUT (seconds, default 1800); TG_KEEP_WORKDIR=1 keeps the temporary volume; the
 # suites' own variables (FSX_OPS, PJD_NAPTIME, ...) pass through.
 set -euo pipefail
@@ -276,7 +277,14 @@ fi
 # --- third-party suites against a live mount ---------------------------------------------------
 mounted=0
 cfg=""
-if [ "$build_ok" = 1 ]; then
+suites=1
+if [ "${TG_SKIP_SUITES:-0}" = 1 ]; then
+    suites=0
+    for s in mount litmus clients pjdfstest fsx unmount remount; do
+        skip_step "$s" "TG_SKIP_SUITES=1"
+    done
+fi
+if [ "$build_ok" = 1 ] && [ "$suites" = 1 ]; then
     workdir="$(mktemp -d "${TMPDIR:-/tmp}/tiergate-test.XXXXXX")"
     # pjdfstest's dummy users must be able to reach the mount.
     chmod 755 "$workdir"
@@ -302,7 +310,9 @@ if [ "$build_ok" = 1 ]; then
     fi
 fi
 
-if [ "$build_ok" != 1 ]; then
+if [ "$suites" != 1 ]; then
+    :
+elif [ "$build_ok" != 1 ]; then
     for s in mount litmus clients pjdfstest fsx unmount remount; do
         missing_step "$s" "the build failed"
     done
@@ -418,7 +428,7 @@ if [ -n "$TIERGATE_PID" ]; then
     else
         missing_step remount "the unmount failed"
     fi
-elif [ "$build_ok" = 1 ]; then
+elif [ "$build_ok" = 1 ] && [ "$suites" = 1 ]; then
     # The daemon exited on its own (or never started): it was not there to stop.
     missing_step unmount "tiergate was not running any more"
     missing_step remount "tiergate was not running any more"
