@@ -68,3 +68,79 @@ sys.stdout.write(fb.render_config(seed, "1GiB"))
         "{warnings:?}"
     );
 }
+
+/// The boot test checks the guest's firewall through `image/nft-summary.py` over
+/// `nft -j list ruleset` (JSON, not the text listing). Here the ruleset the first-boot step
+/// writes for the boot test's seed (SMB, NFS, WebDAV, SSH open; the status page from one
+/// management address) is loaded into a network namespace of its own and summed up the same
+/// way. Needs root, nft (nftables) and ip (iproute2).
+#[test]
+fn firewall_summary_reads_the_rulesets_json() {
+    let script = r#"
+import importlib.machinery, importlib.util, ipaddress, sys
+loader = importlib.machinery.SourceFileLoader("fb", sys.argv[1])
+spec = importlib.util.spec_from_loader("fb", loader)
+fb = importlib.util.module_from_spec(spec)
+loader.exec_module(fb)
+sys.stdout.write(fb.nft_conf([22, 445, 2049, 8080], 8081,
+                             [ipaddress.ip_network("10.0.2.2/32"),
+                              ipaddress.ip_network("192.0.2.0/24")]))
+"#;
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(repo().join("image/rootfs/usr/lib/tiergate/firstboot"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("nftables.conf");
+    std::fs::write(&conf, &out.stdout).unwrap();
+
+    let ns = format!("tg-nft-{}", std::process::id());
+    let run = |args: &[&str]| {
+        let out = Command::new(args[0])
+            .args(&args[1..])
+            .output()
+            .unwrap_or_else(|e| panic!("{args:?}: {e} (needs nftables and iproute2)"));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    run(&["ip", "netns", "add", &ns]);
+    struct Netns(String);
+    impl Drop for Netns {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    let _ns = Netns(ns.clone());
+    run(&["ip", "netns", "exec", &ns, "nft", "-f", conf.to_str().unwrap()]);
+    let json = run(&["ip", "netns", "exec", &ns, "nft", "-j", "list", "ruleset"]);
+    let rules = dir.path().join("nft.json");
+    std::fs::write(&rules, json).unwrap();
+
+    let summary = run(&[
+        "python3",
+        repo().join("image/nft-summary.py").to_str().unwrap(),
+        rules.to_str().unwrap(),
+    ]);
+    let summary: serde_json::Value = serde_json::from_slice(&summary).unwrap();
+    assert_eq!(
+        summary,
+        serde_json::json!({
+            "open_tcp": [22, 445, 2049, 8080],
+            "restricted_tcp": [
+                {"ports": [8081], "from": {"ip saddr": ["10.0.2.2", "192.0.2.0/24"]}}
+            ],
+            "dropped_packets": 0,
+        })
+    );
+}
