@@ -4,7 +4,7 @@
 //! A Unix socket `control.sock` in the volume directory, mode 0600 (whoever may run the daemon
 //! may control it; nobody else). One request per connection: a single line (`sync [SECONDS]`,
 //! `evict`, `gc`, `status` (tiering counters), `report` (the whole status document of
-//! src/status.rs), `recycle list|restore ...`, `snapshot list|create [NAME]|delete NAME`),
+//! src/status.rs), `recycle list [all]|restore INO [PATH]|restore-path JSON`, `snapshot list|create [NAME]|delete NAME`),
 //! answered with a single line of JSON and the connection closed.
 //! Unknown or malformed requests get `{"error": "..."}`.
 
@@ -112,9 +112,10 @@ async fn request(line: &str, r: Arc<Reporter>) -> Result<serde_json::Value> {
                 .map_err(|e| Error::Invalid(format!("status task: {e}")))?;
             serde_json::to_value(s).map_err(|e| Error::Invalid(format!("status document: {e}")))
         }
-        ["recycle", "list"] => {
+        ["recycle", "list"] | ["recycle", "list", "all"] => {
+            let all = words.len() == 3;
             let vol = r.volume().clone();
-            let list = tokio::task::spawn_blocking(move || vol.recycle_list())
+            let list = tokio::task::spawn_blocking(move || vol.recycle_list(all))
                 .await
                 .map_err(|e| Error::Invalid(format!("recycle task: {e}")))??;
             Ok(json!({ "files": list, "days": r.volume().recycle_days() }))
@@ -126,18 +127,35 @@ async fn request(line: &str, r: Arc<Reporter>) -> Result<serde_json::Value> {
             // The destination is the rest of the line: a path may hold spaces.
             let to = after_words(line, 3).map(str::to_string);
             let vol = r.volume().clone();
-            let (dir, name) = tokio::task::spawn_blocking(move || {
-                let to = match &to {
-                    Some(p) => Some(vol.resolve_parent(p.as_bytes())?),
-                    None => None,
-                };
-                let (dir, name) =
-                    vol.recycle_restore(ino, to.as_ref().map(|(d, n)| (*d, n.as_slice())))?;
-                Ok::<_, Error>((dir, name))
+            let done = tokio::task::spawn_blocking(move || {
+                vol.recycle_restore(ino, to.as_deref().map(str::as_bytes))
+            })
+            .await
+            .map_err(|e| Error::Invalid(format!("recycle task: {e}")))?
+            .map_err(|e| match e {
+                Error::NotFound => {
+                    Error::Invalid(format!("nothing in the recycle bin has the id {ino}"))
+                }
+                e => e,
+            })?;
+            serde_json::to_value(done).map_err(|e| Error::Invalid(format!("restore report: {e}")))
+        }
+        ["recycle", "restore-path", _, ..] => {
+            // {"path": ..., "to": ... or null}: two paths, each of which may hold spaces.
+            #[derive(serde::Deserialize)]
+            struct Ask {
+                path: String,
+                to: Option<String>,
+            }
+            let ask: Ask = serde_json::from_str(after_words(line, 2).unwrap_or_default())
+                .map_err(|e| Error::Invalid(format!("bad restore-path request: {e}")))?;
+            let vol = r.volume().clone();
+            let done = tokio::task::spawn_blocking(move || {
+                vol.recycle_restore_path(ask.path.as_bytes(), ask.to.as_deref().map(str::as_bytes))
             })
             .await
             .map_err(|e| Error::Invalid(format!("recycle task: {e}")))??;
-            Ok(json!({ "dir": dir, "name": String::from_utf8_lossy(&name) }))
+            serde_json::to_value(done).map_err(|e| Error::Invalid(format!("restore report: {e}")))
         }
         ["snapshot", "list"] => {
             let vol = r.volume().clone();
@@ -186,7 +204,8 @@ async fn request(line: &str, r: Arc<Reporter>) -> Result<serde_json::Value> {
             serde_json::to_value(rep).map_err(|e| Error::Invalid(format!("gc report: {e}")))
         }
         _ => Err(Error::Invalid(format!(
-            "unknown request {:?} (expected sync [SECONDS], evict, gc, recycle list, recycle restore INO [PATH], \
+            "unknown request {:?} (expected sync [SECONDS], evict, gc, recycle list [all], recycle restore INO [PATH], \
+             recycle restore-path {{\"path\": P, \"to\": Q}}, \
              snapshot list, snapshot create [NAME], snapshot delete NAME, status or report)",
             line.trim()
         ))),

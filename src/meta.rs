@@ -84,16 +84,47 @@ pub fn recycled_key(deleted_unix: u64, ino: u64) -> Vec<u8> {
 pub fn recycled_prefix() -> Vec<u8> {
     vec![TAG_RECYCLED]
 }
-/// Where a recycled file was: its directory and name.
-pub fn encode_recycled(parent: u64, name: &[u8]) -> Vec<u8> {
+/// What a recycle-bin record says: where the entry was (its directory's inode and its name)
+/// and, in records written since the bin keeps paths, its kind and its full path at deletion.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecycledValue {
+    pub parent: u64,
+    pub name: Vec<u8>,
+    pub kind: FileKind,
+    /// From the root, without a leading `/` ("a/b/c"); `None` in the first layout.
+    pub path: Option<Vec<u8>>,
+}
+const RECYCLED_V1: u8 = 1;
+/// directory (8, LE) | name | 0 | version 1 | kind (1) | path. The first layout was directory
+/// and name only; a name never holds a NUL, so the NUL tells the layouts apart.
+pub fn encode_recycled(parent: u64, name: &[u8], kind: FileKind, path: &[u8]) -> Vec<u8> {
     let mut v = parent.to_le_bytes().to_vec();
     v.extend_from_slice(name);
+    v.extend_from_slice(&[0, RECYCLED_V1, kind.to_u8()]);
+    v.extend_from_slice(path);
     v
 }
-pub fn decode_recycled(b: &[u8]) -> Result<(u64, Vec<u8>)> {
+pub fn decode_recycled(b: &[u8]) -> Result<RecycledValue> {
     let mut r = Reader(b);
     let parent = r.u64().ok_or_else(|| corrupt("recycled"))?;
-    Ok((parent, r.0.to_vec()))
+    let Some(nul) = r.0.iter().position(|&c| c == 0) else {
+        return Ok(RecycledValue {
+            parent,
+            name: r.0.to_vec(),
+            kind: FileKind::File,
+            path: None,
+        });
+    };
+    let (name, rest) = r.0.split_at(nul);
+    match rest {
+        [0, RECYCLED_V1, kind, path @ ..] => Ok(RecycledValue {
+            parent,
+            name: name.to_vec(),
+            kind: FileKind::from_u8(*kind).ok_or_else(|| corrupt("recycled"))?,
+            path: Some(path.to_vec()),
+        }),
+        _ => Err(corrupt("recycled")),
+    }
 }
 /// A snapshot (src/volume/snapshot.rs), by id; the value is a [`SnapshotRecord`].
 pub fn snapshot_key(id: u64) -> Vec<u8> {
@@ -665,6 +696,33 @@ mod tests {
             decode_dirent(&encode_dirent(42, FileKind::Dir)).unwrap(),
             (42, FileKind::Dir)
         );
+    }
+
+    #[test]
+    fn recycled_records_keep_the_path_and_read_the_first_layout() {
+        let v = encode_recycled(7, b"c d", FileKind::Dir, b"a/b/c d");
+        let golden = [
+            &7u64.to_le_bytes()[..],
+            b"c d",
+            &[0, 1, 2],
+            b"a/b/c d",
+        ]
+        .concat();
+        assert_eq!(v, golden);
+        let r = decode_recycled(&v).unwrap();
+        assert_eq!(
+            (r.parent, r.name.as_slice(), r.kind, r.path.as_deref()),
+            (7, &b"c d"[..], FileKind::Dir, Some(&b"a/b/c d"[..]))
+        );
+        // Written before the bin kept paths: directory and name.
+        let old = [&9u64.to_le_bytes()[..], b"x.vbk"].concat();
+        let r = decode_recycled(&old).unwrap();
+        assert_eq!(
+            (r.parent, r.name.as_slice(), r.kind, r.path),
+            (9, &b"x.vbk"[..], FileKind::File, None)
+        );
+        assert!(decode_recycled(&[1, 2, 3]).is_err());
+        assert!(decode_recycled(&[&v[..11], &[0, 9, 1]].concat()).is_err());
     }
 
     #[test]

@@ -71,7 +71,7 @@ fn put_delete_cycles_never_store_more_than_the_quota() {
         assert!(n(&sp, "quota_used_bytes") >= s, "{sp}");
     }
     // Only the newest deletion is left in the bin: the older ones made room, loudly.
-    assert_eq!(recycle_paths(&v), vec!["backup-3.bin".to_string()]);
+    assert_eq!(recycle_paths(&v), vec!["/backup-3.bin".to_string()]);
     let log = std::fs::read_to_string(v.log_path()).unwrap();
     assert!(
         log.contains("deleted from the recycle bin before their 7 days were up"),

@@ -597,9 +597,9 @@ fn recycle_bin_keeps_deleted_and_replaced_files_and_restores_them() {
     assert_eq!(
         paths,
         BTreeSet::from([
-            "jobs/daily/one.vbk",
-            "jobs/daily/two.vib",
-            "jobs/replaced.bin"
+            "/jobs/daily/one.vbk",
+            "/jobs/daily/two.vib",
+            "/jobs/replaced.bin"
         ]),
         "{list:?}"
     );
@@ -643,7 +643,7 @@ fn recycle_bin_keeps_deleted_and_replaced_files_and_restores_them() {
         &[
             "recycle",
             "restore",
-            &ino_of("jobs/daily/one.vbk").to_string(),
+            &ino_of("/jobs/daily/one.vbk").to_string(),
         ],
         &v.config,
     );
@@ -653,13 +653,13 @@ fn recycle_bin_keeps_deleted_and_replaced_files_and_restores_them() {
         &[
             "recycle",
             "restore",
-            &ino_of("jobs/daily/two.vib").to_string(),
+            &ino_of("/jobs/daily/two.vib").to_string(),
         ],
         &v.config,
     );
     assert!(o.status.success(), "{}", text(&o));
     assert!(std::fs::read(v.path("jobs/daily/two.vib.restored-1")).unwrap() == two);
-    let ino = ino_of("jobs/replaced.bin").to_string();
+    let ino = ino_of("/jobs/replaced.bin").to_string();
     let o = tiergate(
         &[
             "recycle",
