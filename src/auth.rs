@@ -121,6 +121,14 @@ pub fn set_user(path: &Path, name: &str, password: &str) -> Result<bool> {
     Ok(existed)
 }
 
+/// The names in the users file, sorted (a missing file: none). Never the hashes.
+pub fn user_names(path: &Path) -> Result<Vec<String>> {
+    let (_, users) = read_users(path)?;
+    let mut names: Vec<String> = users.into_keys().collect();
+    names.sort();
+    Ok(names)
+}
+
 /// Removes a user; returns false if there was no such user.
 pub fn remove_user(path: &Path, name: &str) -> Result<bool> {
     let (_, mut users) = read_users(path)?;

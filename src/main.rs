@@ -1,23 +1,31 @@
-//! The `tiergate` command: create a volume, run the appliance.
+//! The `tiergate` command: create a volume, run the appliance. The clap definition of every
+//! subcommand is here (completions and man pages are generated from it); the code that runs
+//! them is in `cli/`.
 
 mod cli;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use cli::daemon::*;
 use cli::offline::*;
 use cli::recycle::recycle;
 use cli::serve::serve;
+use cli::{exit, ConfigArg};
 use tiergate::config;
 
 #[derive(Parser)]
 #[command(
     name = "tiergate",
     version,
-    about = "Deduplicating, encrypting backup gateway"
+    about = "Deduplicating, encrypting backup gateway",
+    after_help = "Every command reads the appliance's config file: --config FILE, else \
+                  $TIERGATE_CONFIG, else /etc/tiergate/tiergate.toml.\n\
+                  Exit status: 0 done; 1 error; 2 usage error; sync: 124 when its --timeout \
+                  passed first; key change: 3 when only the local key changed \
+                  (docs/OPERATIONS.md, \"Exit statuses\")."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -28,16 +36,17 @@ struct Cli {
 enum Cmd {
     /// Create a volume from a config file, or print an annotated example config.
     Init {
-        #[arg(long, short)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArg,
         /// Print the annotated example configuration and exit.
         #[arg(long)]
         print_config: bool,
     },
-    /// Run the appliance. Without --config: a demo volume under ./tiergate-demo/.
+    /// Run the appliance. With no config named and none at /etc/tiergate/tiergate.toml: a demo
+    /// volume under ./tiergate-demo/.
     Serve {
-        #[arg(long, short)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArg,
         /// Claim the volume's lease in the bucket even though another appliance holds it: for
         /// the replacement of a failed appliance, after `tiergate recover`.
         #[arg(long)]
@@ -46,8 +55,8 @@ enum Cmd {
     /// Rebuild a lost appliance's volume from the bucket and the passphrase, into the empty
     /// `volume.path` of the config. Then `tiergate serve --take-over`.
     Recover {
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// Recover even though the bucket's journal stops short of the newest authenticated
         /// consistency point (objects deleted or damaged), or no authenticated head is left:
         /// every change after the point reached is lost.
@@ -56,28 +65,35 @@ enum Cmd {
     },
     /// Tiering state of the running daemon: cache, upload queue, consistency point, errors.
     Status {
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// Print the daemon's answer as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Print space and dedup figures of a volume that is not being served.
     Stats {
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print the figures as JSON, in bytes.
+        #[arg(long)]
+        json: bool,
     },
     /// Check the object store of a config (the `[s3]` bucket, or the local backend
     /// directory): reachable, credentials, bucket, write/read/list/delete, object lock.
     Probe {
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print the steps, or the failed step and its class, as JSON.
+        #[arg(long)]
+        json: bool,
     },
-    /// Wait until everything written so far is off-site (asks the running daemon). Exit
-    /// status 0: done; 2: the timeout passed first; 1: error.
+    /// Wait until everything written so far is off-site (asks the running daemon), showing the
+    /// upload queue, rate and time left on standard error. Exit status 0: done; 124: the
+    /// timeout passed first; 1: error (also: the daemon stopped before the end); 2: usage error.
     Sync {
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// Give up after this long: "90" (seconds), "30s", "10m", "2h".
         #[arg(long, value_parser = parse_duration)]
         timeout: Option<Duration>,
@@ -88,14 +104,17 @@ enum Cmd {
     /// Drop every off-site pack from the local cache now (asks the running daemon); later
     /// reads fetch from the store. Data not yet off-site stays.
     Evict {
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print the daemon's answer as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Collect garbage now (asks the running daemon): drop packs no file needs, rewrite
     /// sparse ones, delete dropped packs off-site once that is safe (docs/RETENTION.md).
     Gc {
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// Print the daemon's report as JSON.
         #[arg(long)]
         json: bool,
@@ -134,10 +153,14 @@ enum Cmd {
     },
     /// Check that every file's data is indexed and stored, locally or off-site; repair a damaged
     /// local copy from a verified off-site one (offline: the daemon must be stopped). Exit
-    /// status 0: no damage (after repairs); 1: damage, listed per file, or an error.
+    /// status 0: no damage (after repairs); 1: damage, listed per file, or an error; 2: usage
+    /// error.
     Verify {
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
         /// Also ask the store: every off-site pack exists with its recorded size (with --deep,
         /// the off-site copies of cached packs are read too).
         #[arg(long)]
@@ -146,38 +169,40 @@ enum Cmd {
         #[arg(long)]
         deep: bool,
     },
+    /// Print a shell completion script: `tiergate completions bash >
+    /// /etc/bash_completion.d/tiergate` (zsh: a file `_tiergate` in $fpath; fish:
+    /// ~/.config/fish/completions/tiergate.fish).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page of tiergate, or with --dir write one page per command there
+    /// (tiergate.1, tiergate-sync.1, tiergate-recycle-list.1, ...).
+    Man {
+        /// Write every page into this directory (e.g. /usr/share/man/man1).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
 enum RecycleCmd {
-    /// What the recycle bin holds, oldest first: id, when deleted, size, original path. A
-    /// deleted directory tree is one line (its file count and total size) unless --all.
+    /// The files in the recycle bin, oldest first: inode number, when deleted, size, where.
     List {
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         #[arg(long)]
         json: bool,
-        /// Every recycled file and directory on a line of its own, instead of one line per
-        /// deleted tree.
-        #[arg(long, visible_alias = "files")]
-        all: bool,
     },
-    /// Give a recycled file or directory tree its name again: at its original path (missing
-    /// parent directories are recreated; a suffix if the name is taken meanwhile), or at the
-    /// path given with --to.
+    /// Give a recycled file a name again: where it was (a suffix if the name is taken), or
+    /// the path given with --to (relative to the volume's root).
     Restore {
-        /// Its id, from `tiergate recycle list`.
-        #[arg(required_unless_present = "path", conflicts_with = "path")]
-        ino: Option<u64>,
-        #[arg(long, short)]
-        config: PathBuf,
-        /// Restore it as this path instead (from the volume's root).
+        /// Its inode number, from `tiergate recycle list`.
+        ino: u64,
+        #[command(flatten)]
+        config: ConfigArg,
         #[arg(long)]
         to: Option<String>,
-        /// Restore the newest recycled entry that was deleted from this path (from the
-        /// volume's root, e.g. /backups/host1) instead of naming its id.
-        #[arg(long)]
-        path: Option<String>,
     },
 }
 
@@ -185,8 +210,8 @@ enum RecycleCmd {
 enum LocksCmd {
     /// Every lock: token, path, user, expiry, scope.
     List {
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         #[arg(long)]
         json: bool,
     },
@@ -197,8 +222,8 @@ enum LocksCmd {
         target: Option<String>,
         #[arg(long, conflicts_with = "target")]
         all: bool,
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
 }
 
@@ -209,8 +234,8 @@ enum SnapshotCmd {
     Create {
         /// Its name. Default: "manual-YYYY-MM-DD_HHMMSSZ" (UTC).
         name: Option<String>,
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// Print the daemon's answer as JSON.
         #[arg(long)]
         json: bool,
@@ -218,16 +243,19 @@ enum SnapshotCmd {
     /// The snapshots, oldest first: name, when taken (UTC), scheduled or manual; and the
     /// schedule.
     List {
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         #[arg(long)]
         json: bool,
     },
     /// Delete a snapshot. Data only it held is freed by the next GC pass.
     Delete {
         name: String,
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print the daemon's answer as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -237,14 +265,22 @@ enum UserCmd {
     /// line), or asked for twice when standard input is a terminal.
     Add {
         name: String,
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Remove a user.
     Del {
         name: String,
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// The users' names, sorted (never their password hashes).
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print a JSON array of names.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -272,7 +308,43 @@ fn main() {
         // Colour codes only for a person at a terminal, never in journald or log files.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
+    let matches = Cli::command().try_get_matches().unwrap_or_else(|e| {
+        let _ = e.print();
+        // Help and version go to standard output and are no error.
+        std::process::exit(if e.use_stderr() { exit::USAGE } else { 0 })
+    });
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if !matches!(cli.cmd, Cmd::Serve { .. }) {
+        restore_sigpipe();
+    }
+    // The innermost subcommand: does it take a config, and did the flag or the variable name one?
+    let (mut leaf, mut leaf_cmd) = (&matches, Cli::command());
+    while let Some((name, sub)) = leaf.subcommand() {
+        leaf = sub;
+        leaf_cmd = leaf_cmd
+            .find_subcommand(name)
+            .expect("a parsed subcommand is defined")
+            .clone();
+    }
+    let config_defaulted = leaf_cmd.get_arguments().any(|a| a.get_id() == "config")
+        && leaf.value_source("config").is_none();
+    let needs_config = !matches!(
+        cli.cmd,
+        Cmd::Serve { .. }
+            | Cmd::Init {
+                print_config: true,
+                ..
+            }
+    );
+    if config_defaulted && needs_config && !Path::new(cli::DEFAULT_CONFIG).exists() {
+        eprintln!(
+            "tiergate: no config file: {} (the default) does not exist; name one with \
+             --config FILE or {}=FILE",
+            cli::DEFAULT_CONFIG,
+            cli::CONFIG_ENV
+        );
+        std::process::exit(exit::ERROR);
+    }
     let r = match cli.cmd {
         Cmd::Init {
             config,
@@ -282,29 +354,24 @@ fn main() {
                 print!("{}", config::EXAMPLE);
                 Ok(())
             } else {
-                match config {
-                    Some(c) => init(&c),
-                    None => Err(anyhow::anyhow!(
-                        "init needs --config FILE (or --print-config)"
-                    )),
-                }
+                init(&config)
             }
         }
-        Cmd::Serve { config, take_over } => serve(config.as_deref(), take_over),
+        Cmd::Serve { config, take_over } => serve(config.for_serve().as_deref(), take_over),
         Cmd::Recover {
             config,
             accept_older,
         } => recover(&config, accept_older),
         Cmd::Status { config, json } => status(&config, json),
-        Cmd::Stats { config } => stats(&config),
-        Cmd::Probe { config } => probe(&config),
+        Cmd::Stats { config, json } => stats(&config, json),
+        Cmd::Probe { config, json } => probe(&config, json),
         Cmd::User { cmd } => user(cmd),
         Cmd::Sync {
             config,
             timeout,
             json,
         } => sync(&config, timeout, json),
-        Cmd::Evict { config } => evict(&config),
+        Cmd::Evict { config, json } => evict(&config, json),
         Cmd::Gc { config, json } => gc(&config, json),
         Cmd::Recycle { cmd } => recycle(cmd),
         Cmd::Snapshot { cmd } => snapshot(cmd),
@@ -317,13 +384,52 @@ fn main() {
         } => index_rebuild(&config),
         Cmd::Verify {
             config,
+            json,
             remote,
             deep,
-        } => verify(&config, remote, deep),
+        } => verify(&config, remote, deep, json),
+        Cmd::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "tiergate",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Cmd::Man { dir } => man(dir.as_deref()),
     };
     if let Err(e) = r {
         eprintln!("tiergate: {e:#}");
-        std::process::exit(1);
+        std::process::exit(exit::ERROR);
+    }
+}
+
+/// Rust starts every program with SIGPIPE ignored, so a write to a closed pipe fails with
+/// EPIPE and `println!` panics ("failed printing to stdout: Broken pipe"). For the commands
+/// that print and end, a reader that has gone away (`tiergate recycle list | head -1`) should
+/// end the writer quietly, as it does `ls` or `cat`: the default action, termination by
+/// SIGPIPE, restored before any thread starts, covers every print of every such command. Never
+/// for `serve`: the daemon writes to sockets and must get EPIPE from a vanished client, not die.
+fn restore_sigpipe() {
+    // SAFETY: setting a signal's disposition to its default; no handler runs.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+}
+
+/// `tiergate man`: the top page on standard output, or every command's page into `dir`.
+fn man(dir: Option<&Path>) -> anyhow::Result<()> {
+    use anyhow::Context;
+    match dir {
+        None => clap_mangen::Man::new(Cli::command())
+            .render(&mut std::io::stdout())
+            .context("writing the man page"),
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+            clap_mangen::generate_to(Cli::command(), d)
+                .with_context(|| format!("writing man pages into {}", d.display()))?;
+            println!("man pages written to {}", d.display());
+            Ok(())
+        }
     }
 }
 
@@ -335,21 +441,22 @@ enum KeyCmd {
     /// versioning, a copy of the bucket) still opens the volume with the old passphrase
     /// (docs/RECOVERY.md#changing-the-passphrase). The current passphrase comes from the config;
     /// the new one from standard input (first line), or asked for twice at a terminal. Exit
-    /// status 0: done; 1: nothing changed; 2: changed locally, the store's key object is
-    /// updated when the daemon next starts.
+    /// status 0: done; 1: nothing changed; 3: changed locally, the store's key object is
+    /// updated when the daemon next starts; 2: usage error.
     Change {
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
 }
 
 #[derive(Subcommand)]
 enum IndexCmd {
     /// Rebuild the chunk index from the pack footers (local files, and the store for packs
-    /// only off-site) and the files' extents. Exit status 1 if referenced chunks are in no pack.
+    /// only off-site) and the files' extents. Exit status 0: complete; 1: referenced chunks are
+    /// in no pack, or an error; 2: usage error.
     Rebuild {
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
 }
 

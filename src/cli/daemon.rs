@@ -7,7 +7,8 @@ use anyhow::Result;
 
 use tiergate::config::Config;
 
-use super::{mib, schedule_text, utc_time};
+use super::progress::SyncProgress;
+use super::{exit, mib, schedule_text, utc_time};
 use crate::SnapshotCmd;
 
 /// With the writeback cache the kernel holds written pages and file times for a while: hands
@@ -35,8 +36,15 @@ pub fn sync(path: &Path, timeout: Option<Duration>, json: bool) -> Result<()> {
         Some(t) => format!("sync {}", t.as_secs_f64()),
         None => "sync".into(),
     };
-    let r = tiergate::control::call(&cfg.volume.path, &req)?;
+    // Progress from the daemon's counters on another thread: the sync call answers at the end.
+    let progress = SyncProgress::start(cfg.volume.path.clone(), json);
+    let r = tiergate::control::call(&cfg.volume.path, &req);
+    if let Some(p) = progress {
+        p.finish();
+    }
+    let r = r?;
     let complete = r["complete"].as_bool().unwrap_or(false);
+    let interrupted = r["interrupted"].as_bool() == Some(true);
     if json {
         println!("{r}");
     } else if complete {
@@ -79,8 +87,11 @@ pub fn sync(path: &Path, timeout: Option<Duration>, json: bool) -> Result<()> {
             }
         );
     }
+    if interrupted && !complete {
+        std::process::exit(exit::ERROR);
+    }
     if !complete {
-        std::process::exit(2);
+        std::process::exit(exit::TIMEOUT);
     }
     Ok(())
 }
@@ -194,9 +205,13 @@ pub fn status(path: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
-pub fn evict(path: &Path) -> Result<()> {
+pub fn evict(path: &Path, json: bool) -> Result<()> {
     let cfg = Config::load(path)?;
     let r = tiergate::control::call(&cfg.volume.path, "evict")?;
+    if json {
+        println!("{r}");
+        return Ok(());
+    }
     println!(
         "evicted {} from the local cache",
         mib(r["evicted_bytes"].as_u64().unwrap_or(0))
@@ -329,9 +344,13 @@ pub fn snapshot(cmd: SnapshotCmd) -> Result<()> {
             }
             Ok(())
         }
-        SnapshotCmd::Delete { name, config } => {
+        SnapshotCmd::Delete { name, config, json } => {
             let cfg = Config::load(&config)?;
-            tiergate::control::call(&cfg.volume.path, &format!("snapshot delete {name}"))?;
+            let r = tiergate::control::call(&cfg.volume.path, &format!("snapshot delete {name}"))?;
+            if json {
+                println!("{r}");
+                return Ok(());
+            }
             println!(
                 "deleted snapshot {name}; data only it held is freed by the next GC pass \
                  (`tiergate gc` runs one now)"

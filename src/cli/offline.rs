@@ -9,7 +9,8 @@ use tiergate::config::Config;
 use tiergate::crypto::KdfParams;
 use tiergate::volume::Volume;
 
-use super::{mib, open, utc_time};
+use super::progress::{Steps, Unit};
+use super::{exit, human_bytes, mib, open, utc_time};
 use crate::{LocksCmd, UserCmd};
 
 pub fn init(path: &Path) -> Result<()> {
@@ -30,36 +31,78 @@ pub fn init(path: &Path) -> Result<()> {
     Ok(())
 }
 
-pub fn stats(path: &Path) -> Result<()> {
+/// `tiergate stats`: sizes in binary units for a person (as `status`), exact bytes with --json.
+pub fn stats(path: &Path, json: bool) -> Result<()> {
     let cfg = Config::load(path)?;
     let vol = open(&cfg)?;
     let s = vol.stats()?;
     let st = s.stats;
-    println!("logical bytes:   {}", st.logical_bytes);
-    println!("unique bytes:    {}", st.unique_bytes);
-    println!("stored bytes:    {}", st.stored_bytes);
-    println!("chunks:          {}", st.chunks);
-    println!("packs:           {} ({} bytes)", s.packs, s.pack_bytes);
-    println!("metadata bytes:  {}", s.metadata_bytes);
-    if st.stored_bytes > 0 {
-        println!(
-            "reduction:       {:.2}x",
-            st.logical_bytes as f64 / st.stored_bytes as f64
-        );
+    let reduction = (st.stored_bytes > 0).then(|| st.logical_bytes as f64 / st.stored_bytes as f64);
+    if json {
+        let v = serde_json::json!({
+            "logical_bytes": st.logical_bytes,
+            "unique_bytes": st.unique_bytes,
+            "stored_bytes": st.stored_bytes,
+            "chunks": st.chunks,
+            "packs": s.packs,
+            "pack_bytes": s.pack_bytes,
+            "metadata_bytes": s.metadata_bytes,
+            "dirty_bytes": s.dirty_bytes,
+            "reduction": reduction,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("logical:   {}", human_bytes(st.logical_bytes));
+    println!("unique:    {}", human_bytes(st.unique_bytes));
+    println!("stored:    {}", human_bytes(st.stored_bytes));
+    println!("chunks:    {}", st.chunks);
+    println!("packs:     {} ({})", s.packs, human_bytes(s.pack_bytes));
+    println!("metadata:  {}", human_bytes(s.metadata_bytes));
+    if let Some(r) = reduction {
+        println!("reduction: {r:.2}x");
     }
     Ok(())
 }
 
 /// `tiergate probe`: prints each step with its time; exit status 1 and the failure class with
 /// what to fix if a step fails.
-pub fn probe(path: &Path) -> Result<()> {
+pub fn probe(path: &Path, json: bool) -> Result<()> {
     let cfg = Config::load(path)?;
     let backend = tiergate::backend::from_config(&cfg)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the probe runtime")?;
-    let report = rt.block_on(tiergate::backend::probe(backend.as_ref()))?;
+    let report = rt.block_on(tiergate::backend::probe(backend.as_ref()));
+    if json {
+        let v = match &report {
+            Ok(r) => serde_json::json!({
+                "passed": true,
+                "store": r.store,
+                "steps": r.steps.iter().map(|s| serde_json::json!({
+                    "name": s.name,
+                    "ms": s.elapsed.as_secs_f64() * 1e3,
+                    "detail": s.detail,
+                })).collect::<Vec<_>>(),
+                "object_lock": r.object_lock.to_string(),
+            }),
+            Err(e) => serde_json::json!({
+                "passed": false,
+                "store": e.store,
+                "failed_step": e.step,
+                "class": e.kind().to_string(),
+                "error": e.error.message(),
+                "hint": e.kind().hint(),
+            }),
+        };
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        if report.is_err() {
+            std::process::exit(exit::ERROR);
+        }
+        return Ok(());
+    }
+    let report = report?;
     println!("{report}");
     println!("probe passed");
     Ok(())
@@ -68,25 +111,8 @@ pub fn probe(path: &Path) -> Result<()> {
 pub fn recover(path: &Path, accept_older: bool) -> Result<()> {
     let cfg = Config::load(path)?;
     let pass = cfg.passphrase()?;
-    let bars =
-        std::cell::RefCell::new(std::collections::HashMap::<String, indicatif::ProgressBar>::new());
-    let progress = |step: &str, done: u64, total: u64| {
-        let mut bars = bars.borrow_mut();
-        let bar = bars.entry(step.to_string()).or_insert_with(|| {
-            let b = indicatif::ProgressBar::new(total);
-            b.set_style(
-                indicatif::ProgressStyle::with_template("{msg:>20} [{bar:40}] {pos}/{len} {eta}")
-                    .expect("progress template")
-                    .progress_chars("=> "),
-            );
-            b.set_message(step.to_string());
-            b
-        });
-        bar.set_position(done);
-        if done >= total {
-            bar.finish();
-        }
-    };
+    let steps = Steps::new(Unit::Items);
+    let progress = |step: &str, done: u64, total: u64| steps.update(step, done, total);
     let opts = tiergate::recover::RecoverOptions { accept_older };
     let r = tiergate::recover::recover(&cfg, &pass.0, &opts, &progress)
         .with_context(|| format!("recovering into {}", cfg.volume.path.display()))?;
@@ -209,6 +235,17 @@ pub fn user(cmd: UserCmd) -> Result<()> {
             }
             println!("removed user {name} from {}", path.display());
         }
+        UserCmd::List { config, json } => {
+            let cfg = Config::load(&config)?;
+            let names = auth::user_names(&cfg.webdav.users_path())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&names)?);
+            } else {
+                for n in names {
+                    println!("{n}");
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -272,7 +309,7 @@ pub fn key_change(path: &Path) -> Result<()> {
                  start; until then a recovery from the store needs the OLD passphrase",
                 r.store
             );
-            std::process::exit(2);
+            std::process::exit(exit::PARTIAL);
         }
     }
 }
@@ -310,40 +347,59 @@ pub fn index_rebuild(path: &Path) -> Result<()> {
     Ok(())
 }
 
-pub fn verify(path: &Path, remote: bool, deep: bool) -> Result<()> {
+pub fn verify(path: &Path, remote: bool, deep: bool, json: bool) -> Result<()> {
     let cfg = Config::load(path)?;
     let vol = open(&cfg)?;
     let store = offline_store(&cfg)?;
-    let bars =
-        std::cell::RefCell::new(std::collections::HashMap::<String, indicatif::ProgressBar>::new());
-    let progress = |step: &str, done: u64, total: u64| {
-        let mut bars = bars.borrow_mut();
-        let bar = bars.entry(step.to_string()).or_insert_with(|| {
-            let b = indicatif::ProgressBar::new(total);
-            b.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{msg:>24} [{bar:40}] {bytes}/{total_bytes} {eta}",
-                )
-                .expect("progress template")
-                .progress_chars("=> "),
-            );
-            b.set_message(step.to_string());
-            b
-        });
-        bar.set_position(done);
-        if done >= total {
-            bar.finish();
-        }
-    };
+    let steps = Steps::new(Unit::Bytes);
+    let progress = |step: &str, done: u64, total: u64| steps.update(step, done, total);
     let opts = tiergate::repair::VerifyOptions { remote, deep };
     let r = tiergate::repair::verify(&vol, &store, opts, &progress)
         .with_context(|| format!("verifying {}", cfg.volume.path.display()))?;
     drop(vol);
-    println!("{r}");
+    if json {
+        println!("{}", serde_json::to_string_pretty(&verify_json(&r))?);
+    } else {
+        println!("{r}");
+    }
     if !r.is_clean() {
-        std::process::exit(1);
+        std::process::exit(exit::ERROR);
     }
     Ok(())
+}
+
+/// The verify report for scripts: the counts, and each problem as the text the report prints.
+fn verify_json(r: &tiergate::repair::VerifyReport) -> serde_json::Value {
+    serde_json::json!({
+        "clean": r.is_clean(),
+        "remote": r.options.remote,
+        "deep": r.options.deep,
+        "files": r.files,
+        "extents": r.extents,
+        "chunks": r.chunks,
+        "chunks_local": r.chunks_local,
+        "chunks_remote": r.chunks_remote,
+        "bytes_local": r.bytes_local,
+        "bytes_remote": r.bytes_remote,
+        "damaged": r.damaged.iter().map(|d| serde_json::json!({
+            "ino": d.ino,
+            "paths": d.paths,
+            "ranges": d.ranges.iter().map(|g| serde_json::json!({
+                "start": g.start,
+                "end": g.end,
+                "chunk": g.chunk.to_string(),
+                "reason": g.reason,
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "pack_problems": r.pack_problems,
+        "extent_map_problems": r.extent_map_problems,
+        "repaired": r.repaired.iter().map(|p| serde_json::json!({
+            "pack": p.pack,
+            "reason": p.reason,
+            "bytes_freed": p.bytes_freed,
+        })).collect::<Vec<_>>(),
+        "seconds": r.elapsed.as_secs_f64(),
+    })
 }
 
 #[cfg(test)]

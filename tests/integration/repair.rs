@@ -216,7 +216,7 @@ fn key_change_with_the_store_failing_stands_locally_and_the_daemon_uploads_it() 
         &v.config,
         &format!("{NEW_PASSPHRASE}\n"),
     );
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
     let out = stdout(&o);
     assert!(out.contains("uploads it at its next start"), "{out}");
     let new_key = std::fs::read(v.vol_dir().join("key")).unwrap();

@@ -333,9 +333,9 @@ fn s3_outage_while_writing_loses_nothing() {
         write_time < Duration::from_secs(60),
         "writes stalled during the outage: {write_time:?}"
     );
-    // A sync cannot finish now: it times out (exit 2) and says why.
+    // A sync cannot finish now: it times out (exit 124) and says why.
     let o = tiergate(&["sync", "--timeout", "5"], &v.config);
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(124), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("still waiting"), "{out}");
     assert!(out.contains("last error"), "{out}");
@@ -492,7 +492,7 @@ fn broken_store(section: &str, expect: &str) {
     let data = random_bytes(1234, 10 << 20);
     std::fs::write(v.path("kept.bin"), &data).unwrap();
     let o = tiergate(&["sync", "--timeout", "4"], &v.config);
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(124), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
         out.contains(expect),
