@@ -187,22 +187,34 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum RecycleCmd {
-    /// The files in the recycle bin, oldest first: inode number, when deleted, size, where.
+    /// What the recycle bin holds, oldest first: id, when deleted, size, original path. A
+    /// deleted directory tree is one line (its file count and total size) unless --all.
     List {
         #[command(flatten)]
         config: ConfigArg,
         #[arg(long)]
         json: bool,
+        /// Every recycled file and directory on a line of its own, instead of one line per
+        /// deleted tree.
+        #[arg(long, visible_alias = "files")]
+        all: bool,
     },
-    /// Give a recycled file a name again: where it was (a suffix if the name is taken), or
-    /// the path given with --to (relative to the volume's root).
+    /// Give a recycled file or directory tree its name again: at its original path (missing
+    /// parent directories are recreated; a suffix if the name is taken meanwhile), or at the
+    /// path given with --to.
     Restore {
-        /// Its inode number, from `tiergate recycle list`.
-        ino: u64,
+        /// Its id, from `tiergate recycle list`.
+        #[arg(required_unless_present = "path", conflicts_with = "path")]
+        ino: Option<u64>,
         #[command(flatten)]
         config: ConfigArg,
+        /// Restore it as this path instead (from the volume's root).
         #[arg(long)]
         to: Option<String>,
+        /// Restore the newest recycled entry that was deleted from this path (from the
+        /// volume's root, e.g. /backups/host1) instead of naming its id.
+        #[arg(long)]
+        path: Option<String>,
     },
 }
 
