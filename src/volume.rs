@@ -554,7 +554,17 @@ impl Volume {
             info.seal(&keys);
             write_file_durably(&info_path, info.to_toml()?.as_bytes(), 0o644)?;
         }
-        let kv = SledStore::open(&dir.join(META_DIR), opts.metadata_cache_bytes)?;
+        let (kv, compacted) =
+            SledStore::open_compacted(&dir.join(META_DIR), opts.metadata_cache_bytes)?;
+        if let Some(r) = compacted {
+            tracing::info!(
+                records = r.records,
+                before_mib = r.bytes_before >> 20,
+                after_mib = r.bytes_after >> 20,
+                seconds = r.elapsed.as_secs_f64(),
+                "metadata store compacted"
+            );
+        }
         let get_u64 = |name: &str| -> Result<u64> {
             Ok(match kv.get(&meta::misc_key(name))? {
                 Some(v) => u64::from_le_bytes(
