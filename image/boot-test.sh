@@ -386,4 +386,6 @@ if ((fails)); then
     exit 1
 fi
 echo "RESULT: PASS ($checks checks)"
+# The logs stay; the VM's disk overlay and the test files go (hundreds of MB).
+rm -f "$work/disk.qcow2" "$work"/*.bin
 echo "boot-test: $checks passed, 0 failed"

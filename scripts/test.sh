@@ -456,7 +456,8 @@ else
         step image-boot env BOOT_TEST_DIR="$LOGDIR/image-boot" bash image/boot-test.sh || rc=$?
         p="$(sum_field "$LOGDIR/image-boot.log" '^boot-test: [0-9]+ passed' passed)"
         f="$(sum_field "$LOGDIR/image-boot.log" '^boot-test: [0-9]+ passed' failed)"
-        note="$(grep -E '^PASS  status page reachable' "$LOGDIR/image-boot.log" | sed 's/.*: //' || true)"
+        note="$(grep -E '^PASS  status page reachable' "$LOGDIR/image-boot.log" | head -n 1 |
+            sed 's/.*: //' || true)"
         count_step image-boot "$rc" "$p" "$f" 0 "$p passed, $f failed${note:+; $note}"
     else
         missing_step image-boot "the image build failed"

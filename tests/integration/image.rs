@@ -24,33 +24,45 @@ fn firstboot_unit_tests_pass() {
     assert!(stderr.contains("\nOK"), "{stderr}");
 }
 
-/// The config the first-boot step writes for a seed is one tiergate accepts: the status server
-/// and the share with TLS, the share with users.
-#[test]
-fn firstboot_config_loads_in_tiergate() {
-    let script = r#"
+/// Runs the Python `code` with the first-boot script loaded as the module `fb` (and `sys`
+/// imported), `arg` as `sys.argv[2]`; returns what it printed, or panics with its stderr.
+fn with_firstboot(code: &str, arg: &str) -> Vec<u8> {
+    let prelude = r#"
 import importlib.machinery, importlib.util, sys
 loader = importlib.machinery.SourceFileLoader("fb", sys.argv[1])
 spec = importlib.util.spec_from_loader("fb", loader)
 fb = importlib.util.module_from_spec(spec)
 loader.exec_module(fb)
-seed = fb.load_seed(sys.argv[2])
-fb.validate(seed)
-sys.stdout.write(fb.render_config(seed, "1GiB"))
 "#;
     let out = Command::new("python3")
         .arg("-c")
-        .arg(script)
+        .arg(format!("{prelude}{code}"))
         .arg(repo().join("image/rootfs/usr/lib/tiergate/firstboot"))
-        .arg(repo().join("image/seed.example.toml"))
+        .arg(arg)
         .output()
-        .unwrap();
+        .expect("python3 runs the first-boot script");
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = String::from_utf8(out.stdout).unwrap();
+    out.stdout
+}
+
+/// The config the first-boot step writes for a seed is one tiergate accepts: the status server
+/// and the share with TLS, the share with users.
+#[test]
+fn firstboot_config_loads_in_tiergate() {
+    let seed = repo().join("image/seed.example.toml");
+    let out = with_firstboot(
+        r#"
+seed = fb.load_seed(sys.argv[2])
+fb.validate(seed)
+sys.stdout.write(fb.render_config(seed, "1GiB"))
+"#,
+        seed.to_str().unwrap(),
+    );
+    let text = String::from_utf8(out).unwrap();
     let cfg = Config::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     assert!(cfg.webdav.tls_cert.is_some() && cfg.webdav.auth_required());
     assert!(!cfg.web.listen.ip().is_loopback());
@@ -76,30 +88,18 @@ sys.stdout.write(fb.render_config(seed, "1GiB"))
 /// way. Needs root, nft (nftables) and ip (iproute2).
 #[test]
 fn firewall_summary_reads_the_rulesets_json() {
-    let script = r#"
-import importlib.machinery, importlib.util, ipaddress, sys
-loader = importlib.machinery.SourceFileLoader("fb", sys.argv[1])
-spec = importlib.util.spec_from_loader("fb", loader)
-fb = importlib.util.module_from_spec(spec)
-loader.exec_module(fb)
+    let rules = with_firstboot(
+        r#"
+import ipaddress
 sys.stdout.write(fb.nft_conf([22, 445, 2049, 8080], 8081,
                              [ipaddress.ip_network("10.0.2.2/32"),
                               ipaddress.ip_network("192.0.2.0/24")]))
-"#;
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(repo().join("image/rootfs/usr/lib/tiergate/firstboot"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+"#,
+        "",
     );
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("nftables.conf");
-    std::fs::write(&conf, &out.stdout).unwrap();
+    std::fs::write(&conf, rules).unwrap();
 
     let ns = format!("tg-nft-{}", std::process::id());
     let run = |args: &[&str]| {
@@ -122,7 +122,15 @@ sys.stdout.write(fb.nft_conf([22, 445, 2049, 8080], 8081,
         }
     }
     let _ns = Netns(ns.clone());
-    run(&["ip", "netns", "exec", &ns, "nft", "-f", conf.to_str().unwrap()]);
+    run(&[
+        "ip",
+        "netns",
+        "exec",
+        &ns,
+        "nft",
+        "-f",
+        conf.to_str().unwrap(),
+    ]);
     let json = run(&["ip", "netns", "exec", &ns, "nft", "-j", "list", "ruleset"]);
     let rules = dir.path().join("nft.json");
     std::fs::write(&rules, json).unwrap();
