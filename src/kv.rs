@@ -198,7 +198,7 @@ impl SledStore {
             return Ok((Self::open(dir, cache_bytes)?, None));
         }
         let free = nix::sys::statvfs::statvfs(dir.parent().unwrap_or(Path::new(".")))
-            .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
+            .map(|s| s.blocks_available() * s.fragment_size())
             .unwrap_or(0);
         if free < before / 2 {
             tracing::warn!(
