@@ -17,6 +17,9 @@
 #                       also the default when apt has no security source)
 #   SOURCE_DATE_EPOCH   timestamps in the image (default: the commit time of HEAD)
 #   OUT                 output directory (default target/image)
+#   IMAGE_CACHE         the downloaded packages (debootstrap's and the chroot's apt's), kept for
+#                       the next build (default OUT/cache; the test command uses
+#                       /var/cache/tiergate-image, which outlives a fresh clone)
 #
 # Needs root (debootstrap, chroot, a loop mount for the boot loader), about 3 GiB in OUT, and
 # network access to the Debian mirror. Missing host tools are installed with apt-get
@@ -28,6 +31,7 @@ repo=$(cd "$here/.." && pwd)
 # shellcheck source=scripts/lib.sh
 . "$repo/scripts/lib.sh"
 out=${OUT:-$repo/target/image}
+cache=${IMAGE_CACHE:-$out/cache}
 suite=bookworm
 size=${IMAGE_SIZE:-4G}
 binary=${TIERGATE_BIN:-$repo/target/release/tiergate}
@@ -83,7 +87,7 @@ work=$out/work
 rootfs=$work/rootfs
 mnt=$work/mnt
 raw=$work/disk.raw
-mkdir -p "$out/cache/debootstrap" "$work"
+mkdir -p "$cache/debootstrap" "$cache/apt-archives/partial" "$work"
 
 mounts=()
 cleanup() {
@@ -114,7 +118,7 @@ fi
 # --- Debian base -------------------------------------------------------------------------------
 log "debootstrap $suite (minbase) from $mirror"
 debootstrap --variant=minbase --arch=amd64 --components=main \
-    --cache-dir="$out/cache/debootstrap" "$suite" "$rootfs" "$mirror"
+    --cache-dir="$cache/debootstrap" "$suite" "$rootfs" "$mirror"
 
 cat >"$rootfs/etc/apt/sources.list" <<EOF
 deb $mirror $suite main
@@ -136,11 +140,18 @@ bind_system "$rootfs"
 in_root() { chroot "$rootfs" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
     LC_ALL=C.UTF-8 DEBIAN_FRONTEND=noninteractive SOURCE_DATE_EPOCH="$SOURCE_DATE_EPOCH" "$@"; }
 
+# The chroot's apt downloads into the cache, bind-mounted at /mnt for the install only (so
+# `apt-get clean` below does not empty it, and nothing of it stays in the image).
+mount --bind "$cache/apt-archives" "$rootfs/mnt"
+mounts+=("$rootfs/mnt")
+apt_cached=(-o Dir::Cache::archives=/mnt/ -o APT::Sandbox::User=root)
 mapfile -t packages < <(sed -e 's/#.*//' -e '/^[[:space:]]*$/d' "$here/packages.txt")
 log "installing ${#packages[@]} packages"
 in_root apt-get update -q
-in_root apt-get -y -q upgrade
-in_root apt-get -y -q install --no-remove "${packages[@]}"
+in_root apt-get "${apt_cached[@]}" -y -q upgrade
+in_root apt-get "${apt_cached[@]}" -y -q install --no-remove "${packages[@]}"
+# Drops the cached packages the mirror no longer has.
+in_root apt-get "${apt_cached[@]}" -q autoclean
 
 # --- the tiergate binary (built if missing; cargo may wait for the shared target lock) ------
 if [[ ! -x $binary ]]; then
@@ -161,6 +172,20 @@ log "installing tiergate $tg_version and the appliance files"
 # stay, for backtraces).
 objcopy --strip-debug "$binary" "$rootfs/usr/bin/tiergate"
 chmod 0755 "$rootfs/usr/bin/tiergate"
+# Shell completion and man pages, generated from the CLI definition by the binary itself (a
+# binary from before `tiergate completions` and `tiergate man` gets none, said in the log).
+if "$binary" completions bash >"$work/tiergate.bash" 2>/dev/null &&
+    "$binary" man --dir "$work/man1" >/dev/null 2>&1; then
+    install -D -m 0644 "$work/tiergate.bash" \
+        "$rootfs/usr/share/bash-completion/completions/tiergate"
+    mkdir -p "$rootfs/usr/share/man/man1"
+    for page in "$work"/man1/*.1; do
+        gzip -9n <"$page" >"$rootfs/usr/share/man/man1/$(basename "$page").gz"
+    done
+    rm -rf "$work/man1" "$work/tiergate.bash"
+else
+    echo "note: $binary has no completions/man subcommands: none in the image"
+fi
 install -m 0644 "$repo/systemd/tiergate.service" "$rootfs/usr/lib/systemd/system/tiergate.service"
 install -m 0644 "$repo/systemd/tiergate.tmpfiles" "$rootfs/usr/lib/tmpfiles.d/tiergate.conf"
 # The overlay: first-boot script, unit drop-ins, default firewall, sshd and network settings.

@@ -444,7 +444,10 @@ elif [ "$build_ok" != 1 ]; then
     missing_step image-boot "the build failed"
 else
     rc=0
-    step image-build env TIERGATE_BIN="$PWD/target/release/tiergate" bash image/build.sh || rc=$?
+    # The package cache outlives the clone: the next run on this machine downloads no package
+    # it has.
+    step image-build env TIERGATE_BIN="$PWD/target/release/tiergate" \
+        IMAGE_CACHE=/var/cache/tiergate-image bash image/build.sh || rc=$?
     build_txt=target/image/tiergate-appliance.build.txt
     note=""
     if [ "$rc" -eq 0 ] && [ -f "$build_txt" ]; then
