@@ -1091,6 +1091,10 @@ pub struct FuseConfig {
     /// `read_ahead_kb`, which is 128 KiB for a FUSE mount unless set). 0: leave it.
     #[serde(default = "default_kernel_readahead")]
     pub readahead: ByteSize,
+    /// Mount over a mountpoint that holds files, hiding them while mounted (libfuse's
+    /// `nonempty`). Default: a non-empty mountpoint refuses the start.
+    #[serde(default)]
+    pub allow_non_empty: bool,
 }
 
 fn default_kernel_readahead() -> ByteSize {
@@ -1238,6 +1242,7 @@ impl Default for FuseConfig {
             writeback_cache: true,
             threads: default_threads(),
             readahead: default_kernel_readahead(),
+            allow_non_empty: false,
         }
     }
 }

@@ -13,9 +13,10 @@ use std::time::Duration;
 
 use fuser::{
     AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
-    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow,
+    Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, MountOption, OpenFlags,
+    PollEvents, PollFlags, PollNotifier, RenameFlags, ReplyAttr, ReplyBmap, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLock, ReplyLseek,
+    ReplyOpen, ReplyPoll, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow,
     WriteFlags,
 };
 
@@ -652,6 +653,83 @@ impl Filesystem for FuseFs {
             Err(e) => reply.error(report("copy_file_range", &e)),
         }
     }
+
+    // The operations below are not supported. fuser's defaults answer them too, but log each
+    // call as a multi-line "[Not Implemented]" warning: borg alone asked FS_IOC_GETFLAGS 86
+    // times in one run. These answer what the kernel and the callers expect, quietly.
+
+    /// No ioctl is supported: ENOTTY, the "inappropriate ioctl for device" of any file system
+    /// without it (borg and rsync read FS_IOC_GETFLAGS, and take ENOTTY as "no flags").
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        tracing::trace!(
+            cmd = format_args!("{cmd:#x}"),
+            "ioctl: not supported (ENOTTY)"
+        );
+        reply.error(Errno::ENOTTY)
+    }
+
+    /// ENOSYS: the kernel stops asking and treats the files as always ready (the default
+    /// poll mask), as for a regular file on disk.
+    fn poll(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _ph: PollNotifier,
+        _events: PollEvents,
+        _flags: PollFlags,
+        reply: ReplyPoll,
+    ) {
+        reply.error(Errno::ENOSYS)
+    }
+
+    /// FIBMAP: there is no block device under the files.
+    fn bmap(&self, _req: &Request, _ino: INodeNo, _blocksize: u32, _idx: u64, reply: ReplyBmap) {
+        reply.error(Errno::ENOSYS)
+    }
+
+    /// POSIX locks stay local to the kernel (FUSE_POSIX_LOCKS is not negotiated, so these
+    /// are not sent; answered quietly should a kernel send them anyway).
+    fn getlk(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        _start: u64,
+        _end: u64,
+        _typ: i32,
+        _pid: u32,
+        reply: ReplyLock,
+    ) {
+        reply.error(Errno::ENOSYS)
+    }
+
+    fn setlk(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        _start: u64,
+        _end: u64,
+        _typ: i32,
+        _pid: u32,
+        _sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::ENOSYS)
+    }
 }
 
 fn xattr_reply(value: &[u8], size: u32, reply: ReplyXattr) {
@@ -664,45 +742,193 @@ fn xattr_reply(value: &[u8], size: u32, reply: ReplyXattr) {
     }
 }
 
-/// Refuses a mountpoint that is already mounted or is a dead FUSE mount, with a clear message.
-pub fn check_mountpoint(path: &Path) -> anyhow::Result<PathBuf> {
-    let meta = std::fs::metadata(path).map_err(|e| {
-        if e.raw_os_error() == Some(libc::ENOTCONN) {
-            anyhow::anyhow!(
-                "{} is a stale FUSE mount (its daemon died); clear it with `fusermount3 -u {}` or `umount -l {}`",
-                path.display(),
-                path.display(),
-                path.display()
-            )
-        } else {
-            anyhow::anyhow!("mountpoint {}: {e}", path.display())
+/// The source (`fsname`) of this volume's mounts, as /proc/self/mountinfo shows it: how a
+/// later start recognises a mount of its own volume left behind by a crash.
+pub fn fsname(volume_id: &str) -> String {
+    format!("tiergate:{volume_id}")
+}
+
+/// One line of /proc/self/mountinfo, the fields the start-up checks look at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    /// Where it is mounted (octal escapes decoded).
+    pub target: PathBuf,
+    /// The file system type, e.g. `fuse.tiergate`.
+    pub fstype: String,
+    /// The mount's source: for a tiergate mount, [`fsname`].
+    pub source: String,
+}
+
+impl MountEntry {
+    /// A FUSE mount made by tiergate (whichever volume).
+    pub fn is_tiergate(&self) -> bool {
+        self.fstype.starts_with("fuse") && self.source.starts_with("tiergate:")
+    }
+}
+
+/// /proc/self/mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mount_field(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let oct = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (b[i], oct) {
+            (b'\\', Some(d)) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
         }
-    })?;
-    anyhow::ensure!(
-        meta.is_dir(),
-        "mountpoint {} is not a directory",
-        path.display()
-    );
-    let canon = path.canonicalize()?;
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    for line in mounts.lines() {
-        let mut f = line.split_whitespace();
-        let (Some(dev), Some(mp)) = (f.next(), f.next()) else {
-            continue;
-        };
-        // /proc/mounts escapes spaces and friends as octal.
-        let mp = mp
-            .replace("\\040", " ")
-            .replace("\\011", "\t")
-            .replace("\\134", "\\");
-        if Path::new(&mp) == canon {
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Parses /proc/self/mountinfo: `id parent major:minor root target options [optional...] -
+/// fstype source super-options` (proc(5)).
+pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
+    text.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let target = left.split(' ').nth(4)?;
+            let mut r = right.split(' ');
+            let (fstype, source) = (r.next()?, r.next()?);
+            Some(MountEntry {
+                target: PathBuf::from(unescape_mount_field(target)),
+                fstype: unescape_mount_field(fstype),
+                source: unescape_mount_field(source),
+            })
+        })
+        .collect()
+}
+
+/// The topmost mount at `path` (already absolute and free of symlinks), if any.
+pub fn mount_at(path: &Path) -> Option<MountEntry> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    parse_mountinfo(&text)
+        .into_iter()
+        .rev()
+        .find(|m| m.target == path)
+}
+
+/// `path` made absolute with its parent's symlinks resolved, without a stat of `path`
+/// itself (a dead FUSE mount answers every stat with ENOTCONN).
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    let abs = std::path::absolute(path)?;
+    match (abs.parent(), abs.file_name()) {
+        (Some(parent), Some(name)) => match parent.canonicalize() {
+            Ok(p) => Ok(p.join(name)),
+            Err(_) => Ok(abs),
+        },
+        _ => Ok(abs),
+    }
+}
+
+/// What [`prepare_mountpoint`] found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prepared {
+    /// The mountpoint was free.
+    Free,
+    /// A dead mount of this volume (its daemon was killed) was detached first.
+    ClearedStale,
+}
+
+/// The start-up check of the mountpoint, run before anything else starts; `Ok` with the
+/// mountpoint's absolute path when the volume can be mounted there.
+///
+/// A mount of this very volume whose daemon died (recognised by its source, [`fsname`], and
+/// by the ENOTCONN its statfs gets) is what a crash or a `kill -9` leaves behind: it is
+/// detached (umount2 with MNT_DETACH, as `fusermount3 -u -z` does) and the start goes on, as
+/// rclone's `mount` does. Any other mount there (another file system, another volume, or this
+/// volume served by a live process) is never touched: the start is refused. The mountpoint must
+/// then be an existing, empty directory; `allow_non_empty` (`[fuse] allow_non_empty`) lets the
+/// mount cover what is in it (libfuse's `nonempty`).
+pub fn prepare_mountpoint(
+    path: &Path,
+    volume_id: &str,
+    allow_non_empty: bool,
+) -> anyhow::Result<(PathBuf, Prepared)> {
+    let abs = absolute(path)?;
+    let mut prepared = Prepared::Free;
+    if let Some(m) = mount_at(&abs) {
+        let ours = m.source == fsname(volume_id) && m.is_tiergate();
+        // statfs always asks the daemon (a stat may be answered from the kernel's attribute
+        // cache for a second after the daemon died). Only our own volume's mount is probed:
+        // the volume's lock, held by now, means no daemon of this volume serves it, while a
+        // foreign FUSE mount might hang the probe.
+        let dead = ours
+            && matches!(nix::sys::statfs::statfs(&abs), Err(e) if e == nix::errno::Errno::ENOTCONN);
+        if ours && dead {
+            nix::mount::umount2(&abs, nix::mount::MntFlags::MNT_DETACH).map_err(|e| {
+                anyhow::anyhow!(
+                    "{} holds a dead mount of this volume (its daemon was killed), and detaching \
+                     it failed: {e}; run `umount -l {}` as root and start again",
+                    abs.display(),
+                    abs.display()
+                )
+            })?;
+            tracing::warn!(
+                mountpoint = %abs.display(),
+                source = %m.source,
+                "detached a dead mount of this volume left by a daemon that did not stop \
+                 cleanly (killed or crashed)"
+            );
+            prepared = Prepared::ClearedStale;
+        } else {
+            let who = if ours {
+                " (this volume, served by a running process: is another `tiergate serve` \
+                 running with a copy of this volume?)"
+            } else {
+                " (if it is a dead mount nothing needs, `umount -l` it)"
+            };
             anyhow::bail!(
-                "{} is busy: {dev} is already mounted there; unmount it first",
-                canon.display()
+                "{} is busy: {} ({}) is already mounted there{who}; unmount it first or set \
+                 [fuse] mountpoint to another directory",
+                abs.display(),
+                m.source,
+                m.fstype
             );
         }
     }
-    Ok(canon)
+    let meta = std::fs::metadata(&abs).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => anyhow::anyhow!(
+            "the mountpoint {} does not exist: create it (`mkdir -p {}`) or set [fuse] \
+             mountpoint to an existing directory",
+            abs.display(),
+            abs.display()
+        ),
+        _ => anyhow::anyhow!("the mountpoint {}: {e}", abs.display()),
+    })?;
+    anyhow::ensure!(
+        meta.is_dir(),
+        "the mountpoint {} is not a directory: set [fuse] mountpoint to an empty directory",
+        abs.display()
+    );
+    if !allow_non_empty {
+        let mut entries = std::fs::read_dir(&abs)
+            .map_err(|e| anyhow::anyhow!("the mountpoint {}: {e}", abs.display()))?;
+        if let Some(first) = entries.next() {
+            let first = first.map(|e| e.file_name()).unwrap_or_default();
+            anyhow::bail!(
+                "the mountpoint {} is not empty (it holds {:?}{}): the mount would hide those \
+                 files. Empty it, choose another [fuse] mountpoint, or set [fuse] \
+                 allow_non_empty = true to mount over them",
+                abs.display(),
+                first,
+                if entries.next().is_some() {
+                    " and more"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    Ok((abs, prepared))
 }
 
 /// Sets the kernel's readahead for the FUSE mount at `mountpoint` (its backing device's
@@ -736,17 +962,17 @@ fn set_kernel_readahead(mountpoint: &Path, bytes: u64) {
     }
 }
 
-/// Mounts the volume and serves it on background threads until the returned session is
-/// unmounted (or dropped).
+/// Mounts the volume at `mountpoint` (checked and cleared by [`prepare_mountpoint`] first)
+/// and serves it on background threads until the returned session is unmounted (or dropped).
 pub fn mount(
     vol: Arc<Volume>,
     mountpoint: &Path,
     opts: &FuseOptions,
 ) -> anyhow::Result<fuser::BackgroundSession> {
-    let mountpoint = check_mountpoint(mountpoint)?;
     let mut config = fuser::Config::default();
     config.mount_options = vec![
-        MountOption::FSName(format!("tiergate:{}", vol.info().volume_id)),
+        // How a later start recognises this mount as its own after a crash.
+        MountOption::FSName(fsname(&vol.info().volume_id)),
         MountOption::Subtype("tiergate".into()),
         MountOption::DefaultPermissions,
         MountOption::NoAtime,
@@ -791,4 +1017,24 @@ pub fn mount(
         }
     }));
     Ok(session)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_lines_give_target_type_and_source() {
+        let text = "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n\
+                    95 22 0:50 / /srv/back\\040up rw,nosuid,nodev,noatime shared:60 - \
+                    fuse.tiergate tiergate:0f1e rw,user_id=0,group_id=0\n\
+                    96 22 0:51 / /mnt/x rw - fuse sshfs#h:/ rw\n";
+        let m = parse_mountinfo(text);
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[1].target, Path::new("/srv/back up"));
+        assert_eq!(m[1].fstype, "fuse.tiergate");
+        assert_eq!(m[1].source, fsname("0f1e"));
+        assert!(m[1].is_tiergate());
+        assert!(!m[0].is_tiergate() && !m[2].is_tiergate());
+    }
 }

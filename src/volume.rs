@@ -450,21 +450,47 @@ fn check_name(name: &[u8]) -> Result<()> {
 
 pub use crate::durable::{fsync_dir, write_file_durably};
 
-/// Takes an exclusive lock on the volume directory so two daemons never share a volume.
+/// Takes an exclusive lock on the volume directory so two daemons never share a volume. The
+/// holder writes its pid into the lock file, so that a refused start can name it.
 fn lock_volume(dir: &Path) -> Result<nix::fcntl::Flock<File>> {
     let path = dir.join(LOCK_FILE);
     let f = OpenOptions::new()
         .create(true)
         .truncate(false)
+        .read(true)
         .write(true)
         .open(&path)
         .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| {
-        Error::Invalid(format!(
-            "volume {} is in use by another tiergate process",
-            dir.display()
-        ))
-    })
+    let lock = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+        |(mut f, _)| {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut f, &mut text);
+            Error::Invalid(format!(
+                "volume {} is in use by another tiergate process{}",
+                dir.display(),
+                lock_holder(text.trim())
+            ))
+        },
+    )?;
+    // Advisory: a failure to record the pid costs only the name in that message.
+    let _ = lock.set_len(0).and_then(|()| {
+        use std::os::unix::fs::FileExt;
+        lock.write_all_at(format!("{}\n", std::process::id()).as_bytes(), 0)
+    });
+    Ok(lock)
+}
+
+/// ": pid N (command line)" for the pid a lock file holds, from /proc; empty if unknown.
+fn lock_holder(pid: &str) -> String {
+    let Ok(pid) = pid.parse::<u32>() else {
+        return String::new();
+    };
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    match cmdline.trim() {
+        "" => format!(" (pid {pid})"),
+        c => format!(" (pid {pid}: {c})"),
+    }
 }
 
 impl Volume {
