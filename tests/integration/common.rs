@@ -276,6 +276,27 @@ pub fn tiergate(args: &[&str], config: &Path) -> std::process::Output {
         .unwrap()
 }
 
+/// `tiergate ARGS... --config CONFIG` with `stdin` as its standard input.
+pub fn tiergate_stdin(args: &[&str], config: &Path, stdin: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tiergate"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
 /// A command's status and output, for assertion messages.
 pub fn text(o: &std::process::Output) -> String {
     format!(

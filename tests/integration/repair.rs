@@ -7,10 +7,9 @@
 //! Packs get uploaded (and evicted) deterministically by writing through the mount of a
 //! running daemon, then `tiergate sync` (and `tiergate evict`), then stopping the daemon.
 
-use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::Output;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,30 +17,10 @@ use tiergate::kv::{prefix_end, Batch, KvPair, KvStore};
 use tiergate::meta::{self, ChunkRecord, Extent, PackState};
 use tiergate::volume::{Caller, Volume, VolumeOptions};
 
-use crate::common::{random_bytes, TestVolume, PASSPHRASE};
+use crate::common::{random_bytes, tiergate_stdin as run, TestVolume, PASSPHRASE};
 
 const NEW_PASSPHRASE: &str = "a new passphrase for the volume";
 const ROOT: u64 = 1;
-
-/// `tiergate ARGS --config CONFIG`, with `stdin` as its standard input.
-fn run(args: &[&str], config: &Path, stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tiergate"))
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
 
 fn text(o: &Output) -> String {
     format!(
