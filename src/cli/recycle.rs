@@ -41,9 +41,9 @@ pub fn recycle(cmd: RecycleCmd) -> Result<()> {
                 };
                 println!(
                     "{:>10}  deleted {:>6.1} h ago  {:>14} bytes  {what}",
-                    f["ino"],
+                    f["ino"].as_u64().unwrap_or(0),
                     age as f64 / 3600.0,
-                    f["size"],
+                    f["size"].as_u64().unwrap_or(0),
                 );
             }
             Ok(())

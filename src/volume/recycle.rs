@@ -159,7 +159,11 @@ impl Volume {
             Ok(Some(d)) => d,
             Ok(None) => return None,
             Err(e) => {
-                tracing::warn!(ino, "recycle bin: path of directory {} unknown: {e}", from.0);
+                tracing::warn!(
+                    ino,
+                    "recycle bin: path of directory {} unknown: {e}",
+                    from.0
+                );
                 return None;
             }
         };
@@ -185,7 +189,9 @@ impl Volume {
         if c.is_none() {
             let mut m: HashMap<u64, u64> = HashMap::new();
             match self.recycled_records() {
-                Ok(rs) => rs.iter().for_each(|r| *m.entry(r.v.parent).or_default() += 1),
+                Ok(rs) => rs
+                    .iter()
+                    .for_each(|r| *m.entry(r.v.parent).or_default() += 1),
                 Err(e) => tracing::warn!("recycle bin: reading its records: {e}"),
             }
             *c = Some(m);
@@ -259,7 +265,10 @@ impl Volume {
     fn dir_name(&self, ino: u64, parent: u64) -> Result<Option<Vec<u8>>> {
         let known = self.recycle.names.lock().get(&ino).cloned();
         if let Some(name) = known {
-            if self.lookup_ino(parent, &name)?.is_some_and(|(i, _)| i == ino) {
+            if self
+                .lookup_ino(parent, &name)?
+                .is_some_and(|(i, _)| i == ino)
+            {
                 return Ok(Some(name));
             }
         }
@@ -529,7 +538,10 @@ impl Volume {
             done.bytes += d.attr.size;
             (r.ino, None)
         };
-        b.put(meta::dirent_key(dir, name), meta::encode_dirent(ino, r.v.kind));
+        b.put(
+            meta::dirent_key(dir, name),
+            meta::encode_dirent(ino, r.v.kind),
+        );
         b.delete(r.key.clone());
         self.count_child(r.v.parent, -1);
         Ok((ino, dir_attr))
@@ -600,8 +612,8 @@ impl Volume {
     /// Deletes one recycled entry for good; returns its size.
     fn purge_record(&self, r: RecycledRecord) -> Result<u64> {
         let RecycledRecord { key, ino, v, .. } = r;
-        self.count_child(v.parent, -1);
         let _ns = self.ns.lock();
+        self.count_child(v.parent, -1);
         let e = self.entry(ino)?;
         let size = e.data.read().attr.size;
         let mut b = Batch::default();
@@ -806,7 +818,10 @@ struct Tally {
 /// `path` without leading and trailing slashes.
 fn trim_slashes(path: &[u8]) -> &[u8] {
     let start = path.iter().position(|&c| c != b'/').unwrap_or(path.len());
-    let end = path.iter().rposition(|&c| c != b'/').map_or(start, |e| e + 1);
+    let end = path
+        .iter()
+        .rposition(|&c| c != b'/')
+        .map_or(start, |e| e + 1);
     &path[start..end.max(start)]
 }
 
@@ -842,4 +857,136 @@ pub(super) struct RecycleState {
     pub(super) children: Mutex<Option<HashMap<u64, u64>>>,
     /// Directory names seen while recording paths ([`Volume::dir_name`]).
     pub(super) names: Mutex<HashMap<u64, Vec<u8>>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::KdfParams;
+
+    const ME: Caller = Caller { uid: 0, gid: 0 };
+
+    fn volume(tmp: &tempfile::TempDir) -> Arc<Volume> {
+        let dir = tmp.path().join("vol");
+        let params = ChunkerParams {
+            min_size: 16 << 10,
+            avg_size: 64 << 10,
+            max_size: 256 << 10,
+        };
+        Volume::create(&dir, "pw", params, KdfParams::for_tests()).unwrap();
+        let vol = Volume::open(&dir, "pw", VolumeOptions::default()).unwrap();
+        vol.set_recycle_days(7);
+        vol
+    }
+
+    fn write(vol: &Volume, parent: u64, name: &str, bytes: &[u8]) -> u64 {
+        let (a, fh) = vol.create_file(parent, name.as_bytes(), 0o644, ME).unwrap();
+        vol.write(a.ino, 0, bytes).unwrap();
+        vol.release(fh).unwrap();
+        a.ino
+    }
+
+    fn read_path(vol: &Volume, path: &str) -> Vec<u8> {
+        let a = vol.resolve(path.as_bytes()).unwrap();
+        vol.read(a.ino, 0, a.inode.size as u32).unwrap().to_vec()
+    }
+
+    fn mkdir(vol: &Volume, parent: u64, name: &str) -> u64 {
+        vol.mkdir(parent, name.as_bytes(), 0o750, ME).unwrap().ino
+    }
+
+    /// A tree removed bottom up is one entry; it comes back with its directories (their
+    /// modes kept), and where one name was deleted twice the newest keeps it.
+    #[test]
+    fn a_removed_tree_is_one_entry_and_comes_back_whole() {
+        let tmp = tempfile::tempdir().unwrap();
+        let vol = volume(&tmp);
+        let a = mkdir(&vol, ROOT_INO, "a");
+        let b = mkdir(&vol, a, "b");
+        write(&vol, b, "x", b"first x");
+        vol.unlink(b, b"x").unwrap();
+        write(&vol, b, "x", b"second x");
+        write(&vol, b, "y", b"y!");
+        write(&vol, a, "z", b"zz");
+        vol.unlink(b, b"x").unwrap();
+        vol.unlink(b, b"y").unwrap();
+        vol.rmdir(a, b"b").unwrap();
+        vol.unlink(a, b"z").unwrap();
+        vol.rmdir(ROOT_INO, b"a").unwrap();
+        // Nothing recycled in it: not kept.
+        mkdir(&vol, ROOT_INO, "empty");
+        vol.rmdir(ROOT_INO, b"empty").unwrap();
+
+        let top = vol.recycle_list(false).unwrap();
+        assert_eq!(top.len(), 1, "{top:?}");
+        let t = &top[0];
+        assert_eq!((t.kind, t.path.as_str()), ("dir", "/a"));
+        assert_eq!((t.files, t.dirs, t.size), (Some(4), Some(1), 7 + 8 + 2 + 2));
+        let all = vol.recycle_list(true).unwrap();
+        let mut paths: Vec<&str> = all.iter().map(|e| e.path.as_str()).collect();
+        paths.sort();
+        assert_eq!(paths, ["/a", "/a/b", "/a/b/x", "/a/b/x", "/a/b/y", "/a/z"]);
+
+        let r = vol.recycle_restore(t.ino, None).unwrap();
+        assert_eq!(
+            (r.from.as_str(), r.path.as_str(), r.files, r.dirs, r.bytes),
+            ("/a", "/a", 4, 2, 19)
+        );
+        assert_eq!(read_path(&vol, "a/b/x"), b"second x");
+        assert_eq!(read_path(&vol, "a/b/x.restored-1"), b"first x");
+        assert_eq!(read_path(&vol, "a/b/y"), b"y!");
+        assert_eq!(read_path(&vol, "a/z"), b"zz");
+        let a = vol.resolve(b"a").unwrap();
+        assert_eq!((a.inode.perm, a.inode.nlink), (0o750, 3));
+        assert!(vol.recycle_list(true).unwrap().is_empty());
+        // Counted out again: a directory emptied later is not kept for what was restored.
+        let b = vol.resolve(b"a/b").unwrap().ino;
+        for n in ["x", "x.restored-1", "y"] {
+            vol.rename(b, n.as_bytes(), ROOT_INO, n.as_bytes(), RenameMode::Replace)
+                .unwrap();
+        }
+        vol.rmdir(a.ino, b"b").unwrap();
+        assert!(vol.recycle_list(true).unwrap().is_empty());
+    }
+
+    /// Records from before the bin kept paths: listed where their directory is now, or as
+    /// `?/name` with the directory gone, and restored into the root then.
+    #[test]
+    fn records_without_a_path_still_list_and_restore() {
+        let tmp = tempfile::tempdir().unwrap();
+        let vol = volume(&tmp);
+        let d = mkdir(&vol, ROOT_INO, "d");
+        let e = mkdir(&vol, ROOT_INO, "e");
+        let f = write(&vol, d, "f", b"ff");
+        let g = write(&vol, e, "g", b"ggg");
+        vol.unlink(d, b"f").unwrap();
+        vol.unlink(e, b"g").unwrap();
+        // Back to the first layout, and e deleted the way it was then: gone for good.
+        let mut b = Batch::default();
+        for r in vol.recycled_records().unwrap() {
+            let mut old = r.v.parent.to_le_bytes().to_vec();
+            old.extend_from_slice(&r.v.name);
+            b.put(r.key, old);
+        }
+        vol.apply(b).unwrap();
+        vol.rename(ROOT_INO, b"e", d, b"e2", RenameMode::Replace)
+            .unwrap();
+        vol.rmdir(d, b"e2").unwrap();
+        let mut b = Batch::default();
+        for r in vol.recycled_records().unwrap() {
+            if r.ino == e {
+                b.delete(r.key);
+                b.delete(meta::inode_key(e));
+            }
+        }
+        vol.apply(b).unwrap();
+        let list = vol.recycle_list(true).unwrap();
+        let by_ino = |i| list.iter().find(|r| r.ino == i).unwrap().path.clone();
+        assert_eq!(list.len(), 2, "{list:?}");
+        assert_eq!((by_ino(f), by_ino(g)), ("/d/f".into(), "?/g".into()));
+        assert_eq!(vol.recycle_restore(g, None).unwrap().path, "/g");
+        assert_eq!(read_path(&vol, "g"), b"ggg");
+        let r = vol.recycle_restore_path(b"/d/f/", None).unwrap();
+        assert_eq!((r.from.as_str(), r.path.as_str()), ("/d/f", "/d/f"));
+    }
 }
