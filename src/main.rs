@@ -491,3 +491,50 @@ fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     };
     Ok(Duration::from_secs_f64(secs))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn usage_errors_exit_with_their_own_code() {
+        let Err(e) = Cli::try_parse_from(["tiergate", "sync", "--bogus"]) else {
+            panic!("--bogus parsed");
+        };
+        assert!(e.use_stderr());
+        assert_eq!(e.exit_code(), exit::USAGE);
+        assert_ne!(exit::USAGE, exit::TIMEOUT);
+        assert_ne!(exit::USAGE, exit::PARTIAL);
+    }
+
+    /// Every command that reads a config takes it the same way, with the same help.
+    #[test]
+    fn every_config_argument_is_the_shared_one() {
+        fn walk(cmd: &clap::Command, path: &str, seen: &mut u32) {
+            for a in cmd.get_arguments().filter(|a| a.get_id() == "config") {
+                *seen += 1;
+                assert_eq!(a.get_long(), Some("config"), "{path}");
+                assert_eq!(a.get_short(), Some('c'), "{path}");
+                assert_eq!(
+                    a.get_env().and_then(|e| e.to_str()),
+                    Some(cli::CONFIG_ENV),
+                    "{path}"
+                );
+                let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+                assert!(help.starts_with("The appliance's config file"), "{path}");
+                assert!(help.contains(cli::DEFAULT_CONFIG), "{path}");
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), seen);
+            }
+        }
+        let mut seen = 0;
+        walk(&Cli::command(), "tiergate", &mut seen);
+        assert!(seen >= 20, "{seen}");
+    }
+}
