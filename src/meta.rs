@@ -701,13 +701,7 @@ mod tests {
     #[test]
     fn recycled_records_keep_the_path_and_read_the_first_layout() {
         let v = encode_recycled(7, b"c d", FileKind::Dir, b"a/b/c d");
-        let golden = [
-            &7u64.to_le_bytes()[..],
-            b"c d",
-            &[0, 1, 2],
-            b"a/b/c d",
-        ]
-        .concat();
+        let golden = [&7u64.to_le_bytes()[..], b"c d", &[0, 1, 2], b"a/b/c d"].concat();
         assert_eq!(v, golden);
         let r = decode_recycled(&v).unwrap();
         assert_eq!(

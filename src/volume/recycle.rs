@@ -414,7 +414,7 @@ impl Volume {
                 b.put(meta::inode_key(dir), pd.attr.encode());
             }
             if let Some(attr) = attr {
-                self.relink_tree(&bin, rec, placed, attr, t, &mut b, &mut done)?;
+                self.relink_tree(&bin, (rec.ino, placed, attr), t, &mut b, &mut done)?;
             }
             self.apply(b)?;
             self.kv.flush()?;
@@ -547,21 +547,19 @@ impl Volume {
         Ok((ino, dir_attr))
     }
 
-    /// Restores the tree recycled out of directory `top` (now inode `placed`) below it: each
-    /// directory's members newest first, so where two were deleted under one name (at
-    /// different times) the newest gets it and the other a suffix. Batches are applied as they
-    /// fill; `b` is left for the caller.
+    /// Restores the tree recycled out of directory `top` = (its inode in the bin, its inode
+    /// now, its attributes now) below it: each directory's members newest first, so where two
+    /// were deleted under one name (at different times) the newest gets it and the other a
+    /// suffix. Batches are applied as they fill; `b` is left for the caller.
     fn relink_tree(
         &self,
         bin: &Bin,
-        top: &RecycledRecord,
-        placed: u64,
-        attr: Inode,
+        top: (u64, u64, Inode),
         t: Timestamp,
         b: &mut Batch,
         done: &mut Tally,
     ) -> Result<()> {
-        let mut stack = vec![(top.ino, placed, attr)];
+        let mut stack = vec![top];
         let mut queued = 0usize;
         while let Some((old, new, mut attr)) = stack.pop() {
             let mut taken: HashSet<Vec<u8>> = HashSet::new();

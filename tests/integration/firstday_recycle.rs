@@ -115,7 +115,12 @@ fn list(v: &TestVolume, all: bool) -> Vec<serde_json::Value> {
 /// `tiergate recycle ARGS`, asserting success; its standard output.
 fn recycle(v: &TestVolume, args: &[&str]) -> String {
     let o = tiergate(&[&["recycle"][..], args].concat(), &v.config);
-    assert!(o.status.success(), "recycle {args:?}: {}\n{}", text(&o), v.log_tail());
+    assert!(
+        o.status.success(),
+        "recycle {args:?}: {}\n{}",
+        text(&o),
+        v.log_tail()
+    );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
@@ -162,8 +167,12 @@ fn rm_rf_tree_lists_as_one_entry_with_its_path_and_restores_as_a_tree() {
         if p == "/backups/host1" {
             continue;
         }
-        let rel = p.strip_prefix("/backups/host1/").unwrap_or_else(|| panic!("{f}"));
-        let want = tree.get(rel).unwrap_or_else(|| panic!("{p} not in the tree"));
+        let rel = p
+            .strip_prefix("/backups/host1/")
+            .unwrap_or_else(|| panic!("{f}"));
+        let want = tree
+            .get(rel)
+            .unwrap_or_else(|| panic!("{p} not in the tree"));
         assert_eq!(f["kind"] == "dir", want.is_none(), "{f}");
         assert_eq!(n(f, "in_tree"), n(e, "ino"), "{f}");
     }
@@ -212,9 +221,9 @@ fn restore_by_path_recreates_parents_and_to_puts_it_elsewhere() {
     assert_eq!(top[0]["path"], "/site", "{top:?}");
     assert_eq!(n(&top[0], "files"), 101, "{top:?}");
     let all = list(&v, true);
-    assert!(all.iter().all(|f| f["path"]
-        .as_str()
-        .is_some_and(|p| p.starts_with("/site"))));
+    assert!(all
+        .iter()
+        .all(|f| f["path"].as_str().is_some_and(|p| p.starts_with("/site"))));
 
     let out = recycle(&v, &["restore", "--path", "/site/backups/host1/"]);
     assert_eq!(
@@ -231,13 +240,22 @@ fn restore_by_path_recreates_parents_and_to_puts_it_elsewhere() {
     // A file by its path, elsewhere (parents made).
     let out = recycle(
         &v,
-        &["restore", "--path", "site/report.txt", "--to", "/restores/old report.txt"],
+        &[
+            "restore",
+            "--path",
+            "site/report.txt",
+            "--to",
+            "/restores/old report.txt",
+        ],
     );
     assert_eq!(
         out.trim(),
         "restored /site/report.txt (5000 bytes) as /restores/old report.txt"
     );
-    assert_eq!(std::fs::read(v.path("restores/old report.txt")).unwrap(), report);
+    assert_eq!(
+        std::fs::read(v.path("restores/old report.txt")).unwrap(),
+        report
+    );
     // The rest of the site: /site exists again, so beside it.
     let site = list(&v, false);
     assert_eq!(site.len(), 1, "{site:?}");
@@ -248,14 +266,27 @@ fn restore_by_path_recreates_parents_and_to_puts_it_elsewhere() {
     rm_rf(&v, "site.restored-1/backups/host2");
     let out = recycle(
         &v,
-        &["restore", "--path", "/site.restored-1/backups/host2", "--to", "/restores/h2"],
+        &[
+            "restore",
+            "--path",
+            "/site.restored-1/backups/host2",
+            "--to",
+            "/restores/h2",
+        ],
     );
     assert!(out.trim().ends_with("as /restores/h2"), "{out}");
     assert_eq!(read_tree(&v.path("restores/h2")), host2);
     // --to never replaces; a path nothing was deleted from is an error that says so.
     rm_rf(&v, "site/backups/host1/daily");
     let o = tiergate(
-        &["recycle", "restore", "--path", "/site/backups/host1/daily", "--to", "/restores/h2"],
+        &[
+            "recycle",
+            "restore",
+            "--path",
+            "/site/backups/host1/daily",
+            "--to",
+            "/restores/h2",
+        ],
         &v.config,
     );
     assert!(!o.status.success(), "{}", text(&o));
@@ -264,7 +295,8 @@ fn restore_by_path_recreates_parents_and_to_puts_it_elsewhere() {
         &v.config,
     );
     assert!(
-        !o.status.success() && text(&o).contains("nothing in the recycle bin was deleted from /no/such/thing"),
+        !o.status.success()
+            && text(&o).contains("nothing in the recycle bin was deleted from /no/such/thing"),
         "{}",
         text(&o)
     );
