@@ -989,7 +989,7 @@ pub fn mount(
     config.n_threads = Some(opts.threads);
     config.clone_fd = true;
     let fs = FuseFs::new(vol.clone(), opts.writeback_cache);
-    let session = fuser::Session::new(fs, &mountpoint, &config).map_err(|e| {
+    let session = fuser::Session::new(fs, mountpoint, &config).map_err(|e| {
         anyhow::anyhow!(
             "cannot mount at {}: {e} (is /dev/fuse present and are we root or is fusermount3 installed?)",
             mountpoint.display()
@@ -998,7 +998,7 @@ pub fn mount(
     let session = session.spawn()?;
     if opts.readahead > 0 {
         // After spawn: stat of the mountpoint is answered by the session.
-        set_kernel_readahead(&mountpoint, opts.readahead);
+        set_kernel_readahead(mountpoint, opts.readahead);
     }
     // Changes made through other front-ends reach the kernel's caches at once.
     let notifier = session.notifier();

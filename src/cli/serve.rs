@@ -404,6 +404,10 @@ pub fn serve(config: Option<&Path>, take_over: bool) -> Result<()> {
     if done.is_ok() && tiering.status().last_error.is_none() {
         tiergate::notify::status("stopping: final off-site sync (up to 10 s)");
         match tiering.sync(Some(Duration::from_secs(10))) {
+            Ok(r) if r.complete && cfg.s3.is_none() => tracing::info!(
+                consistency_point = r.consistency_point,
+                "everything is in the store (a directory on this disk: nothing is off-site)"
+            ),
             Ok(r) if r.complete => tracing::info!(
                 consistency_point = r.consistency_point,
                 "everything is off-site"
