@@ -458,7 +458,10 @@ mod tests {
             let kv = SledStore::open(&dir, 1 << 20).unwrap();
             for i in 0u64..20_000 {
                 let mut b = Batch::default();
-                b.put([b"I".as_slice(), &(i % 2000).to_be_bytes()].concat(), vec![i as u8; 90]);
+                b.put(
+                    [b"I".as_slice(), &(i % 2000).to_be_bytes()].concat(),
+                    vec![i as u8; 90],
+                );
                 b.put([b"J".as_slice(), &i.to_be_bytes()].concat(), vec![7; 300]);
                 if i >= 10 {
                     b.delete([b"J".as_slice(), &(i - 10).to_be_bytes()].concat());

@@ -67,8 +67,8 @@ use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use crate::durable::fsync_parent;
 use crate::crypto::ChunkId;
+use crate::durable::fsync_parent;
 use crate::error::{Error, Result};
 
 // =============================================================================================

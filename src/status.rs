@@ -38,6 +38,50 @@ pub struct Status {
     pub gc: Gc,
     /// Read-only snapshots of the volume (src/volume/snapshot.rs, docs/RETENTION.md#snapshots).
     pub snapshots: SnapshotStatus,
+    /// Settings in force that do not come from the config file (changed through the
+    /// management API and saved in managed.json): each with the config file's value.
+    pub overrides: Vec<Override>,
+}
+
+/// A setting whose value in force is not the config file's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Override {
+    /// The status field it shows in, e.g. `upload.limit_bps`, `cache.max_bytes`,
+    /// `space.quota_bytes`.
+    pub field: &'static str,
+    /// The value in force and the config file's, in words ("20 MiB/s", "unlimited").
+    pub value: String,
+    pub config_value: String,
+    /// Where the value in force comes from, e.g. "management API (/var/lib/.../managed.json)".
+    pub source: String,
+}
+
+/// Where the store is, seen from this machine.
+#[derive(Debug, Clone, Copy)]
+struct StoreLocation {
+    offsite: bool,
+    same_disk: bool,
+}
+
+impl StoreLocation {
+    fn of(tiering: &Tiering, volume_dir: &std::path::Path) -> StoreLocation {
+        use std::os::unix::fs::MetadataExt;
+        match tiering.store_local_dir() {
+            None => StoreLocation {
+                offsite: true,
+                same_disk: false,
+            },
+            Some(dir) => {
+                let dev = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.dev()).ok();
+                // The directory may not exist yet (made by the first upload): its parent's.
+                let store_dev = dev(&dir).or_else(|| dir.parent().and_then(dev));
+                StoreLocation {
+                    offsite: false,
+                    same_disk: store_dev.is_some() && store_dev == dev(volume_dir),
+                }
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -135,6 +179,12 @@ pub struct Space {
 #[derive(Debug, Clone, Serialize)]
 pub struct Store {
     pub description: String,
+    /// Whether the store is away from this machine (an object store). False for a directory
+    /// of this machine: uploads then copy data to it, but nothing is off-site.
+    pub offsite: bool,
+    /// The store is a directory on the same file system as the volume (the demo's default):
+    /// losing the disk loses both.
+    pub same_disk: bool,
     /// No upload error since the last success.
     pub healthy: bool,
     pub last_error: Option<String>,
@@ -192,17 +242,26 @@ pub struct Reporter {
     history: Mutex<VecDeque<Sample>>,
     /// (when, uploaded bytes, fetched bytes) at the previous sample.
     last: Mutex<(Instant, u64, u64)>,
+    location: StoreLocation,
+    overrides: Mutex<Vec<Override>>,
 }
 
 impl Reporter {
     pub fn new(vol: Arc<Volume>, tiering: Arc<Tiering>) -> Arc<Reporter> {
         Arc::new(Reporter {
-            vol,
-            tiering,
             started: Instant::now(),
             history: Mutex::new(VecDeque::with_capacity(HISTORY_LEN)),
             last: Mutex::new((Instant::now(), 0, 0)),
+            location: StoreLocation::of(&tiering, vol.dir()),
+            vol,
+            tiering,
+            overrides: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The settings in force that do not come from the config file (see [`Override`]).
+    pub fn set_overrides(&self, overrides: Vec<Override>) {
+        *self.overrides.lock() = overrides;
     }
 
     pub fn status(&self) -> Status {
@@ -297,6 +356,8 @@ impl Reporter {
             },
             store: Store {
                 description: t.store.clone(),
+                offsite: self.location.offsite,
+                same_disk: self.location.same_disk,
                 healthy: t.last_error.is_none() && t.fenced_by.is_none(),
                 last_error: t.last_error.as_ref().map(|(_, m)| m.clone()),
                 last_error_unix: t.last_error.as_ref().map(|(at, _)| unix_secs(*at)),
@@ -321,6 +382,7 @@ impl Reporter {
                 }
             },
             snapshots: self.vol.snapshot_status(),
+            overrides: self.overrides.lock().clone(),
         }
     }
 

@@ -151,13 +151,9 @@ impl Bandwidth {
     }
 
     fn describe(&self) -> String {
-        let base = match self.limit {
-            Some(l) => format!("{}/s", ByteSize(l)),
-            None => "unlimited".into(),
-        };
-        match self.schedule.len() {
-            0 => base,
-            n => format!("{base} outside {n} schedule rule(s)"),
+        match self.schedule() {
+            Ok(s) => s.describe(),
+            Err(e) => format!("invalid: {}", message(&e)),
         }
     }
 }
@@ -251,6 +247,9 @@ pub struct WebApp {
     managed: parking_lot::Mutex<Managed>,
     /// The config file's quota, in force whenever the management API has none.
     config_quota: Option<u64>,
+    /// The config file's values of the settings the management API can change, in words,
+    /// for the overrides the status shows.
+    config_values: ConfigValues,
     heartbeat: Option<Heartbeat>,
     /// `POST /api/v1/manage/verify`; None: 501 (verification runs offline).
     pub verify: Option<VerifyHook>,
@@ -260,6 +259,40 @@ pub struct WebApp {
     /// `web.tls_cert`/`web.tls_key` (None: plain HTTP) and the connection limits.
     tls: Option<TlsAcceptor>,
     limits: serve::Limits,
+}
+
+/// The config file's values of the settings the management API can change, in words.
+struct ConfigValues {
+    bandwidth: String,
+    cache_max: String,
+    quota: String,
+}
+
+impl WebApp {
+    /// The settings of `m` that override the config file, with the config's values.
+    fn overrides(&self, m: &Managed) -> Vec<status::Override> {
+        let source = format!("management API ({})", self.managed_path.display());
+        let mut out = Vec::new();
+        let mut add = |field, value: String, config_value: &String| {
+            out.push(status::Override {
+                field,
+                value,
+                config_value: config_value.clone(),
+                source: source.clone(),
+            })
+        };
+        let c = &self.config_values;
+        if let Some(b) = &m.bandwidth {
+            add("upload.limit_bps", b.describe(), &c.bandwidth);
+        }
+        if let Some(bytes) = m.cache_max_bytes {
+            add("cache.max_bytes", ByteSize(bytes).to_string(), &c.cache_max);
+        }
+        if let Some(q) = m.quota_bytes {
+            add("space.quota_bytes", ByteSize(q).to_string(), &c.quota);
+        }
+        out
+    }
 }
 
 struct Heartbeat {
@@ -286,6 +319,14 @@ impl WebApp {
         let managed_path = volume_dir.join(MANAGED_FILE);
         let managed = Managed::load(&managed_path)?;
         let t = reporter.tiering();
+        let config_values = ConfigValues {
+            bandwidth: t.limiter().schedule().describe(),
+            cache_max: ByteSize(t.status().cache_max).to_string(),
+            quota: reporter
+                .volume()
+                .quota()
+                .map_or("no quota".into(), |q| ByteSize(q).to_string()),
+        };
         if let Some(b) = &managed.bandwidth {
             t.limiter().set_schedule(b.schedule()?);
         }
@@ -308,19 +349,22 @@ impl WebApp {
                 format!("settings from the management API in force: {text}"),
             );
         }
-        Ok(Arc::new(WebApp {
+        let app = Arc::new(WebApp {
             reporter,
             token: token.map(|t| blake3::hash(t.0.as_bytes())),
             managed_path,
-            managed: parking_lot::Mutex::new(managed),
+            managed: parking_lot::Mutex::new(managed.clone()),
             config_quota,
+            config_values,
             heartbeat,
             verify: None,
             verifying: AtomicBool::new(false),
             stop_bg: watch::channel(false).0,
             tls,
             limits: cfg.limits(),
-        }))
+        });
+        app.reporter.set_overrides(app.overrides(&managed));
+        Ok(app)
     }
 
     /// The status document. Reads the metadata store: call from a blocking context.
@@ -352,6 +396,7 @@ impl WebApp {
         next.save(&self.managed_path)?;
         *m = next.clone();
         apply();
+        self.reporter.set_overrides(self.overrides(&next));
         Ok(next)
     }
 
@@ -755,6 +800,16 @@ pub fn metrics_text(s: &Status) -> String {
         "tiergate_store_healthy",
         "1 if no upload failed since the last success and the lease is ours, else 0.",
         s.store.healthy,
+    );
+    m.gauge(
+        "tiergate_store_offsite",
+        "1 if the store is away from this machine (an object store); 0 for a local directory.",
+        s.store.offsite,
+    );
+    m.gauge(
+        "tiergate_settings_overridden",
+        "Settings in force that come from the management API rather than the config file.",
+        s.overrides.len() as u64,
     );
     m.gauge(
         "tiergate_frontend_open_handles",
@@ -1716,6 +1771,8 @@ mod tests {
             },
             store: Store {
                 description: "local".into(),
+                offsite: true,
+                same_disk: false,
                 healthy: false,
                 last_error: Some("boom".into()),
                 last_error_unix: Some(1),
@@ -1744,6 +1801,7 @@ mod tests {
                 every_minutes: 60,
                 last_error: None,
             },
+            overrides: Vec::new(),
         }
     }
 
@@ -1772,12 +1830,14 @@ mod tests {
         assert_eq!(samples["tiergate_upload_limit_bytes_per_second"], 1048576.0);
         assert_eq!(samples["tiergate_dedup_ratio"], 1.5);
         assert_eq!(samples["tiergate_store_healthy"], 0.0);
+        assert_eq!(samples["tiergate_store_offsite"], 1.0);
+        assert_eq!(samples["tiergate_settings_overridden"], 0.0);
         assert_eq!(samples["tiergate_offsite_recoverable"], 1.0);
         assert_eq!(
             samples["tiergate_build_info{version=\"1.2.3-\\\"x\\\"\"}"],
             1.0
         );
-        assert_eq!(typed.len(), 37);
+        assert_eq!(typed.len(), 39);
         assert_eq!(samples["tiergate_quota_bytes"], 0.0);
         assert_eq!(samples["tiergate_gc_packs_waiting"], 1.0);
         assert_eq!(samples["tiergate_gc_packs_waiting_retention"], 0.0);

@@ -189,6 +189,10 @@ impl Backend for LocalDir {
         format!("dir {}", self.root.display())
     }
 
+    fn local_dir(&self) -> Option<&std::path::Path> {
+        Some(&self.root)
+    }
+
     async fn put(&self, key: &str, data: Bytes) -> BResult<PutReceipt> {
         check_key(key)?;
         let key = key.to_owned();

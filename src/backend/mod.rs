@@ -109,6 +109,12 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// Where objects go, for messages: `s3://bucket/prefix at https://endpoint`, `dir /path`.
     fn describe(&self) -> String;
 
+    /// The directory objects go to when the store is a directory of this machine (the local
+    /// backend), so the status can say that nothing in it is off-site.
+    fn local_dir(&self) -> Option<&std::path::Path> {
+        None
+    }
+
     /// Stores `data` as `key` in one request, replacing any object of that name, and returns
     /// only once the store confirmed exactly these bytes.
     async fn put(&self, key: &str, data: Bytes) -> BResult<PutReceipt>;

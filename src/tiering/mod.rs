@@ -371,6 +371,11 @@ impl Tiering {
         self.handle.clone()
     }
 
+    /// The store's directory when it is a directory of this machine ([`Backend::local_dir`]).
+    pub fn store_local_dir(&self) -> Option<std::path::PathBuf> {
+        self.backend.local_dir().map(|p| p.to_path_buf())
+    }
+
     pub fn limiter(&self) -> &RateLimiter {
         &self.limiter
     }

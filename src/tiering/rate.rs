@@ -226,6 +226,19 @@ impl Schedule {
         })
     }
 
+    /// The schedule in words, as the status shows it: "20 MiB/s", "unlimited outside 2
+    /// schedule rule(s)".
+    pub fn describe(&self) -> String {
+        let base = match self.default_limit {
+            Some(l) => format!("{}/s", crate::config::ByteSize(l)),
+            None => "unlimited".into(),
+        };
+        match self.rules.len() {
+            0 => base,
+            n => format!("{base} outside {n} schedule rule(s)"),
+        }
+    }
+
     /// No limit at any time.
     pub fn unlimited() -> Schedule {
         Schedule {
@@ -363,6 +376,11 @@ impl RateLimiter {
     pub fn set_schedule(&self, s: Schedule) {
         *self.schedule.lock() = s;
         self.changed.notify_waiters();
+    }
+
+    /// The schedule in force.
+    pub fn schedule(&self) -> Schedule {
+        self.schedule.lock().clone()
     }
 
     /// Bytes per second allowed now; None = unlimited.

@@ -133,6 +133,10 @@ fn s3_write_sync_evict_and_read_back_through_both_front_ends() {
 
     let out = sync_ok(&v, "300");
     assert!(out.contains("off-site"), "{out}");
+    // An object store is off-site (a local directory store is not: web.rs).
+    let report = tiergate::control::call(&v.vol_dir(), "report").unwrap();
+    assert_eq!(report["store"]["offsite"], true, "{}", report["store"]);
+    assert_eq!(report["store"]["same_disk"], false, "{}", report["store"]);
     let st = status(&v);
     assert_eq!(num(&st, "queued_bytes"), 0, "{st}");
     assert_eq!(num(&st, "upload_failures"), 0, "{st}");

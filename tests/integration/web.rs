@@ -201,6 +201,7 @@ fn has_type(v: &Value, ty: &str) -> bool {
         "boolean" => v.is_boolean(),
         "string" => v.is_string(),
         "null" => v.is_null(),
+        "array" => v.is_array(),
         other => panic!("unknown type {other:?} in docs/STATUS.md"),
     };
     ty.split(" or ").any(one)
@@ -359,6 +360,10 @@ fn web_status_document_metrics_and_health() {
     assert_eq!(s["schema"], 1);
     assert_eq!(s["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(s["volume"]["path"], v.vol_dir().display().to_string());
+    // The default store is a directory inside the volume: in the store, but not off-site.
+    assert_eq!(s["store"]["offsite"], false, "{}", s["store"]);
+    assert_eq!(s["store"]["same_disk"], true, "{}", s["store"]);
+    assert_eq!(s["overrides"], serde_json::json!([]));
     let sp = &s["space"];
     assert!(
         sp["logical_bytes"].as_u64().unwrap() >= 2 * data.len() as u64,
@@ -667,6 +672,32 @@ fn web_management_api_needs_the_token_and_changes_survive_a_restart() {
     assert_eq!(s["upload"]["limit_bps"], 4 << 20);
     assert_eq!(s["cache"]["max_bytes"], 256 << 20);
     assert_eq!(s["space"]["quota_bytes"], 1 << 30);
+    // Each override is shown with the config file's value it replaces.
+    let overrides: BTreeMap<String, Value> = s["overrides"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| (o["field"].as_str().unwrap().to_string(), o.clone()))
+        .collect();
+    assert_eq!(overrides.len(), 3, "{overrides:?}");
+    let quota = &overrides["space.quota_bytes"];
+    assert_eq!(quota["value"], "1 GiB", "{quota}");
+    assert_eq!(quota["config_value"], "no quota", "{quota}");
+    assert!(
+        quota["source"].as_str().unwrap().contains("managed.json"),
+        "{quota}"
+    );
+    assert_eq!(
+        overrides["upload.limit_bps"]["config_value"], "unlimited",
+        "{overrides:?}"
+    );
+    assert_eq!(overrides["cache.max_bytes"]["value"], "256 MiB");
+    assert!(
+        w.get("/metrics")
+            .text()
+            .contains("\ntiergate_settings_overridden 3\n"),
+        "metrics"
+    );
     assert!(
         w.events().iter().any(|e| e.contains("management API")),
         "{:?}",
