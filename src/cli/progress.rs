@@ -175,11 +175,8 @@ fn show_sync(volume_dir: &std::path::Path, terminal: bool, stopped: &mpsc::Recei
     let mut samples: VecDeque<(Instant, u64)> = VecDeque::new();
     let mut last_line = Instant::now();
     let mut wait = Duration::ZERO;
-    loop {
-        match stopped.recv_timeout(wait) {
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            _ => break,
-        }
+    // Until told to stop (or the sender is gone): the first poll at once, then every second.
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(wait) {
         wait = Duration::from_secs(1);
         let Ok(s) = tiergate::control::call(volume_dir, "status") else {
             continue;
