@@ -180,7 +180,8 @@ if "$binary" completions bash >"$work/tiergate.bash" 2>/dev/null &&
         "$rootfs/usr/share/bash-completion/completions/tiergate"
     mkdir -p "$rootfs/usr/share/man/man1"
     for page in "$work"/man1/*.1; do
-        gzip -9n <"$page" >"$rootfs/usr/share/man/man1/$(basename "$page").gz"
+        gz=$rootfs/usr/share/man/man1/${page##*/}.gz
+        gzip -9n <"$page" >"$gz"
     done
     rm -rf "$work/man1" "$work/tiergate.bash"
 else

@@ -73,6 +73,7 @@ else
 fi
 
 # qemu-system-x86 and qemu-utils: one origin, one version (scripts/lib.sh).
+# shellcheck disable=SC2016 # $1 is the inner shell's
 if ! "${sudo[@]}" bash -c '. "$1/lib.sh" && install_qemu' install_qemu "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"; then
     note "could not install qemu-system-x86 and qemu-utils at one version" >&2
     exit 1
