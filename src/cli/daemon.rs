@@ -106,6 +106,23 @@ pub fn status(path: &Path, json: bool) -> Result<()> {
     let u = |sec: &str, k: &str| r[sec][k].as_u64().unwrap_or(0);
     let f = |sec: &str, k: &str| r[sec][k].as_f64().unwrap_or(0.0);
     let rate = |bps: f64| format!("{:.1} MiB/s", bps / (1 << 20) as f64);
+    // A setting the management API changed, after its value: where it comes from and what the
+    // config file says (it no longer rules after a restart).
+    let overridden = |field: &str| -> String {
+        r["overrides"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|o| o["field"] == field)
+            .map_or(String::new(), |o| {
+                format!(
+                    " [set through the {}; the config file says {}]",
+                    o["source"].as_str().unwrap_or("management API"),
+                    o["config_value"].as_str().unwrap_or("?")
+                )
+            })
+    };
+    let offsite_store = r["store"]["offsite"].as_bool() != Some(false);
     println!(
         "volume:             {} (tiergate {}, up {} s)",
         r["volume"]["id"].as_str().unwrap_or("?"),
@@ -113,8 +130,13 @@ pub fn status(path: &Path, json: bool) -> Result<()> {
         r["uptime_s"]
     );
     println!(
-        "store:              {}",
-        r["store"]["description"].as_str().unwrap_or("?")
+        "store:              {}{}",
+        r["store"]["description"].as_str().unwrap_or("?"),
+        match (offsite_store, r["store"]["same_disk"].as_bool()) {
+            (true, _) => "",
+            (false, Some(true)) => " (a directory on this appliance's own disk: NOT off-site)",
+            (false, _) => " (a directory of this machine: NOT off-site)",
+        }
     );
     if let Some(h) = r["store"]["lease_held_by"].as_str() {
         println!("LEASE HELD BY:      {h}: nothing is uploaded from here");
@@ -127,6 +149,11 @@ pub fn status(path: &Path, json: bool) -> Result<()> {
         "off-site:           {}",
         if r["offsite"]["recoverable"].as_bool() != Some(true) {
             "not yet recoverable from the bucket (no checkpoint off-site yet)".to_string()
+        } else if pending == 0 && !offsite_store {
+            format!(
+                "nothing is: everything is in the store (consistency point {cp}), but the store \
+                 is on this machine; configure [s3] to protect against its loss"
+            )
         } else if pending == 0 {
             format!("everything is off-site (consistency point {cp})")
         } else {
@@ -137,15 +164,16 @@ pub fn status(path: &Path, json: bool) -> Result<()> {
         }
     );
     println!(
-        "cache:              {} of {} used ({:.1}%); dirty {} ({:.1}%)",
+        "cache:              {} of {}{} used ({:.1}%); dirty {} ({:.1}%)",
         mib(u("cache", "used_bytes")),
         mib(u("cache", "max_bytes")),
+        overridden("cache.max_bytes"),
         f("cache", "used_percent"),
         mib(u("cache", "dirty_bytes")),
         f("cache", "dirty_percent")
     );
     println!(
-        "uploads:            {} queued in {} packs; {} uploaded; now {}, average {}; limit {}",
+        "uploads:            {} queued in {} packs; {} uploaded; now {}, average {}; limit {}{}",
         mib(u("upload", "queued_bytes")),
         u("upload", "queued_packs"),
         mib(u("upload", "uploaded_bytes")),
@@ -154,7 +182,8 @@ pub fn status(path: &Path, json: bool) -> Result<()> {
         match r["upload"]["limit_bps"].as_u64() {
             Some(l) => rate(l as f64),
             None => "unlimited".into(),
-        }
+        },
+        overridden("upload.limit_bps")
     );
     println!(
         "fetches:            {} in {} GET requests; now {}",
@@ -171,9 +200,10 @@ pub fn status(path: &Path, json: bool) -> Result<()> {
     );
     if let Some(q) = r["space"]["quota_bytes"].as_u64() {
         println!(
-            "quota:              {} of {} used ({:.1}%){}",
+            "quota:              {} of {}{} used ({:.1}%){}",
             mib(u("space", "quota_used_bytes")),
             mib(q),
+            overridden("space.quota_bytes"),
             f("space", "quota_used_percent"),
             if r["space"]["quota_warning"] == true {
                 "  WARNING: above the soft threshold"

@@ -692,6 +692,19 @@ fn web_management_api_needs_the_token_and_changes_survive_a_restart() {
         "{overrides:?}"
     );
     assert_eq!(overrides["cache.max_bytes"]["value"], "256 MiB");
+    // `tiergate status` shows them next to the values, and that the store is not off-site.
+    let o = tiergate(&["status"], &v);
+    let shown = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(o.status.success(), "{shown}");
+    for needle in [
+        "1024.0 MiB [set through the management API (",
+        "managed.json); the config file says no quota]",
+        "limit 4.0 MiB/s [set through the management API",
+        "the config file says unlimited]",
+        "(a directory on this appliance's own disk: NOT off-site)",
+    ] {
+        assert!(shown.contains(needle), "{needle:?} not in:\n{shown}");
+    }
     assert!(
         w.get("/metrics")
             .text()
