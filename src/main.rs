@@ -79,6 +79,16 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Rewrite the local metadata store into a fresh copy that holds only its live records
+    /// (offline: the daemon must be stopped). `serve` does this by itself at start once the
+    /// store has doubled since the last compaction (docs/OPERATIONS.md, local metadata).
+    Compact {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check the object store of a config (the `[s3]` bucket, or the local backend
     /// directory): reachable, credentials, bucket, write/read/list/delete, object lock.
     Probe {
@@ -376,6 +386,7 @@ fn main() {
         } => recover(&config, accept_older),
         Cmd::Status { config, json } => status(&config, json),
         Cmd::Stats { config, json } => stats(&config, json),
+        Cmd::Compact { config, json } => compact(&config, json),
         Cmd::Probe { config, json } => probe(&config, json),
         Cmd::User { cmd } => user(cmd),
         Cmd::Sync {

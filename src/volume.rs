@@ -546,6 +546,17 @@ impl Volume {
         dir.join(VOLUME_FILE).exists()
     }
 
+    /// Compacts the metadata store of the volume in `dir` now (the daemon stopped: this takes
+    /// the volume's lock), whatever its size; [`Volume::open`] does it by itself once the store
+    /// has doubled. Needs no passphrase: the records are copied as they are.
+    pub fn compact_metadata(dir: &Path) -> Result<crate::kv::CompactReport> {
+        if !Volume::exists(dir) {
+            return Err(Error::Invalid(format!("{} holds no volume", dir.display())));
+        }
+        let _lock = lock_volume(dir)?;
+        crate::kv::compact(&dir.join(META_DIR), 64 << 20)
+    }
+
     /// Opens a volume: checks the passphrase before touching anything, then recovers packs
     /// left open by a crash and finishes deletions that were under way.
     pub fn open(dir: &Path, passphrase: &str, opts: VolumeOptions) -> Result<Arc<Volume>> {

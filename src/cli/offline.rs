@@ -65,6 +65,31 @@ pub fn stats(path: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// `tiergate compact`: the metadata store rewritten with only its live records.
+pub fn compact(path: &Path, json: bool) -> Result<()> {
+    let cfg = Config::load(path)?;
+    let r = tiergate::volume::Volume::compact_metadata(&cfg.volume.path)
+        .with_context(|| format!("compacting the metadata of {}", cfg.volume.path.display()))?;
+    if json {
+        let v = serde_json::json!({
+            "records": r.records,
+            "bytes_before": r.bytes_before,
+            "bytes_after": r.bytes_after,
+            "seconds": r.elapsed.as_secs_f64(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "metadata store compacted: {} records, {} -> {} in {:.1} s",
+        r.records,
+        human_bytes(r.bytes_before),
+        human_bytes(r.bytes_after),
+        r.elapsed.as_secs_f64()
+    );
+    Ok(())
+}
+
 /// `tiergate probe`: prints each step with its time; exit status 1 and the failure class with
 /// what to fix if a step fails.
 pub fn probe(path: &Path, json: bool) -> Result<()> {
