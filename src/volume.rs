@@ -2922,16 +2922,43 @@ impl Volume {
 
     /// The directory that holds the last name of `path`, and that name.
     pub fn resolve_parent(&self, path: &[u8]) -> Result<(u64, Vec<u8>)> {
+        self.walk_to_parent(path, None)
+    }
+
+    /// The directory that holds the last name of `path` (from the root), and that name. With
+    /// `create`, directories missing on the way are made as `mkdir -p` would (mode 0755, as
+    /// that caller); without, a missing one is `NotFound`.
+    pub(crate) fn walk_to_parent(
+        &self,
+        path: &[u8],
+        create: Option<Caller>,
+    ) -> Result<(u64, Vec<u8>)> {
         let segs: Vec<&[u8]> = path
             .split(|&c| c == b'/')
             .filter(|s| !s.is_empty())
             .collect();
         let (name, dirs) = segs
             .split_last()
-            .ok_or_else(|| Error::Invalid("the root itself cannot be replaced".into()))?;
+            .ok_or_else(|| Error::Invalid("the root itself has no parent directory".into()))?;
         let mut ino = ROOT_INO;
         for d in dirs {
-            let a = self.lookup(ino, d)?;
+            let a = match (self.lookup(ino, d), create) {
+                (Err(Error::NotFound), Some(who)) => match self.mkdir(ino, d, 0o755, who) {
+                    Err(Error::Exists) => self.lookup(ino, d)?,
+                    r => {
+                        // The mount may remember the name as missing.
+                        self.changed(&[
+                            Changed::Entry {
+                                parent: ino,
+                                name: d.to_vec(),
+                            },
+                            Changed::Inode(ino),
+                        ]);
+                        r?
+                    }
+                },
+                (r, _) => r?,
+            };
             if a.inode.kind != FileKind::Dir {
                 return Err(Error::NotDir);
             }

@@ -455,44 +455,12 @@ impl Volume {
     /// The directory that `path` (from the root) names the last element of, created with its
     /// missing parents as `mkdir -p` would (mode 0755, owned like the root); and that name.
     fn make_parents(&self, path: &[u8]) -> Result<(u64, Vec<u8>)> {
-        let segs: Vec<&[u8]> = path
-            .split(|&c| c == b'/')
-            .filter(|s| !s.is_empty())
-            .collect();
-        let (name, dirs) = segs
-            .split_last()
-            .ok_or_else(|| Error::Invalid("the root itself cannot be restored over".into()))?;
         let root = self.getattr(ROOT_INO)?.inode;
         let who = Caller {
             uid: root.uid,
             gid: root.gid,
         };
-        let mut ino = ROOT_INO;
-        for d in dirs {
-            let a = match self.lookup(ino, d) {
-                Ok(a) => a,
-                Err(Error::NotFound) => match self.mkdir(ino, d, 0o755, who) {
-                    Err(Error::Exists) => self.lookup(ino, d)?,
-                    r => {
-                        // The mount may remember the name as missing.
-                        self.changed(&[
-                            Changed::Entry {
-                                parent: ino,
-                                name: d.to_vec(),
-                            },
-                            Changed::Inode(ino),
-                        ]);
-                        r?
-                    }
-                },
-                Err(e) => return Err(e),
-            };
-            if a.inode.kind != FileKind::Dir {
-                return Err(Error::NotDir);
-            }
-            ino = a.ino;
-        }
-        Ok((ino, name.to_vec()))
+        self.walk_to_parent(path, Some(who))
     }
 
     /// Inside batch `b`: gives recycled `r` the name `name` in directory `dir` and takes it out
