@@ -51,6 +51,8 @@ use crate::pack::{self, BlobLocation, PackWriter};
 mod gc;
 mod recycle;
 mod snapshot;
+#[cfg(test)]
+mod testutil;
 pub use gc::{CorePass, GcPolicy};
 pub use recycle::{RecycleStats, Recycled};
 pub use snapshot::{

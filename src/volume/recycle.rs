@@ -829,8 +829,7 @@ pub(super) struct RecycleState {
 mod tests {
     use super::*;
     use crate::crypto::KdfParams;
-
-    const ME: Caller = Caller { uid: 0, gid: 0 };
+    use crate::volume::testutil::{read_path, write, ME};
 
     fn volume(tmp: &tempfile::TempDir) -> Arc<Volume> {
         let dir = tmp.path().join("vol");
@@ -843,18 +842,6 @@ mod tests {
         let vol = Volume::open(&dir, "pw", VolumeOptions::default()).unwrap();
         vol.set_recycle_days(7);
         vol
-    }
-
-    fn write(vol: &Volume, parent: u64, name: &str, bytes: &[u8]) -> u64 {
-        let (a, fh) = vol.create_file(parent, name.as_bytes(), 0o644, ME).unwrap();
-        vol.write(a.ino, 0, bytes).unwrap();
-        vol.release(fh).unwrap();
-        a.ino
-    }
-
-    fn read_path(vol: &Volume, path: &str) -> Vec<u8> {
-        let a = vol.resolve(path.as_bytes()).unwrap();
-        vol.read(a.ino, 0, a.inode.size as u32).unwrap().to_vec()
     }
 
     fn mkdir(vol: &Volume, parent: u64, name: &str) -> u64 {

@@ -573,9 +573,9 @@ impl CopyPage {
 mod tests {
     use super::*;
     use crate::crypto::KdfParams;
+    use crate::volume::testutil::{read_path, write, ME};
 
     const DAY: u64 = 86400;
-    const ME: Caller = Caller { uid: 0, gid: 0 };
 
     fn data(seed: u64, len: usize) -> Vec<u8> {
         use rand::{RngCore, SeedableRng};
@@ -595,18 +595,6 @@ mod tests {
             Volume::create(&dir, "pw", params, KdfParams::for_tests()).unwrap();
         }
         Volume::open(&dir, "pw", VolumeOptions::default()).unwrap()
-    }
-
-    fn write(vol: &Volume, parent: u64, name: &str, bytes: &[u8]) -> u64 {
-        let (a, fh) = vol.create_file(parent, name.as_bytes(), 0o644, ME).unwrap();
-        vol.write(a.ino, 0, bytes).unwrap();
-        vol.release(fh).unwrap();
-        a.ino
-    }
-
-    fn read_path(vol: &Volume, path: &str) -> Vec<u8> {
-        let a = vol.resolve(path.as_bytes()).unwrap();
-        vol.read(a.ino, 0, a.inode.size as u32).unwrap().to_vec()
     }
 
     /// Every chunk record's count equals the extents naming it; no extent names a chunk the

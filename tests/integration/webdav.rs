@@ -7,8 +7,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rand::{RngCore, SeedableRng};
@@ -528,20 +527,6 @@ fn webdav_interrupted_put_leaves_nothing() {
     assert!(left.is_empty(), "staging files left: {left:?}");
 }
 
-fn run_tiergate(args: &[&str], config: &Path, stdin: &str) -> std::process::Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_tiergate"))
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    c.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    c.wait_with_output().unwrap()
-}
-
 /// Basic auth against the users file: 401 without (or with wrong) credentials, and nothing
 /// touched; a non-loopback share without users refuses to start.
 #[test]
@@ -553,13 +538,13 @@ fn webdav_auth_required_gives_401_and_touches_nothing() {
         .unwrap()
         .replace("require_auth = true", "listen = \"0.0.0.0:0\"");
     std::fs::write(&open, cfg).unwrap();
-    let out = run_tiergate(&["serve"], &open, "");
+    let out = crate::common::tiergate_stdin(&["serve"], &open, "");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("requires authentication"), "{err}");
     assert!(err.contains("tiergate user add"), "{err}");
 
-    let out = run_tiergate(&["user", "add", "alice"], &v.config, "wonderland\n");
+    let out = crate::common::tiergate_stdin(&["user", "add", "alice"], &v.config, "wonderland\n");
     assert!(out.status.success(), "{out:?}");
     let users = std::fs::read_to_string(v.dir.path().join("webdav-users")).unwrap();
     assert!(users.contains("alice:$argon2id$") && !users.contains("wonderland"));
@@ -583,7 +568,7 @@ fn webdav_auth_required_gives_401_and_touches_nothing() {
     assert_eq!(d.put("/secret", b"data").status, 201);
     assert_eq!(std::fs::read(v.path("secret")).unwrap(), b"data");
     // Removing the user takes effect without a restart.
-    let out = run_tiergate(&["user", "del", "alice"], &v.config, "");
+    let out = crate::common::tiergate_stdin(&["user", "del", "alice"], &v.config, "");
     assert!(out.status.success(), "{out:?}");
     assert_eq!(d.get("/secret").status, 401);
 }
