@@ -105,18 +105,6 @@ pub fn load_tls(section: &str, cert: &Path, key: &Path) -> Result<TlsAcceptor> {
     Ok(TlsAcceptor::from(Arc::new(cfg)))
 }
 
-/// Binds `addr` (port 0: any free port); returns the listener and the address bound. `key`
-/// names the config key in errors.
-pub async fn bind(addr: SocketAddr, key: &str) -> Result<(TcpListener, SocketAddr)> {
-    let l = TcpListener::bind(addr)
-        .await
-        .map_err(|e| Error::io(format!("binding {key} = {addr}"), e))?;
-    let bound = l
-        .local_addr()
-        .map_err(|e| Error::io(format!("{key}: local address"), e))?;
-    Ok((l, bound))
-}
-
 // ------------------------------------------------------------------------ admission
 
 /// The source a per-IP limit counts: an IPv4 address, or the /64 of an IPv6 one.

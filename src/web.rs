@@ -1376,12 +1376,6 @@ fn sync_json(r: &SyncReport) -> serde_json::Value {
 
 // ------------------------------------------------------------------------ serving
 
-/// Binds the status server's address (port 0: any free port) and returns the listener and
-/// the address actually bound.
-pub async fn bind(cfg: &WebConfig) -> Result<(TcpListener, SocketAddr)> {
-    serve::bind(cfg.listen, "web.listen").await
-}
-
 /// Serves until `stop` turns true (or its sender goes away), over TLS when `web.tls_cert` is
 /// set, under the `[web]` connection limits ([`serve::serve`]).
 pub async fn run(listener: TcpListener, app: Arc<WebApp>, stop: watch::Receiver<bool>) {
@@ -1916,7 +1910,10 @@ mod tests {
         let reporter = Reporter::new(vol.clone(), tiering.clone());
         let app = WebApp::new(reporter, &cfg.web, &vol_dir).unwrap();
         let rt = tiering.handle();
-        let (listener, addr) = rt.block_on(bind(&cfg.web)).unwrap();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind(cfg.web.listen))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
         let (stop, stopped) = watch::channel(false);
         rt.spawn(run(listener, app.clone(), stopped));
         spawn_background(&app, &rt);

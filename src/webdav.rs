@@ -37,7 +37,6 @@ use dav_server::ls::{DavLock, DavLockSystem, LsFuture};
 use dav_server::{DavConfig, DavHandler};
 use futures_util::FutureExt;
 use http::{Request, Response, StatusCode};
-use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::auth::{self, Gate, Users};
@@ -1990,12 +1989,6 @@ impl Share {
             }
         }
     }
-}
-
-/// Binds the share's address (port 0: any free port) and returns the listener and the
-/// address actually bound.
-pub async fn bind(cfg: &WebdavConfig) -> Result<(TcpListener, SocketAddr)> {
-    crate::serve::bind(cfg.listen, "webdav.listen").await
 }
 
 #[cfg(test)]
