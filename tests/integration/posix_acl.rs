@@ -1,0 +1,1 @@
+//! Issue-22 filesystem fidelity tests (see docs/SEMANTICS.md).
