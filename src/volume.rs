@@ -3075,7 +3075,7 @@ impl Volume {
         if logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
             *logged = Some(Instant::now());
             tracing::warn!("{msg}");
-            crate::status::event("warning", msg.clone());
+            crate::events::record("warning", msg.clone());
         }
         Err(Error::NoSpace(msg))
     }

@@ -23,7 +23,7 @@
 //! running daemon never disagree and a change that could not be saved is not applied. At start
 //! [`WebApp::new`] re-applies the file: settings changed at run time survive restarts and
 //! override the config file (delete the file, daemon stopped, to return to the config's
-//! values). Each change is logged and recorded as a [`status::event`].
+//! values). Each change is logged and recorded as a [`crate::events::record`].
 //!
 //! ## Heartbeat
 //! With `web.heartbeat_url`, the status document is POSTed there at start and then every
@@ -344,7 +344,7 @@ impl WebApp {
                 "settings changed through the management API override the config ({}): {text}",
                 managed_path.display()
             );
-            status::event(
+            crate::events::record(
                 "info",
                 format!("settings from the management API in force: {text}"),
             );
@@ -925,7 +925,7 @@ pub fn router(app: Arc<WebApp>) -> Router {
         )
         .route(
             "/api/v1/manage/events",
-            reading_manage(|_| async { json_resp(StatusCode::OK, &status::recent_events()) }),
+            reading_manage(|_| async { json_resp(StatusCode::OK, &crate::events::recent()) }),
         )
         .route(
             "/api/v1/manage/bandwidth",
@@ -1073,7 +1073,7 @@ impl WebApp {
                 None => internal(),
             },
             Page::History => json_resp(StatusCode::OK, &self.reporter.history()),
-            Page::Events => json_resp(StatusCode::OK, &status::recent_events()),
+            Page::Events => json_resp(StatusCode::OK, &crate::events::recent()),
             Page::Metrics => match self.status_async().await {
                 Some(s) => respond(
                     StatusCode::OK,
@@ -1117,7 +1117,7 @@ impl WebApp {
         match r {
             Ok(Ok(_)) => {
                 tracing::info!(%peer, "management API: {what}");
-                status::event("info", format!("management API: {what}"));
+                crate::events::record("info", format!("management API: {what}"));
                 Ok(())
             }
             Ok(Err(e)) => {
@@ -1305,7 +1305,7 @@ impl WebApp {
         } else {
             "timed out with data not yet off-site"
         };
-        status::event(
+        crate::events::record(
             if r.complete { "info" } else { "warning" },
             format!(
                 "management API: sync of {} pack(s), {}: {outcome}",
@@ -1328,16 +1328,16 @@ impl WebApp {
             return api_error(StatusCode::CONFLICT, "a verification is already running");
         }
         tracing::info!(%peer, "management API: verify");
-        status::event("info", "management API: verification started");
+        crate::events::record("info", "management API: verification started");
         let r = tokio::task::spawn_blocking(move || hook()).await;
         self.verifying.store(false, Ordering::SeqCst);
         match r {
             Ok(Ok(v)) => {
-                status::event("info", "management API: verification finished");
+                crate::events::record("info", "management API: verification finished");
                 json_resp(StatusCode::OK, &v)
             }
             Ok(Err(e)) => {
-                status::event("error", format!("management API: verification failed: {e}"));
+                crate::events::record("error", format!("management API: verification failed: {e}"));
                 api_error(error_status(&e), format!("verify: {e}"))
             }
             Err(_) => internal(),
@@ -1547,7 +1547,7 @@ async fn heartbeat_loop(app: Arc<WebApp>, mut stop: watch::Receiver<bool>) {
                         hb.shown
                     );
                     tracing::info!("{m}");
-                    status::event("info", m);
+                    crate::events::record("info", m);
                 }
                 failures = 0;
                 hb.interval
@@ -1557,7 +1557,7 @@ async fn heartbeat_loop(app: Arc<WebApp>, mut stop: watch::Receiver<bool>) {
                 if failures == 1 {
                     let m = format!("heartbeat to {} failed: {e}", hb.shown);
                     tracing::warn!("{m}; retrying with backoff");
-                    status::event("warning", m);
+                    crate::events::record("warning", m);
                 } else {
                     tracing::debug!(failures, "heartbeat to {} failed: {e}", hb.shown);
                 }

@@ -39,7 +39,6 @@ use bytes::Bytes;
 pub mod local;
 pub mod s3;
 
-pub use s3::utc_date;
 
 /// Result of a backend operation.
 pub type BResult<T> = std::result::Result<T, BackendError>;

@@ -584,13 +584,6 @@ impl S3Backend {
     }
 }
 
-/// A Unix time as S3 writes dates (`2026-12-09T19:44:07Z`), for messages about retention.
-pub fn utc_date(unix: u64) -> String {
-    aws_sdk_s3::primitives::DateTime::from_secs(unix as i64)
-        .fmt(aws_sdk_s3::primitives::DateTimeFormat::DateTime)
-        .unwrap_or_else(|_| format!("@{unix}"))
-}
-
 fn b64(digest: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(digest)
@@ -1057,7 +1050,6 @@ mod tests {
         assert!(b.lock_for("lease").is_none());
         assert!(b.lock_for("probe/1-2").is_none());
         assert_eq!(b.retention().unwrap().days, 30);
-        assert_eq!(utc_date(1_795_848_708), "2026-11-28T06:51:48Z");
     }
 
     #[test]

@@ -285,7 +285,7 @@ pub fn gc(path: &Path, json: bool) -> Result<()> {
     if u("waiting_retention") + u("meta_waiting_retention") > 0 {
         let until = r["retention_until_unix"]
             .as_u64()
-            .map(|t| format!(", the first until {}", tiergate::backend::utc_date(t)))
+            .map(|t| format!(", the first until {}", tiergate::clock::utc_date(t)))
             .unwrap_or_default();
         println!(
             "under Object Lock retention: {} packs and {} metadata objects{until}",

@@ -117,7 +117,7 @@ pub fn duration_text(d: Duration) -> String {
 
 /// A Unix time as "2026-12-03 07:00:00Z".
 pub fn utc_time(unix: u64) -> String {
-    tiergate::backend::utc_date(unix).replacen('T', " ", 1)
+    tiergate::clock::utc_date(unix).replacen('T', " ", 1)
 }
 
 /// The snapshot schedule in words (`[snapshots] interval_minutes`; 0: none).

@@ -516,7 +516,7 @@ fn start_tiering(vol: &Arc<Volume>, cfg: &Config, take_over: bool) -> Result<Arc
                 // Not a reason to refuse the start, but an operator must see it: in the log
                 // and among the status page's events (the management API's too).
                 let msg = format!("store probe failed; uploads are retried until it works: {e}");
-                tiergate::status::event("error", msg.clone());
+                tiergate::events::record("error", msg.clone());
                 tracing::error!("{msg}");
             }
         }

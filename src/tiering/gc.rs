@@ -163,12 +163,12 @@ impl Tiering {
                 Some(t) => format!(
                     "{msg} ({} under Object Lock retention, the first until {})",
                     rep.waiting_retention,
-                    crate::backend::utc_date(t)
+                    crate::clock::utc_date(t)
                 ),
                 None => msg,
             };
             tracing::info!("{msg}");
-            crate::status::event("info", msg);
+            crate::events::record("info", msg);
         }
         *self.gc_last.lock() = Some(rep.clone());
         let _t = self.table.lock();

@@ -204,7 +204,7 @@ impl Tiering {
              bucket"
         );
         tracing::error!("{msg}");
-        crate::status::event("error", msg);
+        crate::events::record("error", msg);
     }
 
     /// Takes (or confirms) the lease of the volume's prefix. `Ok(false)`: another appliance
@@ -269,7 +269,7 @@ impl Tiering {
             LeaseState::Absent => {
                 let msg = "the lease object went missing from the bucket: written again";
                 tracing::warn!("{msg}");
-                crate::status::event("warning", msg);
+                crate::events::record("warning", msg);
                 self.write_lease().await?;
                 return Ok(true);
             }
@@ -281,7 +281,7 @@ impl Tiering {
         };
         tracing::error!(appliance = %held.appliance, host = %held.host,
             "another appliance took over this volume: this one stops uploading");
-        crate::status::event(
+        crate::events::record(
             "error",
             format!(
                 "appliance {} on {} took over this volume: nothing more is uploaded from here",
@@ -346,7 +346,7 @@ impl Tiering {
                  write access"
             );
             tracing::error!("{msg}");
-            crate::status::event("error", msg);
+            crate::events::record("error", msg);
         }
     }
 
@@ -567,7 +567,7 @@ impl Tiering {
             records = ck.pairs.len(),
             "metadata checkpoint off-site"
         );
-        crate::status::event(
+        crate::events::record(
             "info",
             format!(
                 "metadata checkpoint off-site ({} records, {size} bytes)",

@@ -362,7 +362,7 @@ impl Tiering {
         let scale = |w: u64| (w as u128 * bytes as u128 / max.max(1) as u128) as u64;
         *self.limits.lock() = (bytes, scale(high), scale(low));
         tracing::info!(cache_max = bytes, "cache size changed");
-        crate::status::event("info", format!("cache size set to {bytes} bytes"));
+        crate::events::record("info", format!("cache size set to {bytes} bytes"));
         self.wake_evictor.notify_one();
     }
 
@@ -518,7 +518,7 @@ impl Tiering {
                         *me.retry_at.lock() = None;
                         let failed = me.fail_streak.swap(0, Ordering::Relaxed);
                         if failed > 0 {
-                            crate::status::event(
+                            crate::events::record(
                                 "info",
                                 format!("uploads work again after {failed} failed attempts"),
                             );
@@ -555,7 +555,7 @@ impl Tiering {
             m.split_once(": ").map(|x| x.1) == msg.split_once(": ").map(|x| x.1)
         });
         if !same {
-            crate::status::event("warning", format!("{msg} (retrying)"));
+            crate::events::record("warning", format!("{msg} (retrying)"));
         }
         tracing::warn!(
             consecutive_failures = streak + 1,

@@ -634,7 +634,7 @@ impl Volume {
                 self.recycle_days()
             );
             tracing::warn!("{msg}");
-            crate::status::event("warning", msg);
+            crate::events::record("warning", msg);
         }
         Ok(())
     }

@@ -74,7 +74,7 @@ impl KeepPolicy {
             // 1970-01-01 was a Thursday: +3 makes weeks start on Monday.
             (self.weekly, &|t| ((day(t) + 3) / 7).to_string()),
             (self.monthly, &|t| {
-                crate::backend::utc_date(t)[..7].to_string()
+                crate::clock::utc_date(t)[..7].to_string()
             }),
         ];
         for (mut n, bucket) in rules {
@@ -139,7 +139,7 @@ fn check_snapshot_name(name: &str) -> Result<()> {
 
 /// "2026-12-09_194407Z": a time as part of a generated snapshot name (sorts by time).
 fn stamp(unix: u64) -> String {
-    crate::backend::utc_date(unix)
+    crate::clock::utc_date(unix)
         .replace('T', "_")
         .replace(':', "")
 }

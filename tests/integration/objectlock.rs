@@ -278,7 +278,7 @@ fn s3_object_lock_packs_and_metadata_locked_gc_waits_for_retention_then_deletes_
         text(&o).contains(&format!(
             "under Object Lock retention: {held} packs and {} metadata objects, the first until {}",
             n(&waiting, "meta_waiting_retention"),
-            tiergate::backend::utc_date(until)
+            tiergate::clock::utc_date(until)
         )),
         "{}",
         text(&o)
