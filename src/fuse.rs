@@ -405,13 +405,12 @@ impl Filesystem for FuseFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.vol.readdir(fh.0, offset, 1024) {
+        match self.vol.readdir(fh.0, offset, 512) {
             Ok(entries) => {
-                for (i, e) in entries.iter().enumerate() {
-                    let next = offset + i as u64 + 1;
+                for e in &entries {
                     if reply.add(
                         INodeNo(e.ino),
-                        next,
+                        e.offset,
                         kind(e.kind),
                         OsStr::from_bytes(&e.name),
                     ) {
@@ -434,9 +433,9 @@ impl Filesystem for FuseFs {
     ) {
         match self.vol.readdir(fh.0, offset, 256) {
             Ok(entries) => {
-                for (i, e) in entries.iter().enumerate() {
-                    // The names are opendir's snapshot, and the kernel makes a dentry of each
-                    // entry. A name removed, renamed away or replaced since then is skipped:
+                for e in &entries {
+                    // The kernel makes a dentry of each entry. A name removed, renamed away or
+                    // replaced since it was read from the store is skipped:
                     // sent with its old inode, it would stand for that inode under a name it no
                     // longer has, and an open(O_CREAT|O_TRUNC) of that name would truncate the
                     // other file (found by faults::concurrent_writers_readers_and_renames...).
@@ -444,11 +443,10 @@ impl Filesystem for FuseFs {
                         Ok(a) if a.ino == e.ino => a,
                         _ => continue,
                     };
-                    let next = offset + i as u64 + 1;
                     let name = OsStr::from_bytes(&e.name);
                     if reply.add(
                         INodeNo(e.ino),
-                        next,
+                        e.offset,
                         name,
                         &TTL,
                         &file_attr(&a),

@@ -48,6 +48,7 @@ use crate::meta::{
 };
 use crate::pack::{self, BlobLocation, PackWriter};
 
+mod dirhandle;
 mod gc;
 mod recycle;
 mod snapshot;
@@ -279,6 +280,8 @@ pub struct DirEntry {
     pub name: Vec<u8>,
     pub ino: u64,
     pub kind: FileKind,
+    /// Where a listing resumes after this entry (src/volume/dirhandle.rs).
+    pub offset: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -337,7 +340,7 @@ struct FileData {
 
 enum Handle {
     File { ino: u64 },
-    Dir { entries: Vec<DirEntry> },
+    Dir(dirhandle::DirCursor),
 }
 
 struct CommitState {
@@ -1484,58 +1487,6 @@ impl Volume {
     pub fn handle_ino(&self, fh: u64) -> Result<u64> {
         match self.handles.lock().get(&fh) {
             Some(Handle::File { ino }) => Ok(*ino),
-            _ => Err(Error::BadHandle),
-        }
-    }
-
-    pub fn opendir(&self, ino: u64) -> Result<u64> {
-        let a = self.getattr(ino)?;
-        if a.inode.kind != FileKind::Dir {
-            return Err(Error::NotDir);
-        }
-        let mut entries = vec![
-            DirEntry {
-                name: b".".to_vec(),
-                ino,
-                kind: FileKind::Dir,
-            },
-            DirEntry {
-                name: b"..".to_vec(),
-                ino: a.inode.parent,
-                kind: FileKind::Dir,
-            },
-        ];
-        let p = meta::dirent_prefix(ino);
-        for (k, v) in self.kv.range(&p, prefix_end(&p).as_deref())? {
-            let (child, kind) = meta::decode_dirent(&v)?;
-            entries.push(DirEntry {
-                name: k[p.len()..].to_vec(),
-                ino: child,
-                kind,
-            });
-        }
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.lock().insert(fh, Handle::Dir { entries });
-        Ok(fh)
-    }
-
-    /// Entries of an open directory from position `offset` on (a snapshot taken at opendir, so
-    /// concurrent changes never make a listing skip or repeat a name).
-    pub fn readdir(&self, fh: u64, offset: u64, max: usize) -> Result<Vec<DirEntry>> {
-        match self.handles.lock().get(&fh) {
-            Some(Handle::Dir { entries }) => Ok(entries
-                .iter()
-                .skip(offset as usize)
-                .take(max)
-                .cloned()
-                .collect()),
-            _ => Err(Error::BadHandle),
-        }
-    }
-
-    pub fn releasedir(&self, fh: u64) -> Result<()> {
-        match self.handles.lock().remove(&fh) {
-            Some(Handle::Dir { .. }) => Ok(()),
             _ => Err(Error::BadHandle),
         }
     }

@@ -17,3 +17,18 @@ pub fn read_path(vol: &Volume, path: &str) -> Vec<u8> {
     let a = vol.resolve(path.as_bytes()).unwrap();
     vol.read(a.ino, 0, a.inode.size as u32).unwrap().to_vec()
 }
+
+/// Opens the volume in `tmp` (small chunks), creating it first if there is none: called again
+/// after the first handle is dropped, it reopens the same volume, as a restart would.
+pub fn volume(tmp: &tempfile::TempDir) -> std::sync::Arc<Volume> {
+    let dir = tmp.path().join("vol");
+    if !Volume::exists(&dir) {
+        let params = crate::chunker::ChunkerParams {
+            min_size: 16 << 10,
+            avg_size: 64 << 10,
+            max_size: 256 << 10,
+        };
+        Volume::create(&dir, "pw", params, crate::crypto::KdfParams::for_tests()).unwrap();
+    }
+    Volume::open(&dir, "pw", super::VolumeOptions::default()).unwrap()
+}
