@@ -3,11 +3,20 @@
 //! never from the config text itself, and never appear in `Debug` output.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::backend::options::{
+    LockMode, ObjectLockConfig, S3Config, S3_ACCESS_KEY_ENV, S3_SECRET_KEY_ENV,
+};
+use crate::backend::{self, Backend, BResult};
+pub use crate::bytesize::ByteSize;
+use crate::bytesize::{GIB, MIB};
 use crate::chunker::ChunkerParams;
+pub use crate::secret::{secret_file_warning, Secret};
+pub use crate::tiering::rate::BandwidthRule;
 use crate::error::{Error, Result};
 use crate::volume::KeepPolicy;
 
@@ -218,408 +227,6 @@ pub struct BackendConfig {
     pub path: Option<PathBuf>,
 }
 
-/// Environment variables read when the config names no access key / secret key.
-pub const S3_ACCESS_KEY_ENV: &str = "AWS_ACCESS_KEY_ID";
-pub const S3_SECRET_KEY_ENV: &str = "AWS_SECRET_ACCESS_KEY";
-
-/// The tenant's S3 bucket or prefix, on AWS or an S3-compatible store.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct S3Config {
-    /// `https://host[:port]` of the store. Absent: AWS S3's endpoint for `region`.
-    pub endpoint: Option<String>,
-    /// Region name used for request signing (S3-compatible stores have one too, e.g. "garage").
-    pub region: String,
-    pub bucket: String,
-    /// Key prefix of this tenant inside the bucket, e.g. "tenant-42/". Default: none.
-    #[serde(default)]
-    pub prefix: String,
-    /// Path-style URLs (`https://host/bucket/key`) instead of virtual-hosted ones
-    /// (`https://bucket.host/key`). Most self-hosted stores need this.
-    #[serde(default)]
-    pub path_style: bool,
-    /// Access key id. Default: the `AWS_ACCESS_KEY_ID` environment variable.
-    pub access_key_id: Option<String>,
-    /// File whose first line is the secret key (chmod 600). Preferred over `secret_access_key`.
-    pub secret_access_key_file: Option<PathBuf>,
-    /// The secret key itself. Default (with no file either): `AWS_SECRET_ACCESS_KEY`.
-    pub secret_access_key: Option<Secret>,
-    /// Seconds to wait for a TCP (and TLS) connection.
-    #[serde(default = "default_connect_timeout")]
-    pub connect_timeout_secs: u64,
-    /// Seconds one attempt of one request may take, transfer included (a part of
-    /// `part_size_mib` must fit in it at the slowest expected upload rate).
-    #[serde(default = "default_request_timeout")]
-    pub request_timeout_secs: u64,
-    /// Attempts per request, the first included: transient failures (timeouts, 5xx, throttling)
-    /// are retried with exponential backoff and full jitter.
-    #[serde(default = "default_max_attempts")]
-    pub max_attempts: u32,
-    /// Files larger than this are uploaded in parts, in MiB.
-    #[serde(default = "default_multipart_threshold")]
-    pub multipart_threshold_mib: u64,
-    /// Part size of multipart uploads, in MiB (S3 requires at least 5).
-    #[serde(default = "default_part_size")]
-    pub part_size_mib: u64,
-    /// Parts of one upload in flight at once; memory use is at most this × part size.
-    #[serde(default = "default_part_concurrency")]
-    pub part_concurrency: usize,
-    /// `[s3.object_lock]`: write packs and metadata objects with an S3 Object Lock retention
-    /// period (docs/RETENTION.md#s3-object-lock). Absent: objects are not locked.
-    #[serde(default)]
-    pub object_lock: Option<ObjectLockConfig>,
-}
-
-/// `[s3.object_lock]`: the retention every pack and metadata object is written with.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ObjectLockConfig {
-    /// `"governance"` (users with `s3:BypassGovernanceRetention` can shorten or lift it) or
-    /// `"compliance"` (nobody can, not even the bucket's owner, until it ends).
-    pub mode: LockMode,
-    /// Retention period of each object, in days from its upload (1..=36500).
-    pub days: u32,
-}
-
-/// The two S3 Object Lock retention modes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LockMode {
-    Governance,
-    Compliance,
-}
-
-impl LockMode {
-    /// The name S3 uses (`x-amz-object-lock-mode`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LockMode::Governance => "GOVERNANCE",
-            LockMode::Compliance => "COMPLIANCE",
-        }
-    }
-}
-
-impl ObjectLockConfig {
-    pub fn validate(&self) -> Result<()> {
-        if !(1..=36500).contains(&self.days) {
-            return Err(Error::Invalid(format!(
-                "[s3.object_lock] days = {} is outside 1..=36500 (S3 retention is set in whole \
-                 days; to write unlocked objects, remove the section)",
-                self.days
-            )));
-        }
-        Ok(())
-    }
-}
-
-fn default_connect_timeout() -> u64 {
-    10
-}
-fn default_request_timeout() -> u64 {
-    300
-}
-fn default_max_attempts() -> u32 {
-    5
-}
-fn default_multipart_threshold() -> u64 {
-    64
-}
-fn default_part_size() -> u64 {
-    16
-}
-fn default_part_concurrency() -> usize {
-    4
-}
-
-impl S3Config {
-    /// A config for `endpoint` with every optional setting at its default.
-    pub fn new(endpoint: Option<&str>, region: &str, bucket: &str) -> Self {
-        S3Config {
-            endpoint: endpoint.map(str::to_owned),
-            region: region.into(),
-            bucket: bucket.into(),
-            prefix: String::new(),
-            path_style: false,
-            access_key_id: None,
-            secret_access_key_file: None,
-            secret_access_key: None,
-            connect_timeout_secs: default_connect_timeout(),
-            request_timeout_secs: default_request_timeout(),
-            max_attempts: default_max_attempts(),
-            multipart_threshold_mib: default_multipart_threshold(),
-            part_size_mib: default_part_size(),
-            part_concurrency: default_part_concurrency(),
-            object_lock: None,
-        }
-    }
-
-    pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(Error::Invalid(format!("[s3] {m}")));
-        if let Some(ep) = &self.endpoint {
-            if !(ep.starts_with("http://") || ep.starts_with("https://")) {
-                return bad(format!(
-                    "endpoint = {ep:?} must start with http:// or https://"
-                ));
-            }
-            endpoint_has_no_credentials(ep)?;
-        }
-        if self.region.is_empty() {
-            return bad("region must not be empty".into());
-        }
-        // S3's bucket naming rules (3..=63 of a-z 0-9 . -), which every store accepts.
-        let b = &self.bucket;
-        if !(3..=63).contains(&b.len())
-            || !b
-                .bytes()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-')
-        {
-            return bad(format!(
-                "bucket = {b:?} is not a valid bucket name (3-63 of a-z 0-9 . -)"
-            ));
-        }
-        let p = self.prefix.trim_start_matches('/');
-        if crate::backend::check_prefix(p).is_err() {
-            return bad(format!(
-                "prefix = {:?}: use segments of A-Z a-z 0-9 . _ - separated by /",
-                self.prefix
-            ));
-        }
-        if self.secret_access_key.is_some() && self.secret_access_key_file.is_some() {
-            return bad("set secret_access_key or secret_access_key_file, not both".into());
-        }
-        if !(1..=20).contains(&self.max_attempts) {
-            return bad(format!(
-                "max_attempts = {} is outside 1..=20",
-                self.max_attempts
-            ));
-        }
-        if self.connect_timeout_secs == 0 || self.request_timeout_secs == 0 {
-            return bad("timeouts must be > 0".into());
-        }
-        if !(5..=5120).contains(&self.part_size_mib) {
-            return bad(format!(
-                "part_size_mib = {} is outside 5..=5120 (S3's part size limits)",
-                self.part_size_mib
-            ));
-        }
-        if self.multipart_threshold_mib < self.part_size_mib {
-            return bad("multipart_threshold_mib must be >= part_size_mib".into());
-        }
-        if !(1..=64).contains(&self.part_concurrency) {
-            return bad(format!(
-                "part_concurrency = {} is outside 1..=64",
-                self.part_concurrency
-            ));
-        }
-        if let Some(lock) = &self.object_lock {
-            lock.validate()?;
-        }
-        Ok(())
-    }
-
-    /// The tenant prefix as used in object keys: empty, or ending in `/`.
-    pub fn key_prefix(&self) -> String {
-        let p = self.prefix.trim_matches('/');
-        if p.is_empty() {
-            String::new()
-        } else {
-            format!("{p}/")
-        }
-    }
-
-    /// Access key id and secret key, from the config, the secret file, or the environment.
-    pub fn credentials(&self) -> Result<(String, Secret)> {
-        let id = match &self.access_key_id {
-            Some(id) => id.clone(),
-            None => std::env::var(S3_ACCESS_KEY_ENV)
-                .ok()
-                .filter(|v| !v.is_empty())
-                .ok_or_else(|| {
-                    Error::Invalid(format!(
-                        "[s3] no access key: set s3.access_key_id or {S3_ACCESS_KEY_ENV}"
-                    ))
-                })?,
-        };
-        let secret = if let Some(s) = &self.secret_access_key {
-            s.clone()
-        } else if let Some(file) = &self.secret_access_key_file {
-            let text = std::fs::read_to_string(file).map_err(|e| {
-                Error::io(format!("reading s3 secret key file {}", file.display()), e)
-            })?;
-            let line = text.lines().next().unwrap_or("").trim().to_string();
-            if line.is_empty() {
-                return Err(Error::Invalid(format!(
-                    "s3 secret key file {} is empty",
-                    file.display()
-                )));
-            }
-            Secret(line)
-        } else {
-            match std::env::var(S3_SECRET_KEY_ENV) {
-                Ok(v) if !v.is_empty() => Secret(v),
-                _ => {
-                    return Err(Error::Invalid(format!(
-                        "[s3] no secret key: set s3.secret_access_key_file, \
-                         s3.secret_access_key or {S3_SECRET_KEY_ENV}"
-                    )))
-                }
-            }
-        };
-        Ok((id, secret))
-    }
-}
-
-/// An endpoint URL with credentials in it (`https://KEY:SECRET@host`) is refused: the URL is
-/// logged and shown by `tiergate status`, and the SDK would not use them anyway. The message
-/// names only the scheme and host, never what comes before the `@`.
-fn endpoint_has_no_credentials(ep: &str) -> Result<()> {
-    let (scheme, rest) = ep.split_once("://").unwrap_or(("", ep));
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    match authority.rsplit_once('@') {
-        Some((_, host)) => Err(Error::Invalid(format!(
-            "[s3] endpoint = \"{scheme}://<credentials>@{host}...\" carries credentials in the \
-             URL: they would end up in logs and status output; write endpoint = \"{scheme}://{host}\", \
-             the access key as s3.access_key_id and the secret key in s3.secret_access_key_file"
-        ))),
-        None => Ok(()),
-    }
-}
-
-/// A warning when `path` (a file holding a secret, configured as `key`) can be read by its
-/// group or by other users; `None` when it cannot, or does not exist (a missing file is
-/// reported where it is read). Shared by the config's checks and the daemon's own.
-pub fn secret_file_warning(path: &Path, key: &str) -> Option<String> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
-    (mode & 0o077 != 0).then(|| {
-        format!(
-            "{key} {p} has mode {mode:04o}: other users can read the secret in it; \
-             fix with `chmod 600 {p}`",
-            p = path.display()
-        )
-    })
-}
-
-const KIB: u64 = 1 << 10;
-const MIB: u64 = 1 << 20;
-const GIB: u64 = 1 << 30;
-const TIB: u64 = 1 << 40;
-
-/// A byte count written as an integer (bytes) or a string with a binary unit: "512KiB",
-/// "20MiB", "1.5GiB", "2TiB"; also "K", "M", "G", "T" and "KB", "MB", "GB", "TB", which mean the
-/// binary units too; "B" or no unit is bytes. Units are case-insensitive, except that a
-/// lowercase "b" ("20Mb") is refused: it reads as bits. Fractions are rounded down to whole
-/// bytes. `Display` is exact and parses back ("20 MiB", "1536 MiB", "1000 B").
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ByteSize(pub u64);
-
-impl ByteSize {
-    pub fn bytes(self) -> u64 {
-        self.0
-    }
-
-    /// Parses the string form; the error names the text and says what is accepted.
-    pub fn parse(text: &str) -> Result<ByteSize> {
-        parse_byte_size(text).map(ByteSize).map_err(Error::Invalid)
-    }
-}
-
-fn parse_byte_size(text: &str) -> std::result::Result<u64, String> {
-    const UNITS: &str = "write bytes as an integer or a string like \"512KiB\", \"20MiB\", \
-                         \"1.5GiB\" (units B, KiB, MiB, GiB, TiB; K/KB, M/MB... mean the same)";
-    let t = text.trim();
-    if t.starts_with('-') {
-        return Err(format!("byte size {text:?} is negative"));
-    }
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (number, unit) = (&t[..split], t[split..].trim_start());
-    let (int, frac) = number.split_once('.').unwrap_or((number, ""));
-    if int.is_empty() || frac.contains('.') || (number.contains('.') && frac.is_empty()) {
-        return Err(format!(
-            "byte size {text:?} does not start with a number: {UNITS}"
-        ));
-    }
-    let mult = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => KIB,
-        "m" | "mb" | "mib" => MIB,
-        "g" | "gb" | "gib" => GIB,
-        "t" | "tb" | "tib" => TIB,
-        _ => {
-            return Err(format!(
-                "byte size {text:?} has an unknown unit {unit:?}: {UNITS}"
-            ))
-        }
-    };
-    // "20Mb", "100kb", "5b": megabits or megabytes? Refuse to guess for a bandwidth setting.
-    if unit.ends_with('b') {
-        let bytes_unit = match unit.chars().next() {
-            Some(p) if unit.len() > 1 => format!("{}iB", p.to_ascii_uppercase()),
-            _ => "B".into(),
-        };
-        return Err(format!(
-            "byte size {text:?}: a lowercase b reads as bits; write bytes with B, \
-             e.g. \"{number}{bytes_unit}\""
-        ));
-    }
-    if mult == 1 && !frac.is_empty() {
-        return Err(format!("byte size {text:?}: bytes have no fraction"));
-    }
-    if frac.len() > 18 {
-        return Err(format!("byte size {text:?} has too many decimals"));
-    }
-    let overflow = || format!("byte size {text:?} is too large");
-    let int: u128 = int.parse().map_err(|_| overflow())?;
-    let frac_value = if frac.is_empty() {
-        0
-    } else {
-        frac.parse::<u128>().map_err(|_| overflow())? * u128::from(mult)
-            / 10u128.pow(frac.len() as u32)
-    };
-    let total = int
-        .checked_mul(u128::from(mult))
-        .and_then(|v| v.checked_add(frac_value))
-        .ok_or_else(overflow)?;
-    u64::try_from(total).map_err(|_| overflow())
-}
-
-impl std::fmt::Display for ByteSize {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let n = self.0;
-        let (div, unit) = [(TIB, "TiB"), (GIB, "GiB"), (MIB, "MiB"), (KIB, "KiB")]
-            .into_iter()
-            .find(|(d, _)| n != 0 && n.is_multiple_of(*d))
-            .unwrap_or((1, "B"));
-        write!(f, "{} {unit}", n / div)
-    }
-}
-
-impl<'de> Deserialize<'de> for ByteSize {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct Visitor;
-        impl serde::de::Visitor<'_> for Visitor {
-            type Value = ByteSize;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a byte count: an integer, or a string like \"20MiB\"")
-            }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<ByteSize, E> {
-                Ok(ByteSize(v))
-            }
-            fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<ByteSize, E> {
-                u64::try_from(v)
-                    .map(ByteSize)
-                    .map_err(|_| E::custom(format!("byte size {v} is negative")))
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<ByteSize, E> {
-                parse_byte_size(v).map(ByteSize).map_err(E::custom)
-            }
-        }
-        d.deserialize_any(Visitor)
-    }
-}
-
 /// `[cache]`: the local disk space for pack data and when eviction runs.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -704,22 +311,6 @@ pub struct TieringConfig {
     /// Read-ahead window for sequential reads of evicted data.
     #[serde(default = "default_readahead")]
     pub readahead: ByteSize,
-}
-
-/// One `[[tiering.schedule]]` rule: an upload limit on some days between two times
-/// (src/tiering/rate.rs parses and applies it).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BandwidthRule {
-    /// "mon-fri", "sat,sun", "mon,wed-fri", "daily"/"all"; case-insensitive, 3-letter names.
-    pub days: String,
-    /// "08:00" (HH:MM, 00:00..=23:59).
-    pub from: String,
-    /// "18:00"; `to <= from` means the window runs past midnight (22:00-06:00) and belongs to
-    /// the day it starts on; "24:00" is the end of the day.
-    pub to: String,
-    /// Bytes per second; 0 = unlimited during this window.
-    pub limit: ByteSize,
 }
 
 fn default_upload_concurrency() -> usize {
@@ -1027,17 +618,6 @@ fn read_token(file: &Path, key: &str, min: usize) -> Result<Secret> {
         )));
     }
     Ok(Secret(line.to_string()))
-}
-
-/// A secret string (an S3 secret key); `Debug` never shows it.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(pub String);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -1523,6 +1103,15 @@ impl Config {
             .validate()
             .map_err(|e| Error::Invalid(format!("[chunking]: {e}")))
     }
+    /// The backend this config asks for: S3 if it has an `[s3]` section, else the local
+    /// directory (`[backend] path`, default `<volume.path>/backend`).
+    pub fn open_backend(&self) -> BResult<Arc<dyn Backend>> {
+        match &self.s3 {
+            Some(s3cfg) => Ok(Arc::new(backend::s3::S3Backend::new(s3cfg)?)),
+            None => Ok(Arc::new(backend::local::LocalDir::open(&self.backend_dir())?)),
+        }
+    }
+
 
     /// The local store's directory: `backend.path`, or `backend/` in the volume directory.
     pub fn backend_dir(&self) -> PathBuf {

@@ -138,6 +138,9 @@ impl Filesystem for FuseFs {
         if self.writeback_cache {
             wanted |= InitFlags::FUSE_WRITEBACK_CACHE;
         }
+        // POSIX ACLs: the kernel checks them; with DONT_MASK it leaves the umask to us, to
+        // apply only where no default ACL replaces it (src/volume/acl.rs).
+        wanted |= InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK;
         if let Err(missing) = config.add_capabilities(wanted) {
             tracing::warn!("kernel lacks FUSE capabilities {missing:?}; continuing without them");
             let _ = config.add_capabilities(wanted - missing);
@@ -215,9 +218,10 @@ impl Filesystem for FuseFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let mode = self.vol.create_mode(parent.0, mode, umask);
         let r = self
             .vol
-            .mknod(parent.0, name.as_bytes(), mode & !umask, rdev, caller(req));
+            .mknod(parent.0, name.as_bytes(), mode, rdev, caller(req));
         self.entry(r, "mknod", reply)
     }
 
@@ -230,9 +234,10 @@ impl Filesystem for FuseFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        let mode = self.vol.create_mode(parent.0, mode, umask);
         let r = self
             .vol
-            .mkdir(parent.0, name.as_bytes(), mode & !umask, caller(req));
+            .mkdir(parent.0, name.as_bytes(), mode, caller(req));
         self.entry(r, "mkdir", reply)
     }
 
@@ -556,9 +561,10 @@ impl Filesystem for FuseFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
+        let mode = self.vol.create_mode(parent.0, mode, umask);
         let r = self
             .vol
-            .create_file(parent.0, name.as_bytes(), mode & !umask, caller(req));
+            .create_file(parent.0, name.as_bytes(), mode, caller(req));
         match r {
             Ok((a, fh)) => reply.created(
                 &TTL,

@@ -24,6 +24,7 @@ use aes_gcm::aead::AeadInOut;
 use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
 use parking_lot::Mutex;
 
+use crate::backend::layout::{CHECKPOINT_PREFIX, HEAD_PREFIX, JOURNAL_PREFIX};
 use crate::crypto::Keys;
 use crate::error::{Error, Result};
 use crate::kv::{prefix_end, Batch, KvPair, KvStore};
@@ -38,10 +39,6 @@ const FORMAT_VERSION: u32 = 1;
 /// magic (8) + version (4) + two positions (16) + nonce (12).
 const HEADER_LEN: usize = 40;
 const TAG_LEN: usize = 16;
-
-pub const JOURNAL_PREFIX: &str = "meta/journal/";
-pub const CHECKPOINT_PREFIX: &str = "meta/checkpoint/";
-pub const HEAD_PREFIX: &str = "meta/head/";
 
 /// A journal entry: its position and its encoded operations.
 pub type Entry = (u64, Vec<u8>);

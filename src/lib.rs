@@ -14,6 +14,7 @@
 pub mod auth;
 pub mod backend;
 pub mod blob;
+pub mod bytesize;
 pub mod chunker;
 pub mod clock;
 pub mod config;
@@ -30,6 +31,7 @@ pub mod notify;
 pub mod pack;
 pub mod recover;
 pub mod repair;
+pub mod secret;
 pub mod serve;
 pub mod status;
 pub mod tiering;

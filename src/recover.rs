@@ -22,7 +22,8 @@ use crate::error::{Error, Result};
 use crate::journal::{self, Checkpoint};
 use crate::kv::{Batch, KvStore, SledStore};
 use crate::meta::{self, PackRecord, PackState};
-use crate::tiering::metasync::{self, KEY_OBJECT, VOLUME_OBJECT};
+use crate::backend::layout::{KEY_OBJECT, VOLUME_OBJECT};
+use crate::tiering::metasync;
 use crate::volume::{self, Volume, VolumeInfo};
 
 /// Choices the operator makes.
@@ -72,7 +73,7 @@ pub fn recover(
             dir.display()
         )));
     }
-    let backend = crate::backend::from_config(cfg)?;
+    let backend = cfg.open_backend()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -354,14 +355,14 @@ pub fn recover(
     kv.flush()?;
     drop(kv);
 
-    volume::write_file_durably(&dir.join(volume::KEY_FILE), &wrapped, 0o600)?;
+    crate::durable::write_file_durably(&dir.join(volume::KEY_FILE), &wrapped, 0o600)?;
     // Last: its presence marks a complete volume.
     let text = if unsigned {
         info.to_toml()?.into_bytes()
     } else {
         volume_text.to_vec()
     };
-    volume::write_file_durably(&dir.join(volume::VOLUME_FILE), &text, 0o644)?;
+    crate::durable::write_file_durably(&dir.join(volume::VOLUME_FILE), &text, 0o644)?;
     Ok(RecoverReport {
         warnings,
         newest_head: head.as_ref().map(|h| (h.generation, h.point)),
@@ -390,7 +391,7 @@ struct Listing {
 }
 
 async fn list_meta(b: &dyn Backend) -> Result<Listing> {
-    let mut checkpoints: Vec<MetaObject> = list_all(b, journal::CHECKPOINT_PREFIX, 1000)
+    let mut checkpoints: Vec<MetaObject> = list_all(b, layout::CHECKPOINT_PREFIX, 1000)
         .await?
         .into_iter()
         .filter_map(|o| {
@@ -399,7 +400,7 @@ async fn list_meta(b: &dyn Backend) -> Result<Listing> {
         })
         .collect();
     checkpoints.sort_by_key(|c| std::cmp::Reverse((c.2, c.1)));
-    let mut segments: Vec<MetaObject> = list_all(b, journal::JOURNAL_PREFIX, 1000)
+    let mut segments: Vec<MetaObject> = list_all(b, layout::JOURNAL_PREFIX, 1000)
         .await?
         .into_iter()
         .filter_map(|o| {
@@ -440,7 +441,7 @@ async fn newest_head(
 }
 
 async fn list_meta_heads(b: &dyn Backend) -> Result<Vec<u64>> {
-    Ok(list_all(b, journal::HEAD_PREFIX, 1000)
+    Ok(list_all(b, layout::HEAD_PREFIX, 1000)
         .await?
         .iter()
         .filter_map(|o| journal::parse_head_key(&o.key))
@@ -506,7 +507,7 @@ fn check_point(
             "the bucket holds no authentic metadata head ({}…): nothing proves that {point}, the \
              newest point its journal reaches, is the newest the appliance shipped (heads \
              deleted, or a volume last written by a tiergate from before heads existed)",
-            journal::HEAD_PREFIX
+            layout::HEAD_PREFIX
         ),
     };
     if !opts.accept_older {

@@ -59,8 +59,9 @@ use crate::error::{Error, Result};
 use crate::kv::{prefix_end, Batch, KvStore};
 use crate::meta::{self, ChunkRecord, Extent, FileKind, PackRecord, PackState, Stats, ROOT_INO};
 use crate::pack::{self, BlobLocation, PackEntry};
+use crate::backend::layout::{KEY_OBJECT, LEASE_OBJECT};
 use crate::tiering::metasync::{
-    judge_lease, LeaseState, APPLIANCE_ID_FILE, KEY_OBJECT, LEASE_OBJECT,
+    judge_lease, LeaseState, APPLIANCE_ID_FILE,
 };
 use crate::volume::{self, is_snapshot_ino, Volume, SNAPSHOT_DIR_INO, SNAPSHOT_DIR_NAME};
 
@@ -219,7 +220,7 @@ pub fn change_passphrase(
             "the rewrapped key file does not give back the master key; nothing was changed".into(),
         ));
     }
-    volume::write_file_durably(&key_file, &rewrapped, 0o600)?;
+    crate::durable::write_file_durably(&key_file, &rewrapped, 0o600)?;
     let upload = lease_check.and_then(|()| {
         store
             .rt

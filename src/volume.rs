@@ -49,6 +49,7 @@ use crate::meta::{
 use crate::pack::{self, BlobLocation, PackWriter};
 
 mod dirhandle;
+mod acl;
 mod gc;
 mod recycle;
 mod snapshot;
@@ -453,7 +454,7 @@ fn check_name(name: &[u8]) -> Result<()> {
     Ok(())
 }
 
-pub use crate::durable::{fsync_dir, write_file_durably};
+use crate::durable::write_file_durably;
 
 /// Takes an exclusive lock on the volume directory so two daemons never share a volume. The
 /// holder writes its pid into the lock file, so that a refused start can name it.
@@ -1006,6 +1007,7 @@ impl Volume {
                 perm |= libc::S_ISGID as u16;
             }
         }
+        let acls = self.acl_inherit(parent, kind, &mut perm)?;
         let mut inode = Inode::new(kind, perm, who.uid, gid, parent);
         inode.rdev = rdev;
         inode.symlink = symlink.to_vec();
@@ -1013,6 +1015,9 @@ impl Volume {
         let mut b = Batch::default();
         let ino = self.alloc_ino(&mut b);
         b.put(meta::inode_key(ino), inode.encode());
+        for (xname, value) in acls {
+            b.put(meta::xattr_key(ino, xname), value);
+        }
         b.put(
             meta::dirent_key(parent, name),
             meta::encode_dirent(ino, kind),
@@ -1431,6 +1436,9 @@ impl Volume {
         }
         d.attr.ctime = s.ctime.unwrap_or(t);
         let mut b = Batch::default();
+        if s.mode.is_some() {
+            self.acl_chmod(ino, d.attr.perm, &mut b)?;
+        }
         b.put(meta::inode_key(ino), d.attr.encode());
         self.apply(b)?;
         d.attr_dirty = false;
@@ -1499,6 +1507,9 @@ impl Volume {
         }
         if value.len() > MAX_XATTR_VALUE {
             return Err(Error::TooBig);
+        }
+        if acl::is_acl_name(name) {
+            return self.set_acl(ino, name, value, how);
         }
         let dav = name.starts_with(DAV_PROP_PREFIX);
         if dav {
@@ -1584,6 +1595,9 @@ impl Volume {
     }
 
     pub fn removexattr(&self, ino: u64, name: &[u8]) -> Result<()> {
+        if acl::is_acl_name(name) {
+            return self.remove_acl(ino, name);
+        }
         self.check_writable(ino)?;
         let _ns = self.ns.lock();
         let e = self.entry(ino)?;

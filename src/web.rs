@@ -218,7 +218,7 @@ impl Managed {
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut text = serde_json::to_vec_pretty(self).expect("settings to JSON");
         text.push(b'\n');
-        crate::volume::write_file_durably(path, &text, 0o600)
+        crate::durable::write_file_durably(path, &text, 0o600)
     }
 
     fn is_empty(&self) -> bool {

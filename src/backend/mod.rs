@@ -31,12 +31,13 @@
 use std::fmt;
 use std::ops::Range;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 
+pub mod layout;
 pub mod local;
+pub mod options;
 pub mod s3;
 
 
@@ -167,7 +168,7 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// The retention this backend writes [`layout::is_locked`] objects with
     /// (`[s3.object_lock]`); `None`: objects are not locked. The local directory backend never
     /// locks (docs/RETENTION.md#s3-object-lock).
-    fn retention(&self) -> Option<&crate::config::ObjectLockConfig> {
+    fn retention(&self) -> Option<&options::ObjectLockConfig> {
         None
     }
 }
@@ -215,35 +216,6 @@ pub async fn list_all(
     }
 }
 
-/// Object keys of the bucket layout (BRIEF §3), relative to the tenant prefix.
-pub mod layout {
-    /// Probe objects: written and deleted again by [`super::probe`].
-    pub const PROBE_PREFIX: &str = "probe/";
-    /// Sealed packs, one object each, the same bytes as the local pack file.
-    pub const PACKS_PREFIX: &str = "packs/";
-    /// Metadata journal segments and checkpoints.
-    pub const META_PREFIX: &str = "meta/";
-
-    /// The object of pack `id`: `packs/<16 hex digits>.pack`.
-    pub fn pack_key(id: u64) -> String {
-        format!("{PACKS_PREFIX}{}", crate::pack::pack_file_name(id))
-    }
-
-    /// Whether an object is written with the configured Object Lock retention: packs, the
-    /// metadata journal and checkpoints, the volume config and the wrapped master key (without
-    /// which no pack can be read).
-    ///
-    /// Not the `lease`: it is rewritten at every start and take-over, and on the versioned
-    /// bucket Object Lock requires every rewrite keeps the previous version; locked, those
-    /// versions could not be removed for the whole period. It protects no data (a missing
-    /// lease is simply written again). Not probe objects either: the probe deletes them at once.
-    pub fn is_locked(key: &str) -> bool {
-        key.starts_with(PACKS_PREFIX)
-            || key.starts_with(META_PREFIX)
-            || key == crate::tiering::metasync::VOLUME_OBJECT
-            || key == crate::tiering::metasync::KEY_OBJECT
-    }
-}
 
 /// Checks that a key can be used on every backend: non-empty, at most 512 bytes, segments
 /// separated by single `/` (no leading or trailing one), no `.` or `..` segment, and only
@@ -679,15 +651,6 @@ pub async fn probe(backend: &dyn Backend) -> std::result::Result<ProbeReport, Pr
     })
 }
 
-/// The backend a config asks for: S3 if it has an `[s3]` section, else the local directory
-/// (`[backend] path`, default `<volume.path>/backend`).
-pub fn from_config(cfg: &crate::config::Config) -> BResult<Arc<dyn Backend>> {
-    match &cfg.s3 {
-        Some(s3cfg) => Ok(Arc::new(s3::S3Backend::new(s3cfg)?)),
-        None => Ok(Arc::new(local::LocalDir::open(&cfg.backend_dir())?)),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -739,7 +702,7 @@ mod tests {
 
     #[test]
     fn only_data_and_metadata_objects_are_locked() {
-        use crate::tiering::metasync::{KEY_OBJECT, LEASE_OBJECT, VOLUME_OBJECT};
+        use layout::{KEY_OBJECT, LEASE_OBJECT, VOLUME_OBJECT};
         let seg = crate::journal::segment_key(1, 9);
         let ckpt = crate::journal::checkpoint_key(1, 9);
         for k in [&layout::pack_key(7), &seg, &ckpt, VOLUME_OBJECT, KEY_OBJECT] {

@@ -94,7 +94,7 @@ pub fn compact(path: &Path, json: bool) -> Result<()> {
 /// what to fix if a step fails.
 pub fn probe(path: &Path, json: bool) -> Result<()> {
     let cfg = Config::load(path)?;
-    let backend = tiergate::backend::from_config(&cfg)?;
+    let backend = cfg.open_backend()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -278,7 +278,7 @@ pub fn user(cmd: UserCmd) -> Result<()> {
 /// The store of a config, for the offline commands.
 pub fn offline_store(cfg: &Config) -> Result<tiergate::repair::Store> {
     Ok(tiergate::repair::Store::new(
-        tiergate::backend::from_config(cfg)?,
+        cfg.open_backend()?,
     )?)
 }
 

@@ -457,7 +457,7 @@ fn start_snapshots(
 /// to fix, and the daemon serves anyway, queueing uploads until the store works), starts the uploader,
 /// evictor and fetcher, and the control socket.
 fn start_tiering(vol: &Arc<Volume>, cfg: &Config, take_over: bool) -> Result<Arc<Reporter>> {
-    let backend = tiergate::backend::from_config(cfg)?;
+    let backend = cfg.open_backend()?;
     // Configured Object Lock on a bucket without it: refuse before anything is written, rather
     // than upload nothing (S3 refuses lock headers there) with the reason only in the log. A
     // store that does not answer is no reason to refuse (as for the lease).
@@ -545,7 +545,7 @@ fn start_web(
     // The management API's verify: the metadata-level check of `tiergate verify --remote`
     // (every referenced chunk indexed, in a pack that exists locally or in the store), run
     // on a thread of its own (it drives the store through a runtime of its own).
-    let backend = tiergate::backend::from_config(cfg)?;
+    let backend = cfg.open_backend()?;
     let vol = reporter.volume().clone();
     Arc::get_mut(&mut app).expect("a new app").verify = Some(Arc::new(move || {
         let (vol, backend) = (vol.clone(), backend.clone());

@@ -36,6 +36,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 
 use super::Tiering;
+use crate::backend::layout::{self, KEY_OBJECT, LEASE_OBJECT, VOLUME_OBJECT};
 use crate::backend::list_all;
 use crate::error::{Error, Result};
 use crate::journal::{self, Checkpoint};
@@ -48,9 +49,6 @@ pub const CHECKPOINT_AFTER_BYTES: u64 = 64 << 20;
 /// How often the shipper looks for new entries when nobody wakes it.
 const SHIP_INTERVAL: Duration = Duration::from_secs(5);
 
-pub const VOLUME_OBJECT: &str = "volume.toml";
-pub const KEY_OBJECT: &str = "keys/master";
-pub const LEASE_OBJECT: &str = "lease";
 /// Local file naming this appliance (random, made at first start).
 pub const APPLIANCE_ID_FILE: &str = "appliance-id";
 
@@ -137,7 +135,7 @@ pub fn appliance_id(volume_dir: &std::path::Path) -> Result<String> {
         Ok(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
         _ => {
             let id = hex::encode(rand::random::<[u8; 12]>());
-            crate::volume::write_file_durably(&path, format!("{id}\n").as_bytes(), 0o644)?;
+            crate::durable::write_file_durably(&path, format!("{id}\n").as_bytes(), 0o644)?;
             Ok(id)
         }
     }
@@ -594,7 +592,7 @@ impl Tiering {
         let (start, end) = (local_u64(self, CKPT_START)?, local_u64(self, CKPT_END)?);
         let current = journal::checkpoint_key(start, end);
         let mut unneeded = Vec::new();
-        for o in list_all(self.backend.as_ref(), journal::CHECKPOINT_PREFIX, 1000).await? {
+        for o in list_all(self.backend.as_ref(), layout::CHECKPOINT_PREFIX, 1000).await? {
             let older = match journal::parse_key_range(&o.key) {
                 Some((e, s)) => (e, s) < (end, start),
                 None => false,
@@ -603,7 +601,7 @@ impl Tiering {
                 unneeded.push(o.key);
             }
         }
-        for o in list_all(self.backend.as_ref(), journal::JOURNAL_PREFIX, 1000).await? {
+        for o in list_all(self.backend.as_ref(), layout::JOURNAL_PREFIX, 1000).await? {
             if matches!(journal::parse_key_range(&o.key), Some((_, last)) if last <= start) {
                 unneeded.push(o.key);
             }
@@ -611,7 +609,7 @@ impl Tiering {
         // Heads older than the newest this appliance wrote (left by Object Lock, or by a
         // delete that failed).
         let newest_head = local_u64(self, HEAD_GENERATION)?;
-        for o in list_all(self.backend.as_ref(), journal::HEAD_PREFIX, 1000).await? {
+        for o in list_all(self.backend.as_ref(), layout::HEAD_PREFIX, 1000).await? {
             if journal::parse_head_key(&o.key).is_some_and(|g| g < newest_head) {
                 unneeded.push(o.key);
             }

@@ -26,11 +26,28 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use serde::Deserialize;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::config::BandwidthRule;
+use crate::bytesize::ByteSize;
 use crate::error::{Error, Result};
+
+/// One `[[tiering.schedule]]` rule: an upload limit on some days between two times
+/// (src/tiering/rate.rs parses and applies it).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BandwidthRule {
+    /// "mon-fri", "sat,sun", "mon,wed-fri", "daily"/"all"; case-insensitive, 3-letter names.
+    pub days: String,
+    /// "08:00" (HH:MM, 00:00..=23:59).
+    pub from: String,
+    /// "18:00"; `to <= from` means the window runs past midnight (22:00-06:00) and belongs to
+    /// the day it starts on; "24:00" is the end of the day.
+    pub to: String,
+    /// Bytes per second; 0 = unlimited during this window.
+    pub limit: ByteSize,
+}
 
 /// Minutes in a day; [`WeekTime::minute`] is below it.
 const DAY_MINUTES: u16 = 24 * 60;
@@ -230,7 +247,7 @@ impl Schedule {
     /// schedule rule(s)".
     pub fn describe(&self) -> String {
         let base = match self.default_limit {
-            Some(l) => format!("{}/s", crate::config::ByteSize(l)),
+            Some(l) => format!("{}/s", ByteSize(l)),
             None => "unlimited".into(),
         };
         match self.rules.len() {
@@ -398,7 +415,6 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ByteSize;
     use std::sync::Arc;
 
     const KIB: u64 = 1024;

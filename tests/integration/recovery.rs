@@ -451,7 +451,7 @@ fn a_take_over_is_not_refused_by_its_own_racing_claim() {
     use tiergate::backend::Backend;
     use tiergate::chunker::ChunkerParams;
     use tiergate::crypto::KdfParams;
-    use tiergate::tiering::metasync::VOLUME_OBJECT;
+    use tiergate::backend::layout::VOLUME_OBJECT;
     use tiergate::tiering::{Tiering, TieringOptions};
     use tiergate::volume::{Volume, VolumeOptions};
 
