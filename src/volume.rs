@@ -53,6 +53,7 @@ mod acl;
 mod gc;
 mod recycle;
 mod snapshot;
+mod space;
 #[cfg(test)]
 mod testutil;
 pub use gc::{CorePass, GcPolicy};
@@ -210,7 +211,8 @@ pub struct Attr {
 }
 
 impl Attr {
-    /// 512-byte blocks, as stat reports them (logical size: holes are not subtracted).
+    /// 512-byte blocks of the logical size (holes not subtracted): what directories and
+    /// symlinks report; a file's st_blocks is [`Volume::blocks`].
     pub fn blocks(&self) -> u64 {
         self.inode.size.div_ceil(512)
     }
@@ -262,7 +264,8 @@ pub enum XattrSet {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Allocate {
-    /// Reserve (we have no reservation; only the size grows unless `keep_size`).
+    /// Reserve the range against the quota (src/volume/space.rs); the size grows unless
+    /// `keep_size`.
     Allocate { keep_size: bool },
     /// Deallocate a range; the size never changes.
     PunchHole,
@@ -429,6 +432,7 @@ pub struct Volume {
     quota_logged: Mutex<Option<Instant>>,
     recycle: recycle::RecycleState,
     snapshots: snapshot::SnapshotsState,
+    space: space::SpaceState,
     chunk_cache: Mutex<lru::LruCache<ChunkId, Arc<Vec<u8>>>>,
     decode_locks: [Mutex<()>; DECODE_STRIPES],
     invalidator: RwLock<Option<Invalidator>>,
@@ -653,6 +657,7 @@ impl Volume {
             quota_logged: Mutex::new(None),
             recycle: recycle::RecycleState::default(),
             snapshots: snapshot::SnapshotsState::default(),
+            space: space::SpaceState::default(),
             decode_locks: std::array::from_fn(|_| Mutex::new(())),
             chunk_cache: Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(CHUNK_CACHE_ENTRIES).unwrap(),
@@ -664,6 +669,7 @@ impl Volume {
         vol.recover_packs()?;
         vol.finish_orphans()?;
         vol.finish_snapshots()?;
+        vol.load_reservations()?;
         // Count the recycle bin at the first tick.
         vol.recycle
             .dirty
@@ -1261,6 +1267,7 @@ impl Volume {
             b.delete(k);
         }
         b.delete(meta::inode_key(ino));
+        self.forget_space(&mut b, ino);
         b.delete(meta::orphan_key(ino));
         self.apply(b)?;
         d.gone = true;
@@ -1769,6 +1776,8 @@ impl Volume {
             .filter(|&e| e <= MAX_FILE_SIZE)
             .ok_or(Error::TooBig)?;
         self.check_writable(ino)?;
+        // A preallocated range written: its reservation gives way to the data's own count.
+        self.release_reserved(ino, offset, end)?;
         self.recycle_make_room(data.len() as u64)?;
         self.check_quota(data.len() as u64)?;
         let tier = self.tier.read().clone();
@@ -2108,6 +2117,7 @@ impl Volume {
                 }
             }
         }
+        self.note_extents(&mut b, ino, logical)?;
         b.put(meta::inode_key(ino), attr.encode());
         let mut cs = self.commit.lock();
         // Every chunk this piece references, in case one is collected under our feet.
@@ -2704,6 +2714,8 @@ impl Volume {
             let mut b = Batch::default();
             let mut refs = HashMap::new();
             let logical = self.punch_into(e.ino, size, u64::MAX, &mut b, &mut refs)?;
+            self.note_extents(&mut b, e.ino, logical)?;
+            self.release_reserved(e.ino, size, u64::MAX)?;
             d.attr.size = size;
             b.put(meta::inode_key(e.ino), d.attr.encode());
             self.apply_extent_batch(b, refs, logical)?;
@@ -2736,6 +2748,8 @@ impl Volume {
             let mut b = Batch::default();
             let mut refs = HashMap::new();
             let logical = self.punch_into(ino, offset, end, &mut b, &mut refs)?;
+            self.note_extents(&mut b, ino, logical)?;
+            self.release_reserved(ino, offset, end)?;
             let t = now();
             d.attr.mtime = t;
             d.attr.ctime = t;
@@ -2744,12 +2758,16 @@ impl Volume {
             }
             b.put(meta::inode_key(ino), d.attr.encode());
             self.apply_extent_batch(b, refs, logical)?;
-        } else if !keep_size && end > d.attr.size {
-            d.attr.size = end;
-            d.attr.ctime = now();
-            let mut b = Batch::default();
-            b.put(meta::inode_key(ino), d.attr.encode());
-            self.apply(b)?;
+        } else {
+            // Counts against the quota until written (src/volume/space.rs).
+            self.reserve(ino, &d, offset, end)?;
+            if !keep_size && end > d.attr.size {
+                d.attr.size = end;
+                d.attr.ctime = now();
+                let mut b = Batch::default();
+                b.put(meta::inode_key(ino), d.attr.encode());
+                self.apply(b)?;
+            }
         }
         Ok(())
     }
@@ -2867,6 +2885,8 @@ impl Volume {
         dd_ref.unsynced = true;
         dd_ref.attr.mtime = t;
         dd_ref.attr.ctime = t;
+        self.note_extents(&mut b, dst, logical)?;
+        self.release_reserved(dst, dst_off, dend)?;
         b.put(meta::inode_key(dst), dd_ref.attr.encode());
         self.apply_extent_batch(b, refs, logical)?;
         Ok(len)
@@ -3020,7 +3040,9 @@ impl Volume {
     /// the recycle bin's included: the provider stores them too) plus written data not yet
     /// committed, counted at full size until it is.
     pub fn quota_used(&self) -> u64 {
-        self.stored_now.load(Ordering::Relaxed) + self.dirty_total.load(Ordering::Relaxed)
+        self.stored_now.load(Ordering::Relaxed)
+            + self.dirty_total.load(Ordering::Relaxed)
+            + self.reserved_bytes()
     }
 
     /// Refuses a write of `len` bytes that would take the volume past its quota (ENOSPC / 507).
