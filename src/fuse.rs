@@ -26,6 +26,8 @@ use crate::volume::{
     Allocate, Attr, Caller, Changed, RenameMode, SetAttr, TimeSet, Volume, Whence, XattrSet,
 };
 
+mod seek;
+
 /// How long the kernel may cache attributes and names. Short, because a second front-end
 /// (WebDAV) changes the same volume behind the kernel's back.
 const TTL: Duration = Duration::from_secs(1);
@@ -42,6 +44,8 @@ pub struct FuseOptions {
 
 pub struct FuseFs {
     vol: Arc<Volume>,
+    /// Inodes with handles open for writing (src/fuse/seek.rs).
+    writers: seek::Writers,
     writeback_cache: bool,
 }
 
@@ -111,13 +115,22 @@ impl FuseFs {
     pub fn new(vol: Arc<Volume>, writeback_cache: bool) -> Self {
         FuseFs {
             vol,
+            writers: seek::Writers::default(),
             writeback_cache,
+        }
+    }
+
+    /// Attributes for the kernel, with st_blocks counting what the file takes.
+    fn file_attr(&self, a: &Attr) -> FileAttr {
+        FileAttr {
+            blocks: self.vol.blocks(a),
+            ..file_attr(a)
         }
     }
 
     fn entry(&self, r: crate::Result<Attr>, op: &str, reply: ReplyEntry) {
         match r {
-            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Ok(a) => reply.entry(&TTL, &self.file_attr(&a), Generation(0)),
             Err(e) => reply.error(report(op, &e)),
         }
     }
@@ -154,7 +167,7 @@ impl Filesystem for FuseFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.vol.getattr(ino.0) {
-            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Ok(a) => reply.attr(&TTL, &self.file_attr(&a)),
             Err(e) => reply.error(report("getattr", &e)),
         }
     }
@@ -188,7 +201,7 @@ impl Filesystem for FuseFs {
         };
         let times_only = mode.is_none() && uid.is_none() && gid.is_none() && size.is_none();
         match self.vol.setattr(ino.0, &s) {
-            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Ok(a) => reply.attr(&TTL, &self.file_attr(&a)),
             // With the writeback cache the kernel writes cached times back for an inode it still
             // holds, also after the file was deleted (syncfs, `sync -f`). Nothing is left to
             // update; an error here would fail the whole sync, so answer with a gone file.
@@ -319,7 +332,10 @@ impl Filesystem for FuseFs {
             }
         }
         match self.vol.open_file(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(fh) => {
+                self.writers.opened(ino.0, flags.0);
+                reply.opened(FileHandle(fh), FopenFlags::empty())
+            }
             Err(e) => reply.error(report("open", &e)),
         }
     }
@@ -374,13 +390,14 @@ impl Filesystem for FuseFs {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.writers.released(ino.0, flags.0);
         self.empty(self.vol.release(fh.0), "release", reply)
     }
 
@@ -454,7 +471,7 @@ impl Filesystem for FuseFs {
                         e.offset,
                         name,
                         &TTL,
-                        &file_attr(&a),
+                        &self.file_attr(&a),
                         Generation(0),
                     ) {
                         break;
@@ -558,17 +575,20 @@ impl Filesystem for FuseFs {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        _flags: i32,
+        flags: i32,
         reply: ReplyCreate,
     ) {
         let mode = self.vol.create_mode(parent.0, mode, umask);
         let r = self
             .vol
             .create_file(parent.0, name.as_bytes(), mode, caller(req));
+        if let Ok((a, _)) = &r {
+            self.writers.opened(a.ino, flags);
+        }
         match r {
             Ok((a, fh)) => reply.created(
                 &TTL,
-                &file_attr(&a),
+                &self.file_attr(&a),
                 Generation(0),
                 FileHandle(fh),
                 FopenFlags::empty(),
@@ -627,6 +647,14 @@ impl Filesystem for FuseFs {
         };
         if offset < 0 {
             return reply.error(Errno::ENXIO);
+        }
+        if self.writeback_cache && self.writers.any(ino.0) {
+            // The kernel may hold dirty pages of it: have them written back first.
+            let answer = move |r: crate::Result<u64>| match r {
+                Ok(o) => reply.offset(o as i64),
+                Err(e) => reply.error(report("lseek", &e)),
+            };
+            return seek::after_writeback(self.vol.clone(), ino.0, offset as u64, w, answer);
         }
         match self.vol.lseek(ino.0, offset as u64, w) {
             Ok(o) => reply.offset(o as i64),
