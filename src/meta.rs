@@ -242,8 +242,24 @@ pub struct Timestamp {
 }
 
 impl Timestamp {
+    /// The time for a new or changed timestamp: the kernel's coarse clock
+    /// (`CLOCK_REALTIME_COARSE`, what its `current_time()` reads for the times it keeps itself
+    /// under the FUSE writeback cache), so that times the kernel sets and times we set never run
+    /// backwards against each other. The fine clock ran up to a tick (~4 ms) ahead of it: a file
+    /// linked after another was created showed the older ctime (issue 22).
     pub fn now() -> Self {
-        SystemTime::now().into()
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes one timespec into the pointer it is given.
+        if unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) } != 0 {
+            return SystemTime::now().into();
+        }
+        Timestamp {
+            secs: ts.tv_sec,
+            nanos: ts.tv_nsec as u32,
+        }
     }
     pub fn to_system_time(self) -> SystemTime {
         if self.secs >= 0 {
