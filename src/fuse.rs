@@ -47,6 +47,8 @@ pub struct FuseFs {
     /// Inodes with handles open for writing (src/fuse/seek.rs).
     writers: seek::Writers,
     writeback_cache: bool,
+    /// The volume's file-handle generation (src/volume/export.rs).
+    generation: u32,
 }
 
 fn errno(e: &Error) -> Errno {
@@ -113,11 +115,25 @@ fn time_set(t: TimeOrNow) -> TimeSet {
 
 impl FuseFs {
     pub fn new(vol: Arc<Volume>, writeback_cache: bool) -> Self {
+        let generation = vol.handle_generation().unwrap_or_else(|e| {
+            tracing::warn!("file-handle generation unreadable ({e}); using 0");
+            0
+        });
         FuseFs {
             vol,
             writers: seek::Writers::default(),
             writeback_cache,
+            generation,
         }
+    }
+
+    /// The generation the kernel puts in file handles with `ino` (the root's must be 0).
+    fn generation(&self, ino: u64) -> Generation {
+        Generation(if ino == ROOT_INO {
+            0
+        } else {
+            self.generation.into()
+        })
     }
 
     /// Attributes for the kernel, with st_blocks counting what the file takes.
@@ -130,7 +146,7 @@ impl FuseFs {
 
     fn entry(&self, r: crate::Result<Attr>, op: &str, reply: ReplyEntry) {
         match r {
-            Ok(a) => reply.entry(&TTL, &self.file_attr(&a), Generation(0)),
+            Ok(a) => reply.entry(&TTL, &self.file_attr(&a), self.generation(a.ino)),
             Err(e) => reply.error(report(op, &e)),
         }
     }
@@ -147,7 +163,11 @@ impl Filesystem for FuseFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(MAX_WRITE);
         let _ = config.set_max_readahead(MAX_WRITE);
-        let mut wanted = InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_PARALLEL_DIROPS;
+        // Export support: handles (NFS, open_by_handle_at) of inodes the kernel no longer
+        // caches are looked up by number ("." and "..", see src/volume/export.rs).
+        let mut wanted = InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_EXPORT_SUPPORT;
         if self.writeback_cache {
             wanted |= InitFlags::FUSE_WRITEBACK_CACHE;
         }
@@ -162,7 +182,13 @@ impl Filesystem for FuseFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.entry(self.vol.lookup(parent.0, name.as_bytes()), "lookup", reply)
+        // "." in any inode, file or directory: the kernel opening a file handle.
+        let r = if name.as_bytes() == b"." {
+            self.vol.handle_lookup(parent.0)
+        } else {
+            self.vol.lookup(parent.0, name.as_bytes())
+        };
+        self.entry(r, "lookup", reply)
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -472,7 +498,7 @@ impl Filesystem for FuseFs {
                         name,
                         &TTL,
                         &self.file_attr(&a),
-                        Generation(0),
+                        self.generation(a.ino),
                     ) {
                         break;
                     }
@@ -589,7 +615,7 @@ impl Filesystem for FuseFs {
             Ok((a, fh)) => reply.created(
                 &TTL,
                 &self.file_attr(&a),
-                Generation(0),
+                self.generation(a.ino),
                 FileHandle(fh),
                 FopenFlags::empty(),
             ),

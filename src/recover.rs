@@ -351,6 +351,10 @@ pub fn recover(
     ] {
         b.put(journal::local_key(name), value.to_le_bytes().to_vec());
     }
+    // File handles given out before (NFS clients of the lost appliance) must not open files
+    // that reuse inode numbers it handed out after the consistency point.
+    let (k, v) = volume::next_handle_generation(&kv)?;
+    b.put(k, v);
     kv.apply(b)?;
     kv.flush()?;
     drop(kv);

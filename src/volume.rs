@@ -48,14 +48,16 @@ use crate::meta::{
 };
 use crate::pack::{self, BlobLocation, PackWriter};
 
-mod dirhandle;
 mod acl;
+mod dirhandle;
+mod export;
 mod gc;
 mod recycle;
 mod snapshot;
 mod space;
 #[cfg(test)]
 mod testutil;
+pub(crate) use export::next_generation as next_handle_generation;
 pub use gc::{CorePass, GcPolicy};
 pub use recycle::{RecycleStats, Recycled};
 pub use snapshot::{
