@@ -322,14 +322,7 @@ fn limit_malloc_arenas() {
 
 fn main() {
     limit_malloc_arenas();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        // Colour codes only for a person at a terminal, never in journald or log files.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    cli::logging::init();
     let matches = Cli::command().try_get_matches().unwrap_or_else(|e| {
         let _ = e.print();
         // Help and version go to standard output and are no error.

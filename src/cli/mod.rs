@@ -3,6 +3,7 @@
 //! store directly, the daemon stopped or not needed). Shared helpers below.
 
 pub mod daemon;
+pub mod logging;
 pub mod offline;
 pub mod progress;
 pub mod recycle;

@@ -362,7 +362,7 @@ pub fn serve(config: Option<&Path>, take_over: bool) -> Result<()> {
         }
         if let Some(s) = &session {
             if s.guard.is_finished() {
-                tracing::info!("mount went away: shutting down");
+                tracing::info!("the mount was unmounted from outside: shutting down");
                 tiergate::notify::stopping();
                 break;
             }
@@ -374,16 +374,18 @@ pub fn serve(config: Option<&Path>, take_over: bool) -> Result<()> {
     }
     tiergate::notify::status("stopping: unmounting");
     if let Some(s) = session {
+        // The session ends by itself only when the kernel closed the connection: someone
+        // unmounted it (fuser then still tries an unmount of its own, which fails).
+        let went_away = s.guard.is_finished();
+        let mp = pre.mountpoint.as_deref().unwrap_or(Path::new("."));
+        if !went_away {
+            tracing::info!("unmounting {}", mp.display());
+        }
         if let Err(e) = s.umount_and_join() {
-            // Busy (a shell or an open file inside): detach it from the namespace instead. The
-            // kernel drops the mount once its last user goes; our exit ends the connection.
-            let mp = pre.mountpoint.as_deref().unwrap_or(Path::new("."));
-            tracing::warn!(
-                "unmount of {}: {e}; detaching it lazily (processes using it will see errors)",
-                mp.display()
-            );
-            if let Err(e) = nix::mount::umount2(mp, nix::mount::MntFlags::MNT_DETACH) {
-                tracing::error!("lazy unmount of {} failed: {e}", mp.display());
+            if went_away && !tiergate::fuse::mount_at(mp).is_some_and(|m| m.is_tiergate()) {
+                tracing::debug!("{} was unmounted already: {e}", mp.display());
+            } else {
+                unmount_lazily(mp, &e);
             }
         }
     }
@@ -632,4 +634,16 @@ fn start_webdav(
         stopped,
     ));
     Ok((rt, stop, url))
+}
+
+/// Busy (a shell or an open file inside): detach the mount from the namespace instead. The
+/// kernel drops it once its last user goes; our exit ends the connection.
+fn unmount_lazily(mp: &Path, e: &std::io::Error) {
+    tracing::warn!(
+        "unmount of {}: {e}; detaching it lazily (processes using it will see errors)",
+        mp.display()
+    );
+    if let Err(e) = nix::mount::umount2(mp, nix::mount::MntFlags::MNT_DETACH) {
+        tracing::error!("lazy unmount of {} failed: {e}", mp.display());
+    }
 }
