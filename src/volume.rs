@@ -1222,6 +1222,8 @@ impl Volume {
         }
         if let Some((k, v)) = self.recycle_instead(&d.attr, ino, from) {
             b.put(k, v);
+            // Preallocated, never written: nothing to keep for the bin.
+            self.release_reserved(ino, 0, u64::MAX)?;
             return Ok(false);
         }
         // Recorded in the same batch, so a crash before the data is gone finishes it at startup.

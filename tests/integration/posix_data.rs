@@ -112,3 +112,162 @@ fn timestamps_stay_in_order_between_kernel_and_daemon() {
     drop(w);
     v.stop();
 }
+
+fn fallocate(f: &File, mode: i32, offset: u64, len: u64) -> Result<(), i32> {
+    // SAFETY: fallocate on a descriptor we own.
+    let r = unsafe {
+        libc::fallocate(
+            f.as_raw_fd(),
+            mode,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap())
+    }
+}
+
+/// st_blocks in bytes, asked of the daemon (not the kernel's cached attributes).
+fn allocated(path: &std::path::Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: statx writes one struct statx into the buffer it is given.
+    let mut sx: libc::statx = unsafe { std::mem::zeroed() };
+    let r = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::AT_STATX_FORCE_SYNC,
+            libc::STATX_BLOCKS,
+            &mut sx,
+        )
+    };
+    assert_eq!(r, 0, "statx {}", path.display());
+    sx.stx_blocks * 512
+}
+
+/// Used bytes as statfs reports them.
+fn statfs_used(path: &std::path::Path) -> u64 {
+    let s = nix::sys::statvfs::statvfs(path).unwrap();
+    (s.blocks() - s.blocks_free()) * s.fragment_size()
+}
+
+const MIB: u64 = 1 << 20;
+
+/// `du` of a sparse file counts what it holds: a 1 GiB file with 1 MiB written takes ~1 MiB
+/// (before: 1 GiB), a 10 MiB preallocation adds 10 MiB, punching takes them away again.
+#[test]
+fn st_blocks_count_what_a_file_holds() {
+    let mut v = TestVolume::new("");
+    v.start();
+    let p = v.path("sparse");
+    let f = OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .open(&p)
+        .unwrap();
+    f.set_len(1 << 30).unwrap();
+    f.write_all_at(&crate::common::random_bytes(7, MIB as usize), 512 * MIB)
+        .unwrap();
+    // Still in the kernel's or the daemon's memory, then committed: ~1 MiB either way.
+    f.sync_all().unwrap();
+    let du = allocated(&p);
+    assert!((MIB..=MIB + 64 * 1024).contains(&du), "1 MiB written: {du}");
+    assert_eq!(f.metadata().unwrap().len(), 1 << 30);
+    fallocate(&f, 0, 100 * MIB, 10 * MIB).unwrap();
+    let du2 = allocated(&p);
+    assert_eq!(du2 - du, 10 * MIB, "after fallocate of 10 MiB: {du} -> {du2}");
+    // Preallocated beyond EOF (KEEP_SIZE): counted, size unchanged.
+    fallocate(&f, libc::FALLOC_FL_KEEP_SIZE, 2 << 30, 4 * MIB).unwrap();
+    assert_eq!(allocated(&p), du2 + 4 * MIB);
+    assert_eq!(f.metadata().unwrap().len(), 1 << 30);
+    let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    fallocate(&f, punch, 100 * MIB, 10 * MIB).unwrap();
+    fallocate(&f, punch, 512 * MIB, MIB).unwrap();
+    assert_eq!(allocated(&p), 4 * MIB, "after punching the data and the 10 MiB");
+    // Truncated below the preallocation beyond EOF: nothing left.
+    f.set_len(MIB).unwrap();
+    assert_eq!(allocated(&p), 0);
+    // Written and committed, then read back through a restart: the counter persists.
+    f.write_all_at(&crate::common::random_bytes(8, 3 * MIB as usize), 0)
+        .unwrap();
+    drop(f);
+    let du = allocated(&p);
+    assert!((3 * MIB..=3 * MIB + 64 * 1024).contains(&du), "3 MiB: {du}");
+    v.stop();
+    v.start();
+    assert_eq!(allocated(&p), du);
+    v.stop();
+}
+
+/// A preallocation past the tenant quota is refused up front (ENOSPC), one within it counts
+/// as used (statfs) and against a second file's, writing into it is never refused, and the
+/// reservation survives a restart and goes with the file. Before, every fallocate succeeded
+/// and reserved nothing.
+#[test]
+fn fallocate_reserves_quota() {
+    let mut v = TestVolume::new("\n[quota]\nlimit = \"64MiB\"\n");
+    v.start();
+    let mnt = v.mnt.clone();
+    let open = |name: &str| {
+        OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .open(mnt.join(name))
+            .unwrap()
+    };
+    let a = open("a");
+    assert_eq!(fallocate(&a, 0, 0, 100 * MIB), Err(libc::ENOSPC));
+    assert_eq!(fallocate(&a, 0, 0, 1 << 62), Err(libc::ENOSPC), "huge length");
+    assert_eq!(
+        fallocate(&a, 0, i64::MAX as u64 - 10, 100),
+        Err(libc::EFBIG),
+        "offset + len past the largest file"
+    );
+    assert_eq!(a.metadata().unwrap().len(), 0, "a refused preallocation grew the file");
+    let used0 = statfs_used(&v.mnt);
+    fallocate(&a, 0, 0, 40 * MIB).unwrap();
+    assert_eq!(a.metadata().unwrap().len(), 40 * MIB);
+    let used1 = statfs_used(&v.mnt);
+    assert!(
+        used1 >= used0 + 40 * MIB,
+        "statfs used {used0} -> {used1} after reserving 40 MiB"
+    );
+    // Preallocating the same range again reserves nothing more.
+    fallocate(&a, 0, 0, 40 * MIB).unwrap();
+    let b = open("b");
+    assert_eq!(fallocate(&b, 0, 0, 40 * MIB), Err(libc::ENOSPC));
+    assert_eq!(
+        fallocate(&b, libc::FALLOC_FL_KEEP_SIZE, 1 << 30, 40 * MIB),
+        Err(libc::ENOSPC),
+        "KEEP_SIZE beyond EOF counts too"
+    );
+    // Survives a restart.
+    drop((a, b));
+    v.stop();
+    v.start();
+    let (a, b) = (open("a"), open("b"));
+    assert!(statfs_used(&v.mnt) >= used0 + 40 * MIB);
+    assert_eq!(fallocate(&b, 0, 0, 40 * MIB), Err(libc::ENOSPC));
+    // Writing the preallocated range is never refused: the reservation gives way.
+    a.write_all_at(&crate::common::random_bytes(9, 40 << 20), 0)
+        .unwrap();
+    a.sync_all().unwrap();
+    assert_eq!(fallocate(&b, 0, 0, 40 * MIB), Err(libc::ENOSPC));
+    // Deleting the file frees its space; then the second one fits.
+    drop(a);
+    std::fs::remove_file(v.path("a")).unwrap();
+    fallocate(&b, 0, 0, 40 * MIB).unwrap();
+    // Punching it releases the reservation.
+    let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    fallocate(&b, punch, 0, 40 * MIB).unwrap();
+    let c = open("c");
+    fallocate(&c, 0, 0, 50 * MIB).unwrap();
+    drop((b, c));
+    v.stop();
+}
