@@ -271,3 +271,80 @@ fn fallocate_reserves_quota() {
     drop((b, c));
     v.stop();
 }
+
+/// Figures for docs/SEMANTICS.md (run by hand: `cargo test --release --test integration
+/// posix_data::measure -- --ignored --nocapture`): the cost of SEEK_DATA with the writeback
+/// first, of a getattr that counts st_blocks, and the ingest the writeback cache buys.
+#[test]
+#[ignore]
+fn measure() {
+    use std::time::Instant;
+    let mut v = TestVolume::new("");
+    v.start();
+    let per = |t: Instant, n: u32| t.elapsed().as_secs_f64() * 1e6 / n as f64;
+    // lseek: a file open read-only (answered at once) against one open for writing with a
+    // dirty page (written back first).
+    let p = v.path("seek");
+    std::fs::write(&p, vec![1u8; 8 << 20]).unwrap();
+    let n = 2000;
+    let r = File::open(&p).unwrap();
+    let t = Instant::now();
+    for i in 0..n {
+        lseek(&r, (i as u64 * 4096) % (8 << 20), libc::SEEK_DATA).unwrap();
+    }
+    let ro = per(t, n);
+    drop(r);
+    let w = OpenOptions::new().read(true).write(true).open(&p).unwrap();
+    let t = Instant::now();
+    for i in 0..n {
+        lseek(&w, (i as u64 * 4096) % (8 << 20), libc::SEEK_DATA).unwrap();
+    }
+    let clean = per(t, n);
+    let t = Instant::now();
+    for i in 0..n {
+        let off = (i as u64 * 4096) % (8 << 20);
+        w.write_all_at(b"x", off).unwrap();
+        lseek(&w, off, libc::SEEK_DATA).unwrap();
+    }
+    let dirty = per(t, n);
+    drop(w);
+    println!(
+        "lseek SEEK_DATA µs: read-only {ro:.1}, open for writing {clean:.1} ({:.1}x), \
+         after a 1-byte write each {dirty:.1} ({:.1}x)",
+        clean / ro,
+        dirty / ro
+    );
+    // getattr: a file (st_blocks from its counter) against a directory (no lookup).
+    std::fs::create_dir(v.path("dir")).unwrap();
+    let n = 20_000;
+    for (name, what) in [("dir", "directory"), ("seek", "file")] {
+        let t = Instant::now();
+        for _ in 0..n {
+            allocated(&v.path(name));
+        }
+        println!("getattr (statx FORCE_SYNC) of a {what}: {:.1} µs", per(t, n));
+    }
+    v.stop();
+    // Ingest with the writeback cache on (default) and off: dd-like sequential writes.
+    for wb in [true, false] {
+        let mut v = TestVolume::new("");
+        if !wb {
+            let mut c = std::fs::read_to_string(&v.config).unwrap();
+            c.push_str("writeback_cache = false\n");
+            std::fs::write(&v.config, c).unwrap();
+        }
+        v.start();
+        for bs in [4096usize, 1 << 20] {
+            let data = crate::common::random_bytes(bs as u64, 256 << 20);
+            let f = File::create(v.path(&format!("ingest-{bs}"))).unwrap();
+            let t = Instant::now();
+            for (i, c) in data.chunks(bs).enumerate() {
+                f.write_all_at(c, (i * bs) as u64).unwrap();
+            }
+            f.sync_all().unwrap();
+            let mib_s = 256.0 / t.elapsed().as_secs_f64();
+            println!("writeback cache {wb}: 256 MiB in {bs}-byte writes + fsync: {mib_s:.0} MiB/s");
+        }
+        v.stop();
+    }
+}
