@@ -623,6 +623,37 @@ impl Filesystem for FuseFs {
         }
     }
 
+    /// O_TMPFILE (src/volume/tmpfile.rs). The kernel counts the link count it is told down by
+    /// one, so it hears 1 for the file's 0.
+    fn tmpfile(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let mode = self.vol.create_mode(parent.0, mode, umask);
+        match self.vol.create_tmpfile(parent.0, mode, caller(req)) {
+            Ok((a, fh)) => {
+                self.writers.opened(a.ino, flags);
+                let attr = FileAttr {
+                    nlink: 1,
+                    ..self.file_attr(&a)
+                };
+                reply.created(
+                    &TTL,
+                    &attr,
+                    self.generation(a.ino),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                )
+            }
+            Err(e) => reply.error(report("tmpfile", &e)),
+        }
+    }
+
     fn fallocate(
         &self,
         _req: &Request,

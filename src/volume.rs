@@ -55,6 +55,7 @@ mod gc;
 mod recycle;
 mod snapshot;
 mod space;
+mod tmpfile;
 #[cfg(test)]
 mod testutil;
 pub(crate) use export::next_generation as next_handle_generation;
@@ -1115,7 +1116,8 @@ impl Volume {
         if d.attr.kind == FileKind::Dir {
             return Err(Error::NotPermitted);
         }
-        if d.gone || d.attr.nlink == 0 {
+        // An orphan may get a first name: O_TMPFILE (src/volume/tmpfile.rs).
+        if d.gone || (d.attr.nlink == 0 && !d.orphan) {
             return Err(Error::NotFound);
         }
         if d.attr.nlink >= u32::MAX - 1 {
@@ -1136,7 +1138,11 @@ impl Volume {
         );
         b.put(meta::inode_key(ino), d.attr.encode());
         b.put(meta::inode_key(new_parent), pd.attr.encode());
+        if d.orphan {
+            b.delete(meta::orphan_key(ino));
+        }
         self.apply(b)?;
+        d.orphan = false;
         Ok(Attr {
             ino,
             inode: d.attr.clone(),

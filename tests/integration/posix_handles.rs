@@ -78,11 +78,10 @@ fn read_all(mut f: File) -> Vec<u8> {
 }
 
 fn listing(dir: File) -> Vec<String> {
-    let mut names: Vec<String> =
-        std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     names.sort();
     names
 }
@@ -100,7 +99,10 @@ fn handles_open_after_cache_drop_and_restart() {
     assert_ne!(fh, dh);
 
     // Cached: works today too. Then with the inodes gone from the kernel's caches.
-    assert_eq!(read_all(open_handle(&tv.mnt, &fh, libc::O_RDONLY).unwrap()), data);
+    assert_eq!(
+        read_all(open_handle(&tv.mnt, &fh, libc::O_RDONLY).unwrap()),
+        data
+    );
     drop_caches();
     let f = open_handle(&tv.mnt, &fh, libc::O_RDONLY).expect("file handle after drop_caches");
     assert_eq!(read_all(f), data);
@@ -184,7 +186,11 @@ fn external_umount_is_logged_quietly() {
         if state.starts_with('Z') || stat.is_empty() {
             break;
         }
-        assert!(Instant::now() < deadline, "daemon still running:\n{}", tv.log_tail());
+        assert!(
+            Instant::now() < deadline,
+            "daemon still running:\n{}",
+            tv.log_tail()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     tv.stop();
@@ -201,4 +207,101 @@ fn external_umount_is_logged_quietly() {
     assert!(noisy.is_empty(), "warnings or errors logged:\n{rest}");
     assert!(!rest.contains("Unmounting"), "{rest}");
     assert!(rest.contains("stopped cleanly"), "{rest}");
+}
+
+/// `open(dir, O_TMPFILE | O_RDWR)`: the descriptor, or the errno.
+fn open_tmpfile(dir: &Path) -> Result<File, i32> {
+    let c = CString::new(dir.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid path; the descriptor is owned by the File below.
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_TMPFILE | libc::O_RDWR, 0o640) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error().raw_os_error().unwrap());
+    }
+    // SAFETY: a new descriptor that nothing else owns.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// `linkat(fd, "", AT_FDCWD, to, AT_EMPTY_PATH)`.
+fn link_fd(f: &File, to: &Path) -> Result<(), i32> {
+    let c = CString::new(to.as_os_str().as_bytes()).unwrap();
+    // SAFETY: valid descriptor and paths.
+    let r = unsafe {
+        libc::linkat(
+            f.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error().raw_os_error().unwrap());
+    }
+    Ok(())
+}
+
+#[test]
+fn o_tmpfile_links_into_place_or_leaves_nothing() {
+    use std::io::Write;
+    let mut tv = TestVolume::new("");
+    tv.start();
+    std::fs::create_dir(tv.path("d")).unwrap();
+    let data = random_bytes(51, 200_000);
+
+    // Written, then linked into place: the name appears with the data, as written.
+    let mut f = open_tmpfile(&tv.path("d")).expect("O_TMPFILE");
+    f.write_all(&data).unwrap();
+    assert!(std::fs::read_dir(tv.path("d")).unwrap().next().is_none());
+    link_fd(&f, &tv.path("d/placed")).expect("linkat AT_EMPTY_PATH");
+    f.write_all(b"tail").unwrap();
+    drop(f);
+    let mut want = data.clone();
+    want.extend_from_slice(b"tail");
+    assert_eq!(std::fs::read(tv.path("d/placed")).unwrap(), want);
+    let m = std::fs::metadata(tv.path("d/placed")).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::nlink(&m), 1);
+
+    // Through /proc/self/fd, as tools without AT_EMPTY_PATH do (needs no privilege).
+    let mut f = open_tmpfile(&tv.path("d")).unwrap();
+    f.write_all(b"via proc").unwrap();
+    let proc_path = format!("/proc/self/fd/{}", f.as_raw_fd());
+    let (a, b) = (
+        CString::new(proc_path).unwrap(),
+        CString::new(tv.path("d/via-proc").as_os_str().as_bytes()).unwrap(),
+    );
+    // SAFETY: valid paths.
+    let r = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+    drop(f);
+    assert_eq!(std::fs::read(tv.path("d/via-proc")).unwrap(), b"via proc");
+
+    // Never linked: gone at close, and nothing of it counts or comes back after a restart.
+    let before = std::fs::read_dir(tv.path("d")).unwrap().count();
+    let mut f = open_tmpfile(&tv.path("d")).unwrap();
+    f.write_all(&random_bytes(52, 300_000)).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    // One more left open while the daemon stops: the next start deletes it.
+    let mut open_one = open_tmpfile(&tv.path("d")).unwrap();
+    open_one.write_all(&random_bytes(53, 300_000)).unwrap();
+    open_one.sync_all().unwrap();
+    tv.kill();
+    drop(open_one);
+    tv.start();
+    assert_eq!(std::fs::read_dir(tv.path("d")).unwrap().count(), before);
+    tv.stop();
+    // Only the two linked files' data is stored.
+    let stats = tv.stats();
+    assert!(
+        stats.stats.logical_bytes < 300_000,
+        "unlinked temporary files still hold data: {stats:?}"
+    );
 }
