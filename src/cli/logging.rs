@@ -93,12 +93,36 @@ mod tests {
         let enodev = std::io::Error::from_raw_os_error(libc::ENODEV);
         let einval = std::io::Error::from_raw_os_error(libc::EINVAL);
         let t = "fuser::reply";
-        assert!(record(t, Error, format_args!("Failed to send FUSE reply: {enoent}")));
-        assert!(record(t, Error, format_args!("Failed to send FUSE reply: {enodev}")));
-        assert!(!record(t, Error, format_args!("Failed to send FUSE reply: {einval}")));
+        assert!(record(
+            t,
+            Error,
+            format_args!("Failed to send FUSE reply: {enoent}")
+        ));
+        assert!(record(
+            t,
+            Error,
+            format_args!("Failed to send FUSE reply: {enodev}")
+        ));
+        assert!(!record(
+            t,
+            Error,
+            format_args!("Failed to send FUSE reply: {einval}")
+        ));
         assert!(!record(t, Error, format_args!("Unknown FUSE opcode (99)")));
-        assert!(record("fuser::mnt", log::Level::Info, format_args!("Unmounting /mnt")));
-        assert!(!record("fuser::session", log::Level::Info, format_args!("Mounting /mnt")));
-        assert!(!record("other", Error, format_args!("Failed to send FUSE reply: {enoent}")));
+        assert!(record(
+            "fuser::mnt",
+            log::Level::Info,
+            format_args!("Unmounting /mnt")
+        ));
+        assert!(!record(
+            "fuser::session",
+            log::Level::Info,
+            format_args!("Mounting /mnt")
+        ));
+        assert!(!record(
+            "other",
+            Error,
+            format_args!("Failed to send FUSE reply: {enoent}")
+        ));
     }
 }

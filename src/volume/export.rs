@@ -28,9 +28,11 @@ const GENERATION_KEY: &str = "export_generation";
 fn decode(v: Option<Vec<u8>>) -> Result<u32> {
     match v {
         None => Ok(0),
-        Some(v) => Ok(u32::from_le_bytes(v.as_slice().try_into().map_err(|_| {
-            Error::Corrupt(format!("counter {GENERATION_KEY}"))
-        })?)),
+        Some(v) => {
+            Ok(u32::from_le_bytes(v.as_slice().try_into().map_err(
+                |_| Error::Corrupt(format!("counter {GENERATION_KEY}")),
+            )?))
+        }
     }
 }
 
