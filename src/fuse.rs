@@ -23,9 +23,11 @@ use fuser::{
 use crate::error::Error;
 use crate::meta::{FileKind, Inode, ROOT_INO};
 use crate::volume::{
-    Allocate, Attr, Caller, Changed, RenameMode, SetAttr, TimeSet, Volume, Whence, XattrSet,
+    Allocate, Attr, Caller, Changed, PrivChange, RenameMode, SetAttr, TimeSet, Volume, Whence,
+    XattrSet,
 };
 
+mod creds;
 mod seek;
 
 /// How long the kernel may cache attributes and names. Short, because a second front-end
@@ -174,6 +176,9 @@ impl Filesystem for FuseFs {
         // POSIX ACLs: the kernel checks them; with DONT_MASK it leaves the umask to us, to
         // apply only where no default ACL replaces it (src/volume/acl.rs).
         wanted |= InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK;
+        // Set-uid/set-gid bits are cleared by us, with the local filesystems' rules
+        // (src/volume/privs.rs); the kernel's fallback for FUSE keeps set-gid too often.
+        wanted |= InitFlags::FUSE_HANDLE_KILLPRIV_V2;
         if let Err(missing) = config.add_capabilities(wanted) {
             tracing::warn!("kernel lacks FUSE capabilities {missing:?}; continuing without them");
             let _ = config.add_capabilities(wanted - missing);
@@ -200,7 +205,7 @@ impl Filesystem for FuseFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -216,6 +221,10 @@ impl Filesystem for FuseFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let change = creds::setattr_change(size.is_some(), uid.is_some() || gid.is_some());
+        if let Err(e) = creds::drop_privs(&self.vol, req, ino.0, change) {
+            return reply.error(report("setattr", &e));
+        }
         let s = SetAttr {
             mode,
             uid,
@@ -274,9 +283,7 @@ impl Filesystem for FuseFs {
         reply: ReplyEntry,
     ) {
         let mode = self.vol.create_mode(parent.0, mode, umask);
-        let r = self
-            .vol
-            .mkdir(parent.0, name.as_bytes(), mode, caller(req));
+        let r = self.vol.mkdir(parent.0, name.as_bytes(), mode, caller(req));
         self.entry(r, "mkdir", reply)
     }
 
@@ -385,16 +392,22 @@ impl Filesystem for FuseFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        // Sent (with HANDLE_KILLPRIV_V2) when the writer lacks CAP_FSETID.
+        if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+            if let Err(e) = creds::drop_privs(&self.vol, req, ino.0, Some(PrivChange::Modify)) {
+                return reply.error(report("write", &e));
+            }
+        }
         match self.vol.write(ino.0, offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(report("write", &e)),
@@ -656,7 +669,7 @@ impl Filesystem for FuseFs {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -680,6 +693,9 @@ impl Filesystem for FuseFs {
         } else {
             Allocate::Allocate { keep_size }
         };
+        if let Err(e) = creds::drop_privs(&self.vol, req, ino.0, Some(PrivChange::Modify)) {
+            return reply.error(report("fallocate", &e));
+        }
         self.empty(
             self.vol.fallocate(ino.0, offset, length, how),
             "fallocate",
@@ -721,7 +737,7 @@ impl Filesystem for FuseFs {
 
     fn copy_file_range(
         &self,
-        _req: &Request,
+        req: &Request,
         ino_in: INodeNo,
         _fh_in: FileHandle,
         offset_in: u64,
@@ -734,6 +750,9 @@ impl Filesystem for FuseFs {
     ) {
         // The reply carries a u32; larger requests are answered short and the caller loops.
         let len = len.min(1 << 30);
+        if let Err(e) = creds::drop_privs(&self.vol, req, ino_out.0, Some(PrivChange::Modify)) {
+            return reply.error(report("copy_file_range", &e));
+        }
         match self
             .vol
             .copy_range(ino_in.0, offset_in, ino_out.0, offset_out, len)
@@ -1094,6 +1113,7 @@ pub fn mount(
     vol.set_invalidator(Box::new(move |c| {
         let r = match c {
             Changed::Inode(ino) => notifier.inval_inode(INodeNo(*ino), 0, 0),
+            Changed::Attr(ino) => notifier.inval_inode(INodeNo(*ino), -1, 0),
             Changed::Entry { parent, name } => {
                 notifier.inval_entry(INodeNo(*parent), OsStr::from_bytes(name))
             }

@@ -52,6 +52,7 @@ mod acl;
 mod dirhandle;
 mod export;
 mod gc;
+mod privs;
 mod recycle;
 mod snapshot;
 mod space;
@@ -60,6 +61,7 @@ mod tmpfile;
 mod testutil;
 pub(crate) use export::next_generation as next_handle_generation;
 pub use gc::{CorePass, GcPolicy};
+pub use privs::{Creds, PrivChange};
 pub use recycle::{RecycleStats, Recycled};
 pub use snapshot::{
     is_snapshot_ino, KeepPolicy, SnapshotInfo, SnapshotStatus, SNAPSHOT_DIR_INO, SNAPSHOT_DIR_NAME,
@@ -370,6 +372,9 @@ struct PackStore {
 pub enum Changed {
     /// An inode's data or attributes.
     Inode(u64),
+    /// An inode's attributes only: the kernel keeps its cached pages, so this is safe to send
+    /// while a request on the inode is in flight.
+    Attr(u64),
     /// A name in a directory (created, removed or renamed).
     Entry { parent: u64, name: Vec<u8> },
 }
