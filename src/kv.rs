@@ -443,6 +443,16 @@ pub(crate) mod conformance {
     }
 }
 
+/// The store's errors as the crate's: only this module knows the store is sled.
+impl From<sled::Error> for Error {
+    fn from(e: sled::Error) -> Self {
+        match e {
+            sled::Error::Io(io) => Error::io("metadata store", io),
+            other => Error::Store(other.to_string()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -69,9 +69,9 @@ impl WeekTime {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
         let t = secs as libc::time_t;
-        // SAFETY: tm is plain old data, all-zero is a valid value, and localtime_r writes only
-        // into the tm we own (it is the thread-safe variant).
+        // SAFETY: tm is plain old data and all-zero is a valid value.
         let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+        // SAFETY: localtime_r is the thread-safe variant and writes only into the tm we own.
         let ok = !unsafe { libc::localtime_r(&t, &mut tm) }.is_null();
         if ok && (0..7).contains(&tm.tm_wday) && (0..24).contains(&tm.tm_hour) {
             WeekTime {

@@ -102,6 +102,7 @@ fn random_io_through_the_mount_matches_a_model() {
                 }
                 let off = rng.gen_range(0..m.len());
                 let len = rng.gen_range(1..(m.len() - off).min(2 << 20) + 1);
+                // SAFETY: the fd is open for the call; the flags and range are plain integers.
                 let r = unsafe {
                     libc::fallocate(
                         file.as_raw_fd(),
@@ -126,6 +127,7 @@ fn random_io_through_the_mount_matches_a_model() {
                 while done < len {
                     let mut oi = (off_in + done) as i64;
                     let mut oo = (off_out + done) as i64;
+                    // SAFETY: both fds are open and the offsets are locals the call may update.
                     let n = unsafe {
                         libc::copy_file_range(
                             file.as_raw_fd(),
@@ -206,6 +208,7 @@ fn rename_link_unlink_edge_cases() {
     assert_eq!(fs::metadata(p("d3")).unwrap().nlink(), 3);
     // renameat2 flags.
     let c = |s: &str| std::ffi::CString::new(p(s).to_str().unwrap()).unwrap();
+    // SAFETY: the CStrings outlive the call (built in its arguments).
     let renameat2 = |a: &str, b: &str, flags: u32| unsafe {
         libc::renameat2(
             libc::AT_FDCWD,
@@ -292,6 +295,7 @@ fn sparse_files_seek_data_and_hole() {
     f.write_all_at(b"tail", tib16 - 4).unwrap();
     f.sync_all().unwrap();
     assert_eq!(f.metadata().unwrap().len(), tib16);
+    // SAFETY: the fd is open for the whole test; lseek takes plain integers.
     let seek = |off: i64, whence: i32| unsafe { libc::lseek(f.as_raw_fd(), off, whence) };
     assert_eq!(seek(0, libc::SEEK_DATA), 0);
     let hole = seek(0, libc::SEEK_HOLE);
@@ -335,6 +339,7 @@ fn extended_attributes() {
     fs::write(&path, b"data").unwrap();
     let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
     let name = |n: &str| std::ffi::CString::new(n).unwrap();
+    // SAFETY: the CStrings and the value slice outlive the call; the length is the slice's.
     let set = |n: &str, val: &[u8], flags: i32| unsafe {
         libc::setxattr(
             c.as_ptr(),
@@ -357,6 +362,7 @@ fn extended_attributes() {
         Some(libc::ENODATA)
     );
     let mut buf = vec![0u8; 8192];
+    // SAFETY: buf is writable for the length passed.
     let n = unsafe {
         libc::getxattr(
             c.as_ptr(),
@@ -367,6 +373,7 @@ fn extended_attributes() {
     };
     assert_eq!(n, 5000);
     assert_eq!(&buf[..5000], &[7u8; 5000][..]);
+    // SAFETY: buf is writable for the (smaller) length passed.
     let n = unsafe {
         libc::getxattr(
             c.as_ptr(),
@@ -380,15 +387,18 @@ fn extended_attributes() {
         std::io::Error::last_os_error().raw_os_error(),
         Some(libc::ERANGE)
     );
+    // SAFETY: buf is writable for the length passed.
     let n = unsafe { libc::listxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     assert_eq!(&buf[..n as usize], b"user.one\0user.two\0");
     assert_eq!(
+        // SAFETY: both CStrings outlive the call.
         unsafe { libc::removexattr(c.as_ptr(), name("user.one").as_ptr()) },
         0
     );
     // Survives a restart.
     v.stop();
     v.start();
+    // SAFETY: buf is writable for the length passed.
     let n = unsafe { libc::listxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     assert_eq!(&buf[..n as usize], b"user.two\0");
     v.stop();
@@ -407,6 +417,7 @@ fn copy_file_range_shares_chunks() {
     let dst = File::create(v.path("copy")).unwrap();
     let mut left = data.len();
     while left > 0 {
+        // SAFETY: both fds are open; null offsets mean the files' own positions.
         let n = unsafe {
             libc::copy_file_range(
                 src.as_raw_fd(),

@@ -1208,6 +1208,7 @@ fn status_page_shows_what_the_api_says() {
 
     // The cost of a refresh: the daemon's CPU time over 200 status requests, and their size.
     let pid = daemon_pid(&v);
+    // SAFETY: sysconf reads a constant of the system and takes no pointer.
     let tick_ms = 1000.0 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     const N: u32 = 200;
     let (c0, t0) = (cpu_ticks(pid), Instant::now());
