@@ -8,6 +8,8 @@
 #                and garage)
 #   fmt          cargo fmt --check: the tree is formatted
 #   build        cargo build --release
+#   clippy       cargo clippy --release --all-targets -- -D warnings: lints (and every unsafe
+#                block's SAFETY comment, Cargo.toml [lints]) hold for the code and its tests
 #   garage       scripts/garage.sh: a single-node Garage S3 server on 127.0.0.1 for the backend
 #                tests (TIERGATE_TEST_S3_* in the environment of cargo test); stopped at exit
 #   cargo-test   cargo test --release --no-fail-fast: unit tests, and integration tests that mount FUSE themselves
@@ -205,6 +207,9 @@ plain_step fmt cargo fmt --all --check || true
 
 build_ok=1
 plain_step build cargo build --release || build_ok=0
+
+# Lints are part of the contract too (Cargo.toml [lints], STYLE.md); a check build, ~2-4 min.
+plain_step clippy cargo clippy --release --all-targets -- -D warnings || true
 
 # The S3 server for the backend tests. It runs in this shell (garage_start keeps its pid and
 # exports its address), so no pipe through tee. If it fails, the S3 tests fail and say why.
