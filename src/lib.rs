@@ -7,9 +7,12 @@
 //! - storage: [`kv`] (the small key-value interface sled sits behind), [`durable`] (fsync and
 //!   atomic file replacement)
 //! - tiering: [`tiering`] (uploader, evictor, fetcher; registered with the core as a
-//!   [`volume::Tier`]) over [`backend`] (object stores: S3, local directory); [`control`] is
-//!   the local socket `tiergate sync` talks to
-//! - edges: [`config`], [`error`]
+//!   [`volume::Tier`]) over [`backend`] (object stores: S3, local directory; their options in
+//!   `backend::options`, every object name in `backend::layout`); [`control`] is the local
+//!   socket `tiergate sync` talks to
+//! - base, importing nothing above: [`events`] (the recent-events log the status page reads),
+//!   [`clock`] (UTC dates), [`bytesize`], [`secret`], [`error`]
+//! - edges: [`config`] (assembles the options each module owns), [`status`], [`web`]
 
 pub mod auth;
 pub mod backend;
