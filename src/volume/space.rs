@@ -54,7 +54,7 @@ fn encode_ranges(r: &[(u64, u64)]) -> Vec<u8> {
 }
 
 fn decode_ranges(v: &[u8]) -> Result<Vec<(u64, u64)>> {
-    if v.len() % 16 != 0 {
+    if !v.len().is_multiple_of(16) {
         return Err(Error::Corrupt("reserved ranges record".into()));
     }
     let u = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap());
@@ -301,8 +301,14 @@ mod tests {
 
     #[test]
     fn subtract_cuts_ranges() {
-        assert_eq!(subtract(&[(0, 100)], &[(10, 20), (50, 200)]), [(0, 10), (20, 50)]);
-        assert_eq!(subtract(&[(0, 10), (20, 30)], &[(5, 25)]), [(0, 5), (25, 30)]);
+        assert_eq!(
+            subtract(&[(0, 100)], &[(10, 20), (50, 200)]),
+            [(0, 10), (20, 50)]
+        );
+        assert_eq!(
+            subtract(&[(0, 10), (20, 30)], &[(5, 25)]),
+            [(0, 5), (25, 30)]
+        );
         assert_eq!(subtract(&[(0, 10)], &[]), [(0, 10)]);
         assert!(subtract(&[(0, 10)], &[(0, 10)]).is_empty());
     }

@@ -180,7 +180,11 @@ fn st_blocks_count_what_a_file_holds() {
     assert_eq!(f.metadata().unwrap().len(), 1 << 30);
     fallocate(&f, 0, 100 * MIB, 10 * MIB).unwrap();
     let du2 = allocated(&p);
-    assert_eq!(du2 - du, 10 * MIB, "after fallocate of 10 MiB: {du} -> {du2}");
+    assert_eq!(
+        du2 - du,
+        10 * MIB,
+        "after fallocate of 10 MiB: {du} -> {du2}"
+    );
     // Preallocated beyond EOF (KEEP_SIZE): counted, size unchanged.
     fallocate(&f, libc::FALLOC_FL_KEEP_SIZE, 2 << 30, 4 * MIB).unwrap();
     assert_eq!(allocated(&p), du2 + 4 * MIB);
@@ -188,7 +192,11 @@ fn st_blocks_count_what_a_file_holds() {
     let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
     fallocate(&f, punch, 100 * MIB, 10 * MIB).unwrap();
     fallocate(&f, punch, 512 * MIB, MIB).unwrap();
-    assert_eq!(allocated(&p), 4 * MIB, "after punching the data and the 10 MiB");
+    assert_eq!(
+        allocated(&p),
+        4 * MIB,
+        "after punching the data and the 10 MiB"
+    );
     // Truncated below the preallocation beyond EOF: nothing left.
     f.set_len(MIB).unwrap();
     assert_eq!(allocated(&p), 0);
@@ -223,13 +231,21 @@ fn fallocate_reserves_quota() {
     };
     let a = open("a");
     assert_eq!(fallocate(&a, 0, 0, 100 * MIB), Err(libc::ENOSPC));
-    assert_eq!(fallocate(&a, 0, 0, 1 << 62), Err(libc::ENOSPC), "huge length");
+    assert_eq!(
+        fallocate(&a, 0, 0, 1 << 62),
+        Err(libc::ENOSPC),
+        "huge length"
+    );
     assert_eq!(
         fallocate(&a, 0, i64::MAX as u64 - 10, 100),
         Err(libc::EFBIG),
         "offset + len past the largest file"
     );
-    assert_eq!(a.metadata().unwrap().len(), 0, "a refused preallocation grew the file");
+    assert_eq!(
+        a.metadata().unwrap().len(),
+        0,
+        "a refused preallocation grew the file"
+    );
     let used0 = statfs_used(&v.mnt);
     fallocate(&a, 0, 0, 40 * MIB).unwrap();
     assert_eq!(a.metadata().unwrap().len(), 40 * MIB);
@@ -322,7 +338,10 @@ fn measure() {
         for _ in 0..n {
             allocated(&v.path(name));
         }
-        println!("getattr (statx FORCE_SYNC) of a {what}: {:.1} µs", per(t, n));
+        println!(
+            "getattr (statx FORCE_SYNC) of a {what}: {:.1} µs",
+            per(t, n)
+        );
     }
     v.stop();
     // Ingest with the writeback cache on (default) and off: dd-like sequential writes.
