@@ -11,13 +11,13 @@ use serde::Deserialize;
 pub use crate::backend::options::{
     LockMode, ObjectLockConfig, S3Config, S3_ACCESS_KEY_ENV, S3_SECRET_KEY_ENV,
 };
-use crate::backend::{self, Backend, BResult};
+use crate::backend::{self, BResult, Backend};
 pub use crate::bytesize::ByteSize;
 use crate::bytesize::{GIB, MIB};
 use crate::chunker::ChunkerParams;
+use crate::error::{Error, Result};
 pub use crate::secret::{secret_file_warning, Secret};
 pub use crate::tiering::rate::BandwidthRule;
-use crate::error::{Error, Result};
 use crate::volume::KeepPolicy;
 
 /// Environment variable that may carry the passphrase instead of `volume.passphrase_file`.
@@ -1108,10 +1108,11 @@ impl Config {
     pub fn open_backend(&self) -> BResult<Arc<dyn Backend>> {
         match &self.s3 {
             Some(s3cfg) => Ok(Arc::new(backend::s3::S3Backend::new(s3cfg)?)),
-            None => Ok(Arc::new(backend::local::LocalDir::open(&self.backend_dir())?)),
+            None => Ok(Arc::new(backend::local::LocalDir::open(
+                &self.backend_dir(),
+            )?)),
         }
     }
-
 
     /// The local store's directory: `backend.path`, or `backend/` in the volume directory.
     pub fn backend_dir(&self) -> PathBuf {

@@ -52,6 +52,7 @@ use bytes::Bytes;
 use futures_util::stream::{self, StreamExt};
 use rayon::prelude::*;
 
+use crate::backend::layout::{KEY_OBJECT, LEASE_OBJECT};
 use crate::backend::{layout, list_all, Backend};
 use crate::blob;
 use crate::crypto::{self, ChunkId, KdfParams};
@@ -59,10 +60,7 @@ use crate::error::{Error, Result};
 use crate::kv::{prefix_end, Batch, KvStore};
 use crate::meta::{self, ChunkRecord, Extent, FileKind, PackRecord, PackState, Stats, ROOT_INO};
 use crate::pack::{self, BlobLocation, PackEntry};
-use crate::backend::layout::{KEY_OBJECT, LEASE_OBJECT};
-use crate::tiering::metasync::{
-    judge_lease, LeaseState, APPLIANCE_ID_FILE,
-};
+use crate::tiering::metasync::{judge_lease, LeaseState, APPLIANCE_ID_FILE};
 use crate::volume::{self, is_snapshot_ino, Volume, SNAPSHOT_DIR_INO, SNAPSHOT_DIR_NAME};
 
 /// Records per page of a metadata scan.

@@ -40,7 +40,6 @@ pub mod local;
 pub mod options;
 pub mod s3;
 
-
 /// Result of a backend operation.
 pub type BResult<T> = std::result::Result<T, BackendError>;
 
@@ -215,7 +214,6 @@ pub async fn list_all(
         }
     }
 }
-
 
 /// Checks that a key can be used on every backend: non-empty, at most 512 bytes, segments
 /// separated by single `/` (no leading or trailing one), no `.` or `..` segment, and only

@@ -277,9 +277,7 @@ pub fn user(cmd: UserCmd) -> Result<()> {
 
 /// The store of a config, for the offline commands.
 pub fn offline_store(cfg: &Config) -> Result<tiergate::repair::Store> {
-    Ok(tiergate::repair::Store::new(
-        cfg.open_backend()?,
-    )?)
+    Ok(tiergate::repair::Store::new(cfg.open_backend()?)?)
 }
 
 pub fn key_change(path: &Path) -> Result<()> {

@@ -447,11 +447,11 @@ impl tiergate::backend::Backend for SlowLease {
 #[test]
 fn a_take_over_is_not_refused_by_its_own_racing_claim() {
     use std::sync::Arc;
+    use tiergate::backend::layout::VOLUME_OBJECT;
     use tiergate::backend::local::LocalDir;
     use tiergate::backend::Backend;
     use tiergate::chunker::ChunkerParams;
     use tiergate::crypto::KdfParams;
-    use tiergate::backend::layout::VOLUME_OBJECT;
     use tiergate::tiering::{Tiering, TieringOptions};
     use tiergate::volume::{Volume, VolumeOptions};
 
