@@ -1500,13 +1500,9 @@ impl Volume {
         let Some(Handle::File { ino }) = self.handles.lock().remove(&fh) else {
             return Err(Error::BadHandle);
         };
-        let e = self.entry(ino)?;
-        let last = e.opens.fetch_sub(1, Ordering::AcqRel) == 1;
-        let orphan = e.data.read().orphan;
-        if last && orphan {
-            let _ns = self.ns.lock();
-            return self.delete_inode_data(ino);
-        }
+        let Some(e) = self.close_open(ino)? else {
+            return Ok(());
+        };
         let mut d = e.data.write();
         if d.dirty_bytes > 0 || d.attr_dirty {
             self.commit_locked(&e, &mut d, true, false)?;

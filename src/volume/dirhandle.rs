@@ -149,7 +149,8 @@ impl Volume {
                 if c.recent.len() == RECENT_OFFSETS {
                     c.recent.pop_front();
                 }
-                c.recent.push_back((e.offset, e.name.clone().into_boxed_slice()));
+                c.recent
+                    .push_back((e.offset, e.name.clone().into_boxed_slice()));
             }
         }
         Ok(out)
@@ -184,14 +185,21 @@ impl Volume {
             Some(Handle::Dir(c)) => c.ino,
             _ => return Err(Error::BadHandle),
         };
+        self.close_open(ino).map(|_| ())
+    }
+
+    /// Counts one handle of `ino` (a file's or a directory's) closed. The last close of an
+    /// inode that lost its last name while open frees it (and gives `None`).
+    pub(super) fn close_open(&self, ino: u64) -> Result<Option<Arc<Entry>>> {
         let e = self.entry(ino)?;
         let last = e.opens.fetch_sub(1, Ordering::AcqRel) == 1;
         let orphan = e.data.read().orphan;
         if last && orphan {
             let _ns = self.ns.lock();
-            return self.delete_inode_data(ino);
+            self.delete_inode_data(ino)?;
+            return Ok(None);
         }
-        Ok(())
+        Ok(Some(e))
     }
 }
 
@@ -234,7 +242,10 @@ mod tests {
         assert!(again.contains(&"f5a".to_string()) && !again.contains(&"f1".to_string()));
         // A removed name this handle never returned: EINVAL.
         let gone = name_offset(b"f1");
-        assert!(matches!(vol.readdir(other, gone, 10), Err(Error::Invalid(_))));
+        assert!(matches!(
+            vol.readdir(other, gone, 10),
+            Err(Error::Invalid(_))
+        ));
         vol.releasedir(fh).unwrap();
         vol.releasedir(other).unwrap();
     }
