@@ -62,3 +62,46 @@ impl Volume {
         Ok(a)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::volume;
+    use super::*;
+
+    #[test]
+    fn recovery_generation_is_new_and_nonzero_every_time() {
+        let tmp = tempfile::tempdir().unwrap();
+        let vol = volume(&tmp);
+        assert_eq!(vol.handle_generation().unwrap(), 0);
+        let mut seen = vec![0];
+        for _ in 0..3 {
+            let (k, v) = next_generation(&vol.kv).unwrap();
+            let mut b = Batch::default();
+            b.put(k, v);
+            vol.kv.apply(b).unwrap();
+            let g = vol.handle_generation().unwrap();
+            assert!(g > *seen.last().unwrap(), "{g} after {seen:?}");
+            seen.push(g);
+        }
+    }
+
+    #[test]
+    fn handle_lookup_finds_named_inodes_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let vol = volume(&tmp);
+        let who = Caller { uid: 0, gid: 0 };
+        let (f, fh) = vol.create_file(ROOT_INO, b"f", 0o644, who).unwrap();
+        vol.release(fh).unwrap();
+        let d = vol.mkdir(ROOT_INO, b"d", 0o755, who).unwrap();
+        assert_eq!(vol.handle_lookup(f.ino).unwrap().ino, f.ino);
+        assert_eq!(vol.handle_lookup(d.ino).unwrap().ino, d.ino);
+        vol.unlink(ROOT_INO, b"f").unwrap();
+        vol.rmdir(ROOT_INO, b"d").unwrap();
+        assert!(matches!(vol.handle_lookup(f.ino), Err(Error::NotFound)));
+        assert!(matches!(vol.handle_lookup(d.ino), Err(Error::NotFound)));
+        assert!(matches!(
+            vol.handle_lookup(u64::MAX >> 2),
+            Err(Error::NotFound)
+        ));
+    }
+}
