@@ -16,13 +16,13 @@
 
 use std::time::{Duration, Instant};
 
+use crate::backend::layout::{KEY_OBJECT, VOLUME_OBJECT};
 use crate::backend::{layout, list_all, Backend};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::journal::{self, Checkpoint};
 use crate::kv::{Batch, KvStore, SledStore};
 use crate::meta::{self, PackRecord, PackState};
-use crate::backend::layout::{KEY_OBJECT, VOLUME_OBJECT};
 use crate::tiering::metasync;
 use crate::volume::{self, Volume, VolumeInfo};
 

@@ -56,9 +56,9 @@ mod privs;
 mod recycle;
 mod snapshot;
 mod space;
-mod tmpfile;
 #[cfg(test)]
 mod testutil;
+mod tmpfile;
 pub(crate) use export::next_generation as next_handle_generation;
 pub use gc::{CorePass, GcPolicy};
 pub use privs::{Creds, PrivChange};
