@@ -24,6 +24,7 @@ struct Dir(*mut libc::DIR);
 impl Dir {
     fn open(path: &Path) -> Dir {
         let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: `c` is a NUL-terminated path that outlives the call.
         let d = unsafe { libc::opendir(c.as_ptr()) };
         assert!(
             !d.is_null(),
@@ -35,8 +36,10 @@ impl Dir {
 
     /// A stream over a duplicate of `fd` (as `fdopendir` takes it over).
     fn of_fd(fd: &File) -> Dir {
+        // SAFETY: `fd` is an open descriptor; dup has no other requirement.
         let dup = unsafe { libc::dup(fd.as_raw_fd()) };
         assert!(dup >= 0);
+        // SAFETY: `dup` is a descriptor we own; the stream takes it over.
         let d = unsafe { libc::fdopendir(dup) };
         assert!(!d.is_null(), "{}", std::io::Error::last_os_error());
         Dir(d)
@@ -44,14 +47,19 @@ impl Dir {
 
     /// The next name, `None` at the end; an error is the errno readdir set.
     fn next(&mut self) -> Result<Option<String>, i32> {
-        unsafe { *libc::__errno_location() = 0 };
-        let e = unsafe { libc::readdir(self.0) };
+        // SAFETY: errno is this thread's; `self.0` is an open stream (closed only in drop).
+        let e = unsafe {
+            *libc::__errno_location() = 0;
+            libc::readdir(self.0)
+        };
         if e.is_null() {
             return match std::io::Error::last_os_error().raw_os_error() {
                 Some(0) | None => Ok(None),
                 Some(errno) => Err(errno),
             };
         }
+        // SAFETY: a non-null entry from readdir stays valid until the next call on the stream,
+        // and its d_name is NUL-terminated; the name is copied out before that.
         let name = unsafe { CStr::from_ptr((*e).d_name.as_ptr()) };
         Ok(Some(name.to_string_lossy().into_owned()))
     }
@@ -68,20 +76,24 @@ impl Dir {
     }
 
     fn tell(&self) -> libc::c_long {
+        // SAFETY: `self.0` is an open stream.
         unsafe { libc::telldir(self.0) }
     }
 
     fn seek(&mut self, pos: libc::c_long) {
+        // SAFETY: `self.0` is an open stream; `pos` came from telldir on it.
         unsafe { libc::seekdir(self.0, pos) }
     }
 
     fn rewind(&mut self) {
+        // SAFETY: `self.0` is an open stream.
         unsafe { libc::rewinddir(self.0) }
     }
 }
 
 impl Drop for Dir {
     fn drop(&mut self) {
+        // SAFETY: `self.0` is an open stream, closed once, here.
         unsafe { libc::closedir(self.0) };
     }
 }
