@@ -374,6 +374,9 @@ fn commit_staged(
                 },
             )?;
         }
+    } else {
+        // A new name: the group, mode and ACL a file created in `parent` gets.
+        vol.settle_new_file(ino, parent, 0o644)?;
     }
     vol.fsync(ino)?;
     vol.rename(staging, sname, parent, name, RenameMode::Replace)?;

@@ -261,6 +261,33 @@ impl Volume {
         Ok(out)
     }
 
+    /// A file made elsewhere (the WebDAV share's staging area) that now takes a new name under
+    /// `parent`: it gets the group, mode and ACL a file created there with `mode` would have
+    /// (the parent's group if it is set-gid, its default ACL).
+    pub fn settle_new_file(&self, ino: u64, parent: u64, mode: u32) -> Result<()> {
+        let p = self.getattr(parent)?.inode;
+        let mut perm = (mode & 0o7777) as u16;
+        let acls = self.acl_inherit(parent, FileKind::File, &mut perm)?;
+        let setgid = p.perm & libc::S_ISGID as u16 != 0;
+        self.check_writable(ino)?;
+        let _ns = self.ns.lock();
+        let e = self.entry(ino)?;
+        let mut d = e.data.write();
+        if d.gone {
+            return Err(Error::NotFound);
+        }
+        d.attr.perm = perm;
+        if setgid {
+            d.attr.gid = p.gid;
+        }
+        let mut b = Batch::default();
+        b.put(meta::inode_key(ino), d.attr.encode());
+        for (name, value) in acls {
+            b.put(meta::xattr_key(ino, name), value);
+        }
+        self.apply(b)
+    }
+
     /// For `setattr` with a mode: rewrites a stored access ACL to match `perm`.
     pub(super) fn acl_chmod(&self, ino: u64, perm: u16, b: &mut Batch) -> Result<()> {
         let key = meta::xattr_key(ino, ACL_ACCESS);

@@ -236,3 +236,23 @@ fn setuid_and_setgid_are_cleared_as_on_tmpfs() {
     assert!(reference.contains("write 0 2745 745"), "{reference}");
     assert_eq!(mounted, reference);
 }
+
+/// A file uploaded through the WebDAV share is staged elsewhere and renamed into place; it
+/// still gets what a file created in its directory gets: the set-gid directory's group and
+/// the access ACL from its default ACL (mode 0644 masked by it).
+#[test]
+fn webdav_uploads_get_the_directory_s_group_and_default_acl() {
+    let p = Pair::new("dav");
+    let setup = "chgrp 100 .; chmod 2775 .; setfacl -d -m u:1000:rwx,g::rwx,o::r-x .";
+    let (a, b) = p.both(setup);
+    assert_eq!((a.as_str(), b.as_str()), ("", ""));
+    let dav = crate::webdav::share(&p.v);
+    assert_eq!(dav.put("/dav/new.txt", b"hello").status, 201);
+    let create =
+        "python3 -c \"import os; os.close(os.open('new.txt', os.O_CREAT | os.O_WRONLY, 0o644))\"";
+    assert_eq!(sh(&p.reference, create), "");
+    let (reference, mounted) = p.both("stat -c '%a %g' new.txt; getfacl -n -c new.txt");
+    assert!(reference.starts_with("644 100\n"), "{reference}");
+    assert!(reference.contains("user:1000:rwx"), "{reference}");
+    assert_eq!(mounted, reference);
+}
