@@ -24,8 +24,8 @@ use tiergate::config;
     after_help = "Every command reads the appliance's config file: --config FILE, else \
                   $TIERGATE_CONFIG, else /etc/tiergate/tiergate.toml.\n\
                   Exit status: 0 done; 1 error; 2 usage error; sync: 124 when its --timeout \
-                  passed first; key change: 3 when only the local key changed \
-                  (docs/OPERATIONS.md, \"Exit statuses\")."
+                  passed first; key change: 3 when only the local key changed; verify, \
+                  index rebuild: 4 when damage is left (docs/OPERATIONS.md, \"Exit statuses\")."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -163,8 +163,8 @@ enum Cmd {
     },
     /// Check that every file's data is indexed and stored, locally or off-site; repair a damaged
     /// local copy from a verified off-site one (offline: the daemon must be stopped). Exit
-    /// status 0: no damage (after repairs); 1: damage, listed per file, or an error; 2: usage
-    /// error.
+    /// status 0: no damage (after repairs); 4: damage, listed per file; 1: an error (the check
+    /// could not run); 2: usage error.
     Verify {
         #[command(flatten)]
         config: ConfigArg,
@@ -468,8 +468,8 @@ enum KeyCmd {
 #[derive(Subcommand)]
 enum IndexCmd {
     /// Rebuild the chunk index from the pack footers (local files, and the store for packs
-    /// only off-site) and the files' extents. Exit status 0: complete; 1: referenced chunks are
-    /// in no pack, or an error; 2: usage error.
+    /// only off-site) and the files' extents. Exit status 0: complete; 4: referenced chunks are
+    /// in no pack; 1: an error; 2: usage error.
     Rebuild {
         #[command(flatten)]
         config: ConfigArg,

@@ -27,12 +27,15 @@ pub const CONFIG_ENV: &str = "TIERGATE_CONFIG";
 /// Exit statuses, the same for every command (docs/OPERATIONS.md, "Exit statuses"). 0 is
 /// success; a panic is 101 (Rust's), a closed output pipe ends the process by SIGPIPE.
 pub mod exit {
-    /// An error: the command could not do its job, or (`verify`, `index rebuild`) found damage.
+    /// An error: the command could not do its job.
     pub const ERROR: i32 = 1;
     /// A usage error: unknown option, missing argument (clap's code, as every Unix tool's).
     pub const USAGE: i32 = 2;
     /// Done only in part: `key change` changed the local key file but not the store's copy.
     pub const PARTIAL: i32 = 3;
+    /// The check ran to its end and found damage it could not repair (`verify`), or chunks
+    /// in no pack (`index rebuild`): fsck's code for errors left uncorrected.
+    pub const DAMAGE: i32 = 4;
     /// `sync --timeout` passed before everything was off-site (the code of timeout(1)).
     pub const TIMEOUT: i32 = 124;
 }

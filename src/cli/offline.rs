@@ -365,7 +365,7 @@ pub fn index_rebuild(path: &Path) -> Result<()> {
     drop(vol);
     println!("{r}");
     if !r.is_complete() {
-        std::process::exit(1);
+        std::process::exit(exit::DAMAGE);
     }
     Ok(())
 }
@@ -386,7 +386,7 @@ pub fn verify(path: &Path, remote: bool, deep: bool, json: bool) -> Result<()> {
         println!("{r}");
     }
     if !r.is_clean() {
-        std::process::exit(exit::ERROR);
+        std::process::exit(exit::DAMAGE);
     }
     Ok(())
 }

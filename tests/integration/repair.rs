@@ -269,7 +269,7 @@ fn index_rebuild_after_losing_every_chunk_record() {
     drop(vol);
 
     let o = run(&["verify"], &v.config, "");
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
     let out = stdout(&o);
     for name in ["/a/big.bin", "/a/copy.bin", "/b.bin", "/later.txt"] {
         assert!(out.contains(&format!("DAMAGED {name}")), "{out}");
@@ -333,7 +333,7 @@ fn verify_deep_names_a_file_damaged_in_a_pack_not_yet_off_site() {
     let o = run(&["verify"], &v.config, "");
     assert!(o.status.success(), "without --deep: {}", text(&o));
     let o = run(&["verify", "--deep"], &v.config, "");
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
     let out = stdout(&o);
     eprintln!("{out}");
     assert!(out.contains("DAMAGED /dir/victim.bin\n  bytes 0-"), "{out}");
@@ -380,7 +380,7 @@ fn verify_reports_overlapping_extents() {
     vol.shutdown().unwrap();
     drop(vol);
     let o = run(&["verify"], &v.config, "");
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
     let out = stdout(&o);
     assert!(
         out.contains(&format!("EXTENT MAP inode {}: the extent at ", a.ino)),
@@ -400,6 +400,7 @@ fn verify_deep_repairs_a_damaged_local_copy_of_an_uploaded_pack() {
     sync(&v);
     // The daemon holds the volume: offline commands refuse, with the reason.
     let o = run(&["verify"], &v.config, "");
+    // An error, not damage: exit status 1 (damage is 4).
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("in use by another tiergate process"),
