@@ -598,3 +598,23 @@ fn device_nodes_and_setuid_bits_are_stored_but_not_honoured() {
     );
     v.stop();
 }
+
+/// The mount's file system type names tiergate (`fuse.tiergate`, as fusermount3 would mount
+/// it), so `findmnt -t fuse.tiergate` and `df -T` find it.
+#[test]
+fn the_mount_shows_its_type_as_fuse_tiergate() {
+    let mut v = TestVolume::new("");
+    v.start();
+    let mnt = v.mnt.to_str().unwrap().to_string();
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = info
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(mnt.as_str()))
+        .unwrap_or_else(|| panic!("{mnt} not in mountinfo:\n{info}"));
+    // Fields after the " - " separator: type, source, super options (proc(5)).
+    let after = line.split(" - ").nth(1).unwrap();
+    let mut f = after.split(' ');
+    assert_eq!(f.next(), Some("fuse.tiergate"), "{line}");
+    assert!(f.next().unwrap().starts_with("tiergate:"), "{line}");
+    v.stop();
+}
