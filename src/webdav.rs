@@ -373,6 +373,7 @@ fn commit_staged(
                     ..SetAttr::default()
                 },
             )?;
+            vol.copy_access_acl(old.ino, ino)?;
         }
     } else {
         // A new name: the group, mode and ACL a file created in `parent` gets.

@@ -288,6 +288,14 @@ impl Volume {
         self.apply(b)
     }
 
+    /// Gives `to` the stored access ACL of `from`, if it has one (the share replacing a file).
+    pub fn copy_access_acl(&self, from: u64, to: u64) -> Result<()> {
+        match self.kv.get(&meta::xattr_key(from, ACL_ACCESS))? {
+            Some(v) => self.set_acl(to, ACL_ACCESS, &v, XattrSet::Any),
+            None => Ok(()),
+        }
+    }
+
     /// For `setattr` with a mode: rewrites a stored access ACL to match `perm`.
     pub(super) fn acl_chmod(&self, ino: u64, perm: u16, b: &mut Batch) -> Result<()> {
         let key = meta::xattr_key(ino, ACL_ACCESS);

@@ -255,4 +255,12 @@ fn webdav_uploads_get_the_directory_s_group_and_default_acl() {
     assert!(reference.starts_with("644 100\n"), "{reference}");
     assert!(reference.contains("user:1000:rwx"), "{reference}");
     assert_eq!(mounted, reference);
+    // Replacing a file keeps its mode and ACL.
+    assert_eq!(sh(&p.mounted, "setfacl -m u:1000:rw,g::r,o::- new.txt"), "");
+    let describe = "stat -c %a new.txt; getfacl -n -c new.txt";
+    let before = sh(&p.mounted, describe);
+    assert!(before.starts_with("660\n"), "{before}");
+    assert_eq!(dav.put("/dav/new.txt", b"second").status, 204);
+    assert_eq!(std::fs::read(p.mounted.join("new.txt")).unwrap(), b"second");
+    assert_eq!(sh(&p.mounted, describe), before);
 }
