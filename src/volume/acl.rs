@@ -67,7 +67,7 @@ impl Acl {
     /// Parses the xattr form (`posix_acl_xattr_header` + entries, little-endian) and checks
     /// it as the kernel's `posix_acl_valid` does.
     pub fn parse(bytes: &[u8]) -> Result<Acl> {
-        if bytes.len() < 4 || (bytes.len() - 4) % 8 != 0 {
+        if bytes.len() < 4 || !(bytes.len() - 4).is_multiple_of(8) {
             return Err(invalid("size is not a header plus whole entries"));
         }
         let version = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes"));
