@@ -29,6 +29,7 @@ fn seek_data_and_hole_right_after_a_write() {
     for i in 0..50u64 {
         let f = OpenOptions::new()
             .create(true)
+            .truncate(true)
             .read(true)
             .write(true)
             .open(v.path(&format!("sparse-{i}")))
@@ -81,6 +82,7 @@ fn timestamps_stay_in_order_between_kernel_and_daemon() {
     v.start();
     let w = OpenOptions::new()
         .create(true)
+        .truncate(true)
         .write(true)
         .open(v.path("written"))
         .unwrap();
@@ -134,8 +136,9 @@ fn fallocate(f: &File, mode: i32, offset: u64, len: u64) -> Result<(), i32> {
 fn allocated(path: &std::path::Path) -> u64 {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
-    // SAFETY: statx writes one struct statx into the buffer it is given.
+    // SAFETY: struct statx is plain integers: all-zero is a valid value.
     let mut sx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: statx writes one struct statx into the buffer it is given.
     let r = unsafe {
         libc::statx(
             libc::AT_FDCWD,
@@ -166,6 +169,7 @@ fn st_blocks_count_what_a_file_holds() {
     let p = v.path("sparse");
     let f = OpenOptions::new()
         .create(true)
+        .truncate(true)
         .read(true)
         .write(true)
         .open(&p)
@@ -224,6 +228,7 @@ fn fallocate_reserves_quota() {
     let open = |name: &str| {
         OpenOptions::new()
             .create(true)
+            .truncate(false)
             .read(true)
             .write(true)
             .open(mnt.join(name))
