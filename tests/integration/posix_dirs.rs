@@ -265,7 +265,7 @@ fn listing_under_concurrent_changes_is_exact() {
                 // Names spread over the whole order (before, among and after the stable ones).
                 let name = format!("{}-churn-{i}", ["a", "stable-1", "z"][i as usize % 3]);
                 std::os::unix::fs::symlink("t", dir.join(&name)).unwrap();
-                if i % 2 == 0 {
+                if i.is_multiple_of(2) {
                     std::fs::remove_file(dir.join(&name)).unwrap();
                 }
                 i += 1;
