@@ -413,7 +413,7 @@ timeout -s KILL 60 stat -c '%n %s' /mnt/nfs-restart/dav.bin /mnt/nfs-restart/smb
 exec 3<&-
 umount /mnt/nfs-restart || umount -f -l /mnt/nfs-restart
 # What the restart looked like: nfs-server stopped first, the unmount, nfsd's grace period.
-journalctl -b --no-pager --since "-5min" | grep -E 'Stopp|Start|unmount|busy|NFSD|reclaim' |
+journalctl -b --no-pager --since "-2min" | grep -E 'Stopp|Start|unmount|busy|NFSD|reclaim' |
     grep -Ei 'tiergate|nfs|NFSD|reclaim' | tail -30 | sed 's/^/journal: /'
 EOF
     )
