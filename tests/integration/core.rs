@@ -587,22 +587,30 @@ fn a_stream_committed_meanwhile_is_cut_as_in_one_go_and_hardly_copied() {
     let vol = open(&dir);
     let (a, fh) = vol.create_file(ROOT, b"stream", 0o644, ME).unwrap();
     let writing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let done_commits = Arc::new(AtomicUsize::new(0));
     let committer = {
-        let (vol, writing) = (vol.clone(), writing.clone());
+        let (vol, writing, done_commits) = (vol.clone(), writing.clone(), done_commits.clone());
         std::thread::spawn(move || {
-            let mut commits = 0;
             while writing.load(Ordering::Acquire) {
                 vol.commit_all(false).unwrap();
-                commits += 1;
+                done_commits.fetch_add(1, Ordering::AcqRel);
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }
-            commits
+            done_commits.load(Ordering::Acquire)
         })
     };
     for (i, part) in data.chunks(1 << 20).enumerate() {
         vol.write(a.ino, (i << 20) as u64, part).unwrap();
         // At the pace of a disk, so that commits overlap the stream.
         std::thread::sleep(std::time::Duration::from_millis(2));
+        // And every 16 MiB, until one more commit ended: the overlap this test is about
+        // must not depend on how fast this machine commits (20 commits at least).
+        if i % 16 == 15 {
+            let seen = done_commits.load(Ordering::Acquire);
+            while done_commits.load(Ordering::Acquire) == seen {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
     }
     writing.store(false, Ordering::Release);
     let commits = committer.join().unwrap();
