@@ -455,3 +455,13 @@ pub fn setxattr(path: &Path, name: &str, value: &[u8]) -> Result<(), i32> {
         Err(std::io::Error::last_os_error().raw_os_error().unwrap())
     }
 }
+
+/// The names in a directory, sorted (no `.` and `..`).
+pub fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}

@@ -78,12 +78,7 @@ fn read_all(mut f: File) -> Vec<u8> {
 }
 
 fn listing(dir: File) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
+    crate::common::names_in(Path::new(&format!("/proc/self/fd/{}", dir.as_raw_fd())))
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    random_bytes, s3_section, shared_s3, text, tiergate, unique_prefix, TestVolume,
+    names_in, random_bytes, s3_section, shared_s3, text, tiergate, unique_prefix, TestVolume,
 };
 use crate::retention::{
     check_files, gc, gc_until_settled, lose_and_recover, n, pack_objects, status, SMALL,
@@ -98,15 +98,6 @@ fn in_snapshot(name: &str, files: &BTreeMap<String, Vec<u8>>) -> BTreeMap<String
         .iter()
         .map(|(k, v)| (format!(".snapshots/{name}/{k}"), v.clone()))
         .collect()
-}
-
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
 }
 
 #[test]
